@@ -1,0 +1,97 @@
+"""Config loading: a YAML file, then dotted ``key=value`` overrides, validated by a pydantic model.
+
+OmegaConf merges the file and the overrides (values are read as YAML: ``1``, ``true``, ``[a, b]``);
+pydantic validates. Every error names the full dotted key, the value given, and what is allowed.
+Each field is documented once, where its model declares it.
+"""
+
+from __future__ import annotations
+
+import typing
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+from pydantic import BaseModel, ValidationError
+
+M = TypeVar("M", bound=BaseModel)
+
+
+class ConfigError(ValueError):
+    """A config that cannot be used; the message says which key and what is allowed."""
+
+
+def load_config(
+    model: type[M], path: str | Path | None = None, overrides: Sequence[str] = (), *, root: str = ""
+) -> M:
+    """Build ``model`` from an optional YAML file plus ``key=value`` overrides.
+
+    ``root`` is a prefix for messages (``reward.`` makes errors say ``reward.weights.accuracy``).
+    """
+    data: dict[str, Any] = {}
+    if path is not None:
+        try:
+            loaded = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+        except OSError as e:
+            raise ConfigError(f"cannot read config {path}: {e.strerror}") from None
+        except yaml.YAMLError as e:
+            raise ConfigError(f"config {path} is not valid YAML: {e}") from None
+        if loaded is not None and not isinstance(loaded, dict):
+            raise ConfigError(f"config {path} must be a mapping at the top level")
+        data = loaded or {}
+    if overrides:
+        for item in overrides:
+            if "=" not in item or not item.split("=", 1)[0].strip():
+                raise ConfigError(f"override {item!r} must look like key=value")
+        try:
+            merged = OmegaConf.merge(OmegaConf.create(data), OmegaConf.from_dotlist(list(overrides)))
+            data = OmegaConf.to_container(merged, resolve=True)  # type: ignore[assignment]
+        except OmegaConfBaseException as e:
+            raise ConfigError(f"bad override: {e}") from None
+    return validate(model, data, root=root)
+
+
+def validate(model: type[M], data: Any, *, root: str = "") -> M:
+    """``model.model_validate(data)`` with errors rewritten for people."""
+    try:
+        return model.model_validate(data)
+    except ValidationError as e:
+        raise ConfigError("\n".join(_explain(model, err, root) for err in e.errors())) from None
+
+
+def _explain(model: type[BaseModel], err: dict, root: str) -> str:
+    loc = [str(p) for p in err["loc"]]
+    key = root + ".".join(loc)
+    value = err.get("input")
+    if err["type"] == "extra_forbidden":
+        parent = _model_at(model, loc[:-1])
+        allowed = ", ".join(parent.model_fields) if parent else "?"
+        return f"{key}: unknown key; allowed keys here: {allowed}"
+    if err["type"] == "literal_error":
+        allowed = err.get("ctx", {}).get("expected", "")
+        return f"{key}: {value!r} is not allowed; allowed values: {allowed}"
+    return f"{key}: {err['msg']} (got {value!r})"
+
+
+def _model_at(model: type[BaseModel], path: list[str]) -> type[BaseModel] | None:
+    """The pydantic model found by walking field names (for listing allowed keys)."""
+    current: Any = model
+    for part in path:
+        if not (isinstance(current, type) and issubclass(current, BaseModel)):
+            return None
+        f = current.model_fields.get(part)
+        if f is None:
+            return None
+        current = f.annotation
+        for arg in typing.get_args(current) or ():  # Optional[Model] and friends
+            if isinstance(arg, type) and issubclass(arg, BaseModel):
+                current = arg
+    return current if isinstance(current, type) and issubclass(current, BaseModel) else None
+
+
+def dump(model: BaseModel) -> str:
+    """The full config as YAML, every field spelled out (for logs and checkpoints)."""
+    return yaml.safe_dump(model.model_dump(mode="json"), sort_keys=False)

@@ -1,0 +1,196 @@
+"""M3-AD-Bench metrics (SPEC §4): per scene, then the unweighted mean over scenes.
+
+Accuracy, balanced accuracy, Type Hard micro-F1 (s >= τ), Loc Hard micro-F1 (IoU >= 0.3) with
+its IoU sweep, and the reflection report (Figure 5). ``evaluate`` takes parsed-able predictions
+and returns the REPORT dict that ``m3ad-rl eval score`` writes.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from m3ad_rl.labels import GroundTruth, reflection_outcome
+from m3ad_rl.matching import greedy_match
+from m3ad_rl.output_format import ParseConfig, iou, parse
+from m3ad_rl.taxonomy import SimilarityConfig, Taxonomy, default_taxonomy
+
+SCENE_ORDER = ("texture", "workpiece", "electronic", "logical")
+_EPS = 1e-9  # thresholds are inclusive; absorb float error such as IoU 0.29999999999999993
+
+
+class EvalConfig(BaseModel):
+    """How a benchmark run is scored."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    type_threshold: float = Field(0.5, ge=0, le=1, description="τ of Type Hard-F1 (SPEC §4).")
+    iou_threshold: float = Field(0.3, gt=0, le=1, description="IoU of Loc Hard-F1 (SPEC §4).")
+    iou_sweep: tuple[float, ...] = Field((0.1, 0.2, 0.3, 0.4, 0.5), description="Table 5 thresholds.")
+    exclude_sources: tuple[str, ...] = Field((), description="Source datasets left out (e.g. real-iad).")
+    scenes: tuple[str, ...] | None = Field(
+        None, description="Scenes to report, in order; default: every scene present."
+    )
+    similarity: SimilarityConfig = SimilarityConfig()
+    parse: ParseConfig = ParseConfig()
+
+
+@dataclass(slots=True)
+class Prediction:
+    """One benchmark sample with the model's response."""
+
+    id: str
+    scene: str
+    response: str
+    ground_truth: GroundTruth
+    source: str | None = None
+    image_size: tuple[int, int] | None = None
+
+
+@dataclass
+class _Tally:
+    n: int = 0
+    correct: int = 0
+    pos: int = 0
+    pos_correct: int = 0
+    neg_correct: int = 0
+    pre_correct: int = 0
+    pre_pos_correct: int = 0
+    pre_neg_correct: int = 0
+    reflected: int = 0
+    outcomes: dict[str, int] = field(default_factory=lambda: {"correct": 0, "ineffective": 0, "erroneous": 0})
+    type_counts: list[int] = field(default_factory=lambda: [0, 0, 0])
+    loc_counts: dict[float, list[int]] = field(default_factory=dict)
+
+
+def f1(tp: int, fp: int, fn: int) -> float:
+    """Micro-F1 = 2TP / (2TP + FP + FN); 0 when nothing was predicted or expected (as sklearn)."""
+    d = 2 * tp + fp + fn
+    return 2 * tp / d if d else 0.0
+
+
+def balanced(pos: int, pos_correct: int, neg: int, neg_correct: int) -> float:
+    """Mean recall over the classes present in the truth (sklearn's balanced_accuracy_score)."""
+    recalls = [c / t for c, t in ((pos_correct, pos), (neg_correct, neg)) if t]
+    return sum(recalls) / len(recalls) if recalls else 0.0
+
+
+def evaluate(preds: Iterable[Prediction], cfg: EvalConfig | None = None, taxonomy: Taxonomy | None = None) -> dict:
+    """The REPORT of SPEC §4 / ``eval score``: per-scene metrics, averages, IoU sweep, reflection."""
+    cfg = cfg or EvalConfig()
+    tax = taxonomy or default_taxonomy()
+    thresholds = sorted({*cfg.iou_sweep, cfg.iou_threshold})
+    excluded = {s.lower() for s in cfg.exclude_sources}
+    tallies: dict[str, _Tally] = defaultdict(_Tally)
+    sim = cfg.similarity
+    type_score = lambda p, g: tax.similarity(p, g, sim)  # noqa: E731
+    for pr in preds:
+        if pr.source is not None and pr.source.lower() in excluded:
+            continue
+        t = tallies[pr.scene]
+        if not t.loc_counts:
+            t.loc_counts = {th: [0, 0, 0] for th in thresholds}
+        _add(t, pr, cfg, tax, type_score, thresholds)
+    scenes = _scene_order(tallies, cfg.scenes)
+    return _report(tallies, scenes, cfg, thresholds)
+
+
+def _add(t: _Tally, pr: Prediction, cfg: EvalConfig, tax: Taxonomy, type_score, thresholds) -> None:
+    gt = pr.ground_truth
+    p = parse(pr.response, cfg.parse, pr.image_size)
+    y = gt.verdict
+    ok = p.answer == y
+    pre = (p.initial if p.reflection is not None else p.answer) == y
+    t.n += 1
+    t.correct += ok
+    t.pre_correct += pre
+    if gt.anomalous:
+        t.pos += 1
+        t.pos_correct += ok
+        t.pre_pos_correct += pre
+    else:
+        t.neg_correct += ok
+        t.pre_neg_correct += pre
+    if p.reflection is not None:
+        t.reflected += 1
+        t.outcomes[reflection_outcome(p, gt)] += 1
+    says_yes = p.answer == "yes"
+    ptypes = tax.resolve_set(p.types) if says_yes else []
+    tp = sum(1 for _, _, s in greedy_match(ptypes, gt.types, type_score) if s >= cfg.type_threshold - _EPS)
+    tc = t.type_counts
+    tc[0] += tp
+    tc[1] += len(ptypes) - tp
+    tc[2] += len(gt.types) - tp
+    pboxes = p.boxes if says_yes else []
+    gboxes = gt.boxes
+    matches = greedy_match(pboxes, gboxes, iou)
+    for th in thresholds:
+        ltp = sum(1 for _, _, s in matches if s >= th - _EPS)
+        lc = t.loc_counts[th]
+        lc[0] += ltp
+        lc[1] += len(pboxes) - ltp
+        lc[2] += len(gboxes) - ltp
+
+
+def _scene_order(tallies: dict[str, _Tally], wanted: tuple[str, ...] | None) -> list[str]:
+    if wanted is not None:
+        return [s for s in wanted if s in tallies]
+    known = [s for s in SCENE_ORDER if s in tallies]
+    return known + sorted(s for s in tallies if s not in SCENE_ORDER)
+
+
+def _mean(values: list[float]) -> float:
+    return sum(values) / len(values) if values else 0.0
+
+
+def _report(tallies: dict[str, _Tally], scenes: list[str], cfg: EvalConfig, thresholds: list[float]) -> dict:
+    per_scene: dict[str, dict] = {}
+    sweep: dict[str, dict[str, float]] = {}
+    refl: dict[str, dict] = {}
+    for s in scenes:
+        t = tallies[s]
+        neg = t.n - t.pos
+        per_scene[s] = {
+            "n": t.n,
+            "accuracy": t.correct / t.n,
+            "balanced_accuracy": balanced(t.pos, t.pos_correct, neg, t.neg_correct),
+            "type_f1": f1(*t.type_counts),
+            "loc_f1": f1(*t.loc_counts[cfg.iou_threshold]),
+        }
+        sweep[s] = {_key(th): f1(*t.loc_counts[th]) for th in cfg.iou_sweep}
+        reflected = t.reflected
+        refl[s] = {
+            "rate": reflected / t.n,
+            "accuracy_before": t.pre_correct / t.n,
+            "accuracy_after": t.correct / t.n,
+            "balanced_accuracy_before": balanced(t.pos, t.pre_pos_correct, neg, t.pre_neg_correct),
+            "balanced_accuracy_after": per_scene[s]["balanced_accuracy"],
+            **{k: (v / reflected if reflected else 0.0) for k, v in t.outcomes.items()},
+        }
+    metric_keys = ("accuracy", "balanced_accuracy", "type_f1", "loc_f1")
+    average = {k: _mean([per_scene[s][k] for s in scenes]) for k in metric_keys}
+    refl_keys = ("rate", "accuracy_before", "accuracy_after", "balanced_accuracy_before", "balanced_accuracy_after")
+    counts = {k: sum(tallies[s].outcomes[k] for s in scenes) for k in ("correct", "ineffective", "erroneous")}
+    n_reflected = sum(tallies[s].reflected for s in scenes)
+    reflection = {
+        **{k: _mean([refl[s][k] for s in scenes]) for k in refl_keys},
+        **{k: (v / n_reflected if n_reflected else 0.0) for k, v in counts.items()},
+        "scenes": refl,
+        "counts": {"reflected": n_reflected, **counts, "n": sum(tallies[s].n for s in scenes)},
+    }
+    return {
+        "scenes": per_scene,
+        "average": average,
+        "loc_f1_by_iou": {_key(th): _mean([sweep[s][_key(th)] for s in scenes]) for th in cfg.iou_sweep},
+        "loc_f1_by_iou_per_scene": sweep,
+        "reflection": reflection,
+        "config": cfg.model_dump(mode="json"),
+    }
+
+
+def _key(th: float) -> str:
+    """JSON key of a threshold: 0.1 -> "0.1"."""
+    return f"{th:g}"

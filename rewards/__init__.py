@@ -1,0 +1,18 @@
+"""m3ad-rl rewards: consistency, gated accuracy and reflection (SPEC §3), configurable by YAML.
+
+>>> from rewards import RewardFunction, load_reward_config
+>>> fn = RewardFunction(load_reward_config(overrides=["reflection.preset=b"]))
+"""
+
+from rewards.config import RewardConfig, load_reward_config
+from rewards.presets import REFLECTION_PRESETS, ReflectionValues
+from rewards.scorer import RewardFunction, RewardResult
+
+__all__ = [
+    "REFLECTION_PRESETS",
+    "RewardConfig",
+    "RewardFunction",
+    "RewardResult",
+    "ReflectionValues",
+    "load_reward_config",
+]

@@ -157,16 +157,17 @@ _SENTENCE_SPLIT = re.compile(r"(?<=[.!?\n])\s+")
 # Keyword rule for the initial decision when no "Initial answer:" marker exists (documented in
 # docs/spec-readings.md): read sentences from the last; a negated defect phrase means "no", a
 # remaining defect word means "yes"; the first sentence that decides wins.
+_DEFECT_WORDS = (
+    r"(?:defects?|defective|anomal(?:y|ies|ous)|abnormal(?:ity|ities)?|damaged?|flaws?|scratch(?:es)?"
+    r"|cracks?|cracked|dents?|holes?|stains?|broken|bent|missing|contaminat(?:ion|ed)|rust(?:y)?|deformed|issues?)"
+)
 _NEG_RE = re.compile(
-    r"\b(?:no|not any|without|free of|absence of|nor)\s+(?:\w+\s+){0,2}?"
-    r"(?:defects?|anomal(?:y|ies)|abnormalit(?:y|ies)|damage|flaws?|issues?)\b"
+    rf"\b(?:no|not any|without|free of|absence of|nor|neither)\s+(?:\w+\s+){{0,2}}?{_DEFECT_WORDS}\b"
     r"|\b(?:is|are|appears?|looks?|seems?)\s+(?:to be\s+)?(?:completely\s+|entirely\s+)?"
     r"(?:normal|defect[- ]free|intact|flawless|fine|good)\b"
-    r"|\bdefect[- ]free\b|\bnot\s+(?:anomalous|defective|abnormal|damaged)\b"
+    r"|\bdefect[- ]free\b|\bnot\s+(?:anomalous|defective|abnormal|damaged|broken|bent|missing)\b"
 )
-_POS_RE = re.compile(
-    r"\b(?:defects?|defective|anomal(?:y|ies|ous)|abnormal(?:ity|ities)?|damaged|flaws?)\b"
-)
+_POS_RE = re.compile(rf"\b{_DEFECT_WORDS}\b")
 
 
 def _initial_from_think(think: str) -> tuple[Verdict | None, str | None]:

@@ -24,9 +24,7 @@ class ConfigError(ValueError):
     """A config that cannot be used; the message says which key and what is allowed."""
 
 
-def load_config(
-    model: type[M], path: str | Path | None = None, overrides: Sequence[str] = (), *, root: str = ""
-) -> M:
+def load_config(model: type[M], path: str | Path | None = None, overrides: Sequence[str] = (), *, root: str = "") -> M:
     """Build ``model`` from an optional YAML file plus ``key=value`` overrides.
 
     ``root`` is a prefix for messages (``reward.`` makes errors say ``reward.weights.accuracy``).

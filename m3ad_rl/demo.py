@@ -31,8 +31,18 @@ def run_demo(out: Path) -> int:
     if rc not in (0, 3):
         return rc
     _reward_table(out / "rewards.jsonl", console)
-    rc = cli(["eval", "score", "--input", str(sample), "--output", str(out / "report.json"),
-              "--markdown", str(out / "report.md")])
+    rc = cli(
+        [
+            "eval",
+            "score",
+            "--input",
+            str(sample),
+            "--output",
+            str(out / "report.json"),
+            "--markdown",
+            str(out / "report.md"),
+        ]
+    )
     if rc not in (0, 3):
         return rc
     from m3ad_rl.report import plot_reflection

@@ -6,7 +6,7 @@ import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TextIO, TypeVar
+from typing import Any, TypeVar
 
 import orjson
 
@@ -20,10 +20,12 @@ class LineErrors:
     path: str
     skipped: list[tuple[int, str]] = field(default_factory=list)
 
-    def add(self, lineno: int, reason: str, stream: TextIO | None = sys.stderr) -> None:
+    quiet: bool = False
+
+    def add(self, lineno: int, reason: str) -> None:
         self.skipped.append((lineno, reason))
-        if stream is not None:
-            print(f"{self.path}:{lineno}: skipped: {reason}", file=stream)
+        if not self.quiet:
+            print(f"{self.path}:{lineno}: skipped: {reason}", file=sys.stderr)
 
     def __bool__(self) -> bool:
         return bool(self.skipped)

@@ -82,9 +82,7 @@ class GroundTruth:
     def to_obj(self) -> dict:
         return {
             "label": self.label,
-            "defects": [
-                {"type": d.type.name, "box": d.box.as_list() if d.box else None} for d in self.defects
-            ],
+            "defects": [{"type": d.type.name, "box": d.box.as_list() if d.box else None} for d in self.defects],
         }
 
 

@@ -147,9 +147,7 @@ _TAG_RE = re.compile(r"<(/?)(think|reflection|type|location|answer)>")
 _TYPE_SPLIT = re.compile(r"[,;\n|]|\band\b|\s/\s")
 _NUM = r"([-+]?(?:\d+(?:\.\d*)?|\.\d+))"
 # Four numbers as two points: "(x1,y1)(x2,y2)", "(x1, y1), (x2, y2)", "[x1,y1,x2,y2]", "x1,y1,x2,y2".
-_BOX_RE = re.compile(
-    rf"[\[(]?\s*{_NUM}\s*,\s*{_NUM}\s*[\])]?\s*,?\s*[\[(]?\s*{_NUM}\s*,\s*{_NUM}\s*[\])]?"
-)
+_BOX_RE = re.compile(rf"[\[(]?\s*{_NUM}\s*,\s*{_NUM}\s*[\])]?\s*,?\s*[\[(]?\s*{_NUM}\s*,\s*{_NUM}\s*[\])]?")
 _LOC_FILLER = re.compile(r"[\s;,\[\]()]+")
 _INITIAL_RE = re.compile(r"\s*(?:is|was)?\s*[:：=\-]?\s*[*\"'`]*\s*(yes|no)\b")
 _ANSWER_STRIP = " \t\r\n.!*\"'`:"
@@ -247,9 +245,7 @@ def parse_types(text: str) -> list[str]:
     return items
 
 
-def parse(
-    text: object, cfg: ParseConfig | None = None, image_size: tuple[int, int] | None = None
-) -> ParsedOutput:
+def parse(text: object, cfg: ParseConfig | None = None, image_size: tuple[int, int] | None = None) -> ParsedOutput:
     """Parse model output. Never raises: anything unexpected becomes a problem string.
 
     Repeated tags: the first ``<think>`` and the last of every other tag are used.

@@ -25,7 +25,7 @@ def tables(report: dict) -> list[tuple[str, list[str], list[list[str]]]]:
     scenes = list(report["scenes"])
     sc, avg = report["scenes"], report["average"]
     cols = [*scenes, "average"]
-    get = lambda s: sc[s] if s in sc else avg  # noqa: E731
+    get = lambda s: sc.get(s, avg)  # noqa: E731
 
     detection = (
         "Anomaly detection (Table 1): accuracy / balanced accuracy, %",
@@ -48,14 +48,11 @@ def tables(report: dict) -> list[tuple[str, list[str], list[list[str]]]]:
     sweep = (
         "Loc Hard-F1 by IoU threshold (Table 5)",
         ["IoU", *[c.capitalize() for c in cols]],
-        [
-            [th, *[_f3(per_iou[s][th]) for s in scenes], _f3(v)]
-            for th, v in report["loc_f1_by_iou"].items()
-        ],
+        [[th, *[_f3(per_iou[s][th]) for s in scenes], _f3(v)] for th, v in report["loc_f1_by_iou"].items()],
     )
     refl = report["reflection"]
     rs = refl["scenes"]
-    rget = lambda s: rs[s] if s in rs else refl  # noqa: E731
+    rget = lambda s: rs.get(s, refl)  # noqa: E731
     reflection = (
         "Reflection (Figure 5): before -> after reflection, %",
         ["", *[c.capitalize() for c in cols]],
@@ -109,7 +106,9 @@ def plot_reflection(report: dict, path: str) -> None:
     rs = report["reflection"]["scenes"]
     scenes = list(rs)
     fig, axes = plt.subplots(1, 2, figsize=(9, 3.4), sharey=True)
-    for ax, (metric, title) in zip(axes, [("accuracy", "Accuracy"), ("balanced_accuracy", "Balanced accuracy")]):
+    for ax, (metric, title) in zip(
+        axes, [("accuracy", "Accuracy"), ("balanced_accuracy", "Balanced accuracy")], strict=True
+    ):
         xs = range(len(scenes))
         before = [100 * rs[s][f"{metric}_before"] for s in scenes]
         after = [100 * rs[s][f"{metric}_after"] for s in scenes]

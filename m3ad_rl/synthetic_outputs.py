@@ -81,7 +81,8 @@ def _truth(rng: random.Random, types: list[Node], anomalous: bool) -> dict:
     for _ in range(rng.choice([1, 1, 2, 3])):
         w, h = rng.uniform(0.05, 0.3), rng.uniform(0.05, 0.3)
         x, y = rng.uniform(0, 1 - w), rng.uniform(0, 1 - h)
-        defects.append({"type": rng.choice(types).name, "box": [round(x, 3), round(y, 3), round(x + w, 3), round(y + h, 3)]})
+        box = [round(x, 3), round(y, 3), round(x + w, 3), round(y + h, 3)]
+        defects.append({"type": rng.choice(types).name, "box": box})
     return {"label": "anomalous", "defects": defects}
 
 
@@ -156,7 +157,9 @@ def _break(rng: random.Random, text: str, boxes: list[list[float]]) -> str:
     return "<answer>yes</answer>" + text
 
 
-def make_records(n: int, seed: int = 0, q: Quality = Quality(), think_tokens: tuple[int, int] = (250, 700)) -> list[dict]:
+def make_records(
+    n: int, seed: int = 0, q: Quality = Quality(), think_tokens: tuple[int, int] = (250, 700)
+) -> list[dict]:
     """``n`` records, the same for the same seed."""
     rng = random.Random(seed)
     return [make_record(i, rng, q, think_tokens) for i in range(n)]

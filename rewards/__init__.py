@@ -10,9 +10,9 @@ from rewards.scorer import RewardFunction, RewardResult
 
 __all__ = [
     "REFLECTION_PRESETS",
+    "ReflectionValues",
     "RewardConfig",
     "RewardFunction",
     "RewardResult",
-    "ReflectionValues",
     "load_reward_config",
 ]

@@ -65,7 +65,9 @@ class RewardFunction:
         self, response: str, ground_truth: GroundTruth | dict | str, image_size: tuple[int, int] | None = None
     ) -> RewardResult:
         """Score one response. ``ground_truth`` may be a GroundTruth or its wire form."""
-        gt = ground_truth if isinstance(ground_truth, GroundTruth) else GroundTruth.from_obj(ground_truth, self.taxonomy)
+        gt = ground_truth
+        if not isinstance(gt, GroundTruth):
+            gt = GroundTruth.from_obj(gt, self.taxonomy)
         return self.score_parsed(parse(response, self.cfg.parse, image_size), gt)
 
     def score_parsed(self, parsed: ParsedOutput, gt: GroundTruth) -> RewardResult:

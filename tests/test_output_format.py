@@ -30,10 +30,18 @@ def test_normal_verdict():
     assert p.well_formed and p.answer == "no" and p.types == [] and p.boxes == [] and p.reflection is None
 
 
-@pytest.mark.parametrize("loc", [
-    "(0.1,0.2)(0.3,0.4)", "(0.1, 0.2) (0.3, 0.4)", "(0.1,0.2), (0.3,0.4)", "[0.1,0.2,0.3,0.4]",
-    "[0.1, 0.2, 0.3, 0.4]", "(0.3,0.4)(0.1,0.2)", "  [ 0.1 ,0.2 , 0.3,0.4 ] ",
-])
+@pytest.mark.parametrize(
+    "loc",
+    [
+        "(0.1,0.2)(0.3,0.4)",
+        "(0.1, 0.2) (0.3, 0.4)",
+        "(0.1,0.2), (0.3,0.4)",
+        "[0.1,0.2,0.3,0.4]",
+        "[0.1, 0.2, 0.3, 0.4]",
+        "(0.3,0.4)(0.1,0.2)",
+        "  [ 0.1 ,0.2 , 0.3,0.4 ] ",
+    ],
+)
 def test_box_syntaxes_and_corner_order(loc):
     boxes = parse_boxes(loc)
     assert [b.as_list() for b in boxes] == [[0.1, 0.2, 0.3, 0.4]]
@@ -41,9 +49,11 @@ def test_box_syntaxes_and_corner_order(loc):
 
 def test_box_scales():
     assert parse_boxes("[100,200,300,400]", ParseConfig(box_scale="grid1000"))[0].as_list() == pytest.approx(
-        [0.1, 0.2, 0.3, 0.4])
-    assert parse_boxes("[64,32,128,96]", ParseConfig(box_scale="pixels"), image_size=(256, 128))[0].as_list() == \
-        pytest.approx([0.25, 0.25, 0.5, 0.75])
+        [0.1, 0.2, 0.3, 0.4]
+    )
+    assert parse_boxes("[64,32,128,96]", ParseConfig(box_scale="pixels"), image_size=(256, 128))[
+        0
+    ].as_list() == pytest.approx([0.25, 0.25, 0.5, 0.75])
     problems = []
     assert parse_boxes("[1,2,3,4]", ParseConfig(box_scale="pixels"), problems=problems) == []
     assert "image size" in problems[0]
@@ -59,35 +69,42 @@ def test_clamp_and_degenerate_boxes_are_reported():
 
 
 def test_initial_answer_is_the_last_marker():
-    p = parse("<think>Initial answer: yes. Hmm. Initial Answer: **No**</think><reflection>x</reflection>"
-              "<answer>no</answer>")
+    p = parse(
+        "<think>Initial answer: yes. Hmm. Initial Answer: **No**</think><reflection>x</reflection><answer>no</answer>"
+    )
     assert p.initial == "no"
 
 
-@pytest.mark.parametrize(("think", "initial"), [
-    ("The surface shows a long scratch.", "yes"),
-    ("I see a scratch. After checking, there are no defects on this part.", "no"),
-    ("The object appears to be normal and intact.", "no"),
-    ("There is a defect on the left. The lighting is even.", "yes"),  # last sentence decides nothing
-    ("There is no scratch on it.", "no"),
-    ("Lighting is even and the colour uniform.", None),
-])
+@pytest.mark.parametrize(
+    ("think", "initial"),
+    [
+        ("The surface shows a long scratch.", "yes"),
+        ("I see a scratch. After checking, there are no defects on this part.", "no"),
+        ("The object appears to be normal and intact.", "no"),
+        ("There is a defect on the left. The lighting is even.", "yes"),  # last sentence decides nothing
+        ("There is no scratch on it.", "no"),
+        ("Lighting is even and the colour uniform.", None),
+    ],
+)
 def test_initial_keyword_rule(think, initial):
     p = parse(f"<think>{think}</think><reflection>r</reflection><answer>yes</answer>")
     assert p.initial == initial
     assert p.initial_source == (None if initial is None else "keyword")
 
 
-@pytest.mark.parametrize(("text", "problem"), [
-    ("<think>a</think>", "no <answer>"),
-    ("<answer>yes</answer>", "no <think>"),
-    ("<think>a<answer>yes</answer>", "<think> not closed"),
-    ("<think>a</think></type><answer>no</answer>", "stray </type>"),
-    ("<answer>no</answer><think>a</think>", "<think> is not the first tag"),
-    ("<think>a</think><answer>no</answer><reflection>b</reflection>", "<reflection> does not follow <think>"),
-    ("<think>a</think><answer>no</answer><answer>yes</answer>", "more than once"),
-    ("<think>a</think><answer>maybe</answer>", "not yes/no"),
-])
+@pytest.mark.parametrize(
+    ("text", "problem"),
+    [
+        ("<think>a</think>", "no <answer>"),
+        ("<answer>yes</answer>", "no <think>"),
+        ("<think>a<answer>yes</answer>", "<think> not closed"),
+        ("<think>a</think></type><answer>no</answer>", "stray </type>"),
+        ("<answer>no</answer><think>a</think>", "<think> is not the first tag"),
+        ("<think>a</think><answer>no</answer><reflection>b</reflection>", "<reflection> does not follow <think>"),
+        ("<think>a</think><answer>no</answer><answer>yes</answer>", "more than once"),
+        ("<think>a</think><answer>maybe</answer>", "not yes/no"),
+    ],
+)
 def test_malformed_outputs_are_reported_not_raised(text, problem):
     p = parse(text)
     assert not p.well_formed or "yes/no" in problem
@@ -134,8 +151,9 @@ def structured(draw):
     reflection = draw(st.one_of(st.none(), st.text(st.characters(blacklist_characters="<>"), max_size=50)))
     types, boxes = [], []
     if answer == "yes":
-        types = draw(st.lists(st.sampled_from(["bent", "scratch", "component missing", "hole"]), min_size=1,
-                              max_size=3))
+        types = draw(
+            st.lists(st.sampled_from(["bent", "scratch", "component missing", "hole"]), min_size=1, max_size=3)
+        )
         for _ in range(draw(st.integers(1, 3))):
             x1, x2 = sorted(draw(st.lists(_coord, min_size=2, max_size=2, unique=True)))
             y1, y2 = sorted(draw(st.lists(_coord, min_size=2, max_size=2, unique=True)))
@@ -157,9 +175,35 @@ def test_render_then_parse_round_trips(s):
     assert [c for b in p.boxes for c in b.as_list()] == pytest.approx([c for b in s["boxes"] for c in b], abs=1e-9)
 
 
-_TOKENS = ["<think>", "</think>", "<reflection>", "</reflection>", "<type>", "</type>", "<location>",
-           "</location>", "<answer>", "</answer>", "yes", "no", "(0.1,0.2)", "(0.3,0.4)", "[", "]", ",", ";",
-           "Initial answer:", "-1e9", "1000", "NaN", "\x00", "é", "\n", "scratch", "  "]
+_TOKENS = [
+    "<think>",
+    "</think>",
+    "<reflection>",
+    "</reflection>",
+    "<type>",
+    "</type>",
+    "<location>",
+    "</location>",
+    "<answer>",
+    "</answer>",
+    "yes",
+    "no",
+    "(0.1,0.2)",
+    "(0.3,0.4)",
+    "[",
+    "]",
+    ",",
+    ";",
+    "Initial answer:",
+    "-1e9",
+    "1000",
+    "NaN",
+    "\x00",
+    "é",
+    "\n",
+    "scratch",
+    "  ",
+]
 
 
 @given(st.lists(st.one_of(st.sampled_from(_TOKENS), st.text(max_size=8)), max_size=40).map("".join))
@@ -174,13 +218,17 @@ def test_parse_never_raises_on_random_text(text):
 _VALID = [r["response"] for r in make_records(30, seed=3)]
 
 
-@given(st.sampled_from(_VALID), st.lists(st.tuples(st.integers(0, 10**6), st.integers(0, 40),
-                                                   st.sampled_from(_TOKENS + ["", "<", ">", "/"])), max_size=6))
+@given(
+    st.sampled_from(_VALID),
+    st.lists(
+        st.tuples(st.integers(0, 10**6), st.integers(0, 40), st.sampled_from([*_TOKENS, "", "<", ">", "/"])), max_size=6
+    ),
+)
 @settings(max_examples=800, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 def test_parse_never_raises_on_mutated_outputs(text, edits):
     for pos, cut, insert in edits:  # delete a span and insert a token somewhere
         pos %= len(text) + 1
-        text = text[:pos] + insert + text[pos + cut:]
+        text = text[:pos] + insert + text[pos + cut :]
     for scale in ("normalized", "grid1000", "pixels"):
         p = parse(text, ParseConfig(box_scale=scale), image_size=random.choice([None, (448, 448)]))
         assert p.answer in (None, "yes", "no") and p.initial in (None, "yes", "no")

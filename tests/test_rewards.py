@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 
 from m3ad_rl.config import ConfigError
-from rewards import REFLECTION_PRESETS, RewardConfig, RewardFunction, ReflectionValues, load_reward_config
+from rewards import REFLECTION_PRESETS, ReflectionValues, RewardConfig, RewardFunction, load_reward_config
 from tests.helpers import out
 
 GT_A = {"label": "anomalous", "defects": [{"type": "scratch", "box": [0.0, 0.0, 1.0, 0.5]}]}
@@ -28,8 +28,16 @@ def test_worked_example_2_4():
 
 def test_worked_example_3_7():
     # wrong first judgment corrected: type in the same Level-2 group (0.5), IoU 0.2, reflection +1
-    r = FN(out("yes", initial="no", reflection="Looking again there is a mark.", types=["scuff"],
-               boxes=[[0.0, 0.0, 0.2, 0.5]]), GT_A)
+    r = FN(
+        out(
+            "yes",
+            initial="no",
+            reflection="Looking again there is a mark.",
+            types=["scuff"],
+            boxes=[[0.0, 0.0, 0.2, 0.5]],
+        ),
+        GT_A,
+    )
     assert (r.consistency, r.answer, r.type, r.reflection_outcome, r.reflection) == (1, 1, 0.5, "correct", 1.0)
     assert r.location == pytest.approx(0.2)
     assert r.score == pytest.approx(3.7)
@@ -37,8 +45,10 @@ def test_worked_example_3_7():
 
 def test_worked_example_0_plus_1_minus_0_5():
     # inconsistent ("no" with a <type>), right answer on a normal image, reflection that changed nothing
-    text = "<think>Fine. Initial answer: no.</think><reflection>Still fine.</reflection><type>dent</type>" \
-           "<answer>no</answer>"
+    text = (
+        "<think>Fine. Initial answer: no.</think><reflection>Still fine.</reflection><type>dent</type>"
+        "<answer>no</answer>"
+    )
     r = FN(text, GT_N)
     assert (r.consistency, r.answer, r.type, r.location) == (0.0, 1.0, 0.0, 0.0)
     assert (r.reflection_outcome, r.reflection, r.score) == ("ineffective", -0.5, 0.5)
@@ -55,8 +65,10 @@ def test_perfect_anomalous_answer_scores_4():
 
 
 def test_type_and_location_divide_by_the_larger_set():
-    gt = {"label": "anomalous", "defects": [
-        {"type": "scratch", "box": [0.0, 0.0, 0.5, 0.5]}, {"type": "hole", "box": [0.5, 0.5, 1.0, 1.0]}]}
+    gt = {
+        "label": "anomalous",
+        "defects": [{"type": "scratch", "box": [0.0, 0.0, 0.5, 0.5]}, {"type": "hole", "box": [0.5, 0.5, 1.0, 1.0]}],
+    }
     # types: {scratch (1.0 to scratch), crack (0.5 to hole, same Level-2 damage), banana (unmapped)} -> 1.5/3
     r = FN(out("yes", types=["scratch", "crack", "banana", "scratch"], boxes=[[0.0, 0.0, 0.5, 0.5]]), gt)
     assert r.type == pytest.approx(1.5 / 3)
@@ -69,12 +81,18 @@ def test_greedy_matching_is_one_to_one():
     assert r.location == pytest.approx(0.5)
 
 
-@pytest.mark.parametrize(("initial", "answer", "gt", "outcome"), [
-    ("no", "yes", GT_A, "correct"), ("yes", "no", GT_N, "correct"),
-    ("yes", "yes", GT_A, "ineffective"), ("no", "no", GT_A, "ineffective"),
-    ("yes", "no", GT_A, "erroneous"), ("no", "yes", GT_N, "erroneous"),
-    (None, "yes", GT_A, "ineffective"),
-])
+@pytest.mark.parametrize(
+    ("initial", "answer", "gt", "outcome"),
+    [
+        ("no", "yes", GT_A, "correct"),
+        ("yes", "no", GT_N, "correct"),
+        ("yes", "yes", GT_A, "ineffective"),
+        ("no", "no", GT_A, "ineffective"),
+        ("yes", "no", GT_A, "erroneous"),
+        ("no", "yes", GT_N, "erroneous"),
+        (None, "yes", GT_A, "ineffective"),
+    ],
+)
 @pytest.mark.parametrize("preset", ["a", "b", "c", "d"])
 def test_reflection_outcomes_and_presets(initial, answer, gt, outcome, preset):
     table = {"a": (1, 0.2, 0), "b": (1, 0.2, -1), "c": (1, 0, -1), "d": (1, -0.5, -1)}[preset]
@@ -97,10 +115,15 @@ def test_no_reflection_scores_zero_and_missing_final_answer_counts_wrong():
 def test_consistency_rules():
     assert FN(out("yes", types=["scratch"], boxes=[[0, 0, 1, 0.5]]), GT_N).consistency == 1.0
     assert FN("<think>t</think><type>scratch</type><answer>yes</answer>", GT_A).consistency == 0.0
-    assert FN("<think>t</think><type>scratch</type><location>(0.5,0.5)(0.5,0.9)</location><answer>yes</answer>",
-              GT_A).consistency == 0.0  # the only box is degenerate: not parsable
-    assert FN("<think>t</think><type></type><location>[0,0,1,1]</location><answer>yes</answer>",
-              GT_A).consistency == 0.0
+    assert (
+        FN(
+            "<think>t</think><type>scratch</type><location>(0.5,0.5)(0.5,0.9)</location><answer>yes</answer>", GT_A
+        ).consistency
+        == 0.0
+    )  # the only box is degenerate: not parsable
+    assert (
+        FN("<think>t</think><type></type><location>[0,0,1,1]</location><answer>yes</answer>", GT_A).consistency == 0.0
+    )
     assert FN("<think>t</think><answer>no</answer>", GT_A).consistency == 1.0
     assert FN("<think>t</think><location>[0,0,1,1]</location><answer>no</answer>", GT_A).consistency == 0.0
     assert FN("<answer>no</answer>", GT_N).consistency == 0.0
@@ -115,8 +138,9 @@ def test_consistency_reference_ground_truth():
 
 def test_weights_and_switches():
     text = out("yes", initial="no", reflection="r", types=["scratch"], boxes=[[0, 0, 1, 0.5]])
-    fn = RewardFunction(load_reward_config(overrides=["weights.consistency=2", "weights.accuracy=0.5",
-                                                      "weights.reflection=3"]))
+    fn = RewardFunction(
+        load_reward_config(overrides=["weights.consistency=2", "weights.accuracy=0.5", "weights.reflection=3"])
+    )
     assert fn(text, GT_A).score == pytest.approx(2 * 1 + 0.5 * 3 + 3 * 1)
     off = RewardFunction(load_reward_config("configs/rewards/ablation_con1_acc0_ref1.yaml"))
     r = off(text, GT_A)
@@ -138,16 +162,21 @@ def test_default_yaml_equals_built_in_defaults():
     assert load_reward_config("configs/rewards/default.yaml") == RewardConfig()
 
 
-@pytest.mark.parametrize(("overrides", "message"), [
-    (["reflection.preset=e"], "reflection.preset: Value error, unknown preset 'e'; allowed values: a, b, c, d"),
-    (["consistency.reference=model"], "consistency.reference: 'model' is not allowed; allowed values: "
-                                      "'prediction' or 'ground_truth'"),
-    (["weights.acuracy=1"], "weights.acuracy: unknown key; allowed keys here: consistency, accuracy, reflection"),
-    (["bogus=1"], "bogus: unknown key; allowed keys here: weights, enabled"),
-    (["weights.accuracy=high"], "weights.accuracy: Input should be a valid number"),
-    (["parse.box_scale=inches"], "parse.box_scale: 'inches' is not allowed"),
-    (["novalue"], "must look like key=value"),
-])
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["reflection.preset=e"], "reflection.preset: Value error, unknown preset 'e'; allowed values: a, b, c, d"),
+        (
+            ["consistency.reference=model"],
+            "consistency.reference: 'model' is not allowed; allowed values: 'prediction' or 'ground_truth'",
+        ),
+        (["weights.acuracy=1"], "weights.acuracy: unknown key; allowed keys here: consistency, accuracy, reflection"),
+        (["bogus=1"], "bogus: unknown key; allowed keys here: weights, enabled"),
+        (["weights.accuracy=high"], "weights.accuracy: Input should be a valid number"),
+        (["parse.box_scale=inches"], "parse.box_scale: 'inches' is not allowed"),
+        (["novalue"], "must look like key=value"),
+    ],
+)
 def test_bad_config_names_key_and_allowed_values(overrides, message):
     with pytest.raises(ConfigError) as e:
         load_reward_config(overrides=overrides)
@@ -156,7 +185,7 @@ def test_bad_config_names_key_and_allowed_values(overrides, message):
 
 def test_bad_config_file(tmp_path):
     (tmp_path / "r.yaml").write_text("enabled:\n  reflexion: true\n")
-    with pytest.raises(ConfigError, match="enabled.reflexion: unknown key"):
+    with pytest.raises(ConfigError, match=r"enabled\.reflexion: unknown key"):
         load_reward_config(tmp_path / "r.yaml")
     with pytest.raises(ConfigError, match="cannot read config"):
         load_reward_config(tmp_path / "missing.yaml")
@@ -170,7 +199,7 @@ def test_override_values_on_presets():
 def test_registry_refuses_duplicates_and_lists_names():
     with pytest.raises(ValueError, match="already registered"):
         REFLECTION_PRESETS.register("d", ReflectionValues(1, 0, 0))
-    with pytest.raises(KeyError, match="choose one of: a, b, c, d"):
+    with pytest.raises(KeyError, match=r"choose one of: a, b, c, d"):
         REFLECTION_PRESETS.get("z")
 
 
@@ -182,13 +211,16 @@ def test_batch_equals_single_and_checks_lengths():
         FN.score_batch(texts, gts[:1])
 
 
-@pytest.mark.parametrize(("gt", "message"), [
-    ({"label": "broken"}, "label must be one of"),
-    ({"label": "anomalous", "defects": [{"type": "banana", "box": [0, 0, 1, 1]}]}, "'banana' is not a fine type"),
-    ({"label": "anomalous", "defects": [{"type": "dent", "box": [0.5, 0, 0.2, 1]}]}, "defects[0].box"),
-    ({"label": "normal", "defects": [{"type": "dent", "box": [0, 0, 1, 1]}]}, "normal image cannot have"),
-    ("{not json", "not valid JSON"),
-])
+@pytest.mark.parametrize(
+    ("gt", "message"),
+    [
+        ({"label": "broken"}, "label must be one of"),
+        ({"label": "anomalous", "defects": [{"type": "banana", "box": [0, 0, 1, 1]}]}, "'banana' is not a fine type"),
+        ({"label": "anomalous", "defects": [{"type": "dent", "box": [0.5, 0, 0.2, 1]}]}, "defects[0].box"),
+        ({"label": "normal", "defects": [{"type": "dent", "box": [0, 0, 1, 1]}]}, "normal image cannot have"),
+        ("{not json", "not valid JSON"),
+    ],
+)
 def test_bad_ground_truth_is_a_clear_error(gt, message):
     with pytest.raises(ValueError) as e:
         FN("<think>t</think><answer>no</answer>", gt)

@@ -28,6 +28,16 @@ class Defect:
 class GroundTruth:
     anomalous: bool
     defects: list[Defect] = field(default_factory=list)
+    types: list[Node] = field(init=False)
+    """Distinct fine types, in order of first appearance (a set, as the paper's T(y))."""
+    boxes: list[Box] = field(init=False)
+
+    def __post_init__(self) -> None:
+        seen: dict[str, Node] = {}
+        for d in self.defects:
+            seen.setdefault(d.type.name, d.type)
+        self.types = list(seen.values())
+        self.boxes = [d.box for d in self.defects if d.box is not None]
 
     @property
     def label(self) -> str:
@@ -36,18 +46,6 @@ class GroundTruth:
     @property
     def verdict(self) -> str:
         return "yes" if self.anomalous else "no"
-
-    @property
-    def types(self) -> list[Node]:
-        """Distinct fine types, in order of first appearance (a set, as the paper's T(y))."""
-        seen: dict[str, Node] = {}
-        for d in self.defects:
-            seen.setdefault(d.type.name, d.type)
-        return list(seen.values())
-
-    @property
-    def boxes(self) -> list[Box]:
-        return [d.box for d in self.defects if d.box is not None]
 
     @classmethod
     def from_obj(cls, obj: Any, taxonomy: Taxonomy | None = None) -> GroundTruth:

@@ -30,14 +30,13 @@ def greedy_match(
             if s > 0:
                 pairs.append((-s, i, j))
     pairs.sort()
-    used_p: set[int] = set()
-    used_g: set[int] = set()
+    used_p = [False] * len(preds)
+    used_g = [False] * len(truths)
     out = []
     for neg, i, j in pairs:
-        if i in used_p or j in used_g:
+        if used_p[i] or used_g[j]:
             continue
-        used_p.add(i)
-        used_g.add(j)
+        used_p[i] = used_g[j] = True
         out.append((i, j, -neg))
     return out
 

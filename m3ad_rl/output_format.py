@@ -20,6 +20,7 @@ scoring, so it scans the text once with one compiled pattern.
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -62,10 +63,11 @@ class Box:
 
 def iou(a: Box, b: Box) -> float:
     """Intersection over union of two boxes (0 when they do not overlap)."""
-    w = min(a.x2, b.x2) - max(a.x1, b.x1)
+    # Plain comparisons: min()/max() calls dominate this hot function otherwise.
+    w = (a.x2 if a.x2 < b.x2 else b.x2) - (a.x1 if a.x1 > b.x1 else b.x1)
     if w <= 0:
         return 0.0
-    h = min(a.y2, b.y2) - max(a.y1, b.y1)
+    h = (a.y2 if a.y2 < b.y2 else b.y2) - (a.y1 if a.y1 > b.y1 else b.y1)
     if h <= 0:
         return 0.0
     inter = w * h
@@ -143,13 +145,9 @@ def render(
 # ---------------------------------------------------------------------------------------------
 # Parsing
 
-_TAG_RE = re.compile(r"<(/?)(think|reflection|type|location|answer)>")
+_TAG_RE = re.compile(r"<(/?(?:think|reflection|type|location|answer))>")
 _TYPE_SPLIT = re.compile(r"[,;\n|]|\band\b|\s/\s")
-_NUM = r"([-+]?(?:\d+(?:\.\d*)?|\.\d+))"
-# Four numbers as two points: "(x1,y1)(x2,y2)", "(x1, y1), (x2, y2)", "[x1,y1,x2,y2]", "x1,y1,x2,y2".
-_BOX_RE = re.compile(rf"[\[(]?\s*{_NUM}\s*,\s*{_NUM}\s*[\])]?\s*,?\s*[\[(]?\s*{_NUM}\s*,\s*{_NUM}\s*[\])]?")
-_LOC_FILLER = re.compile(r"[\s;,\[\]()]+")
-_INITIAL_RE = re.compile(r"\s*(?:is|was)?\s*[:：=\-]?\s*[*\"'`]*\s*(yes|no)\b")
+_INITIAL_RE = re.compile(r"\s*(?:is|was)?\s*[:：=\-]?\s*[*\"'`]*\s*(yes|no)\b", re.IGNORECASE)
 _ANSWER_STRIP = " \t\r\n.!*\"'`:"
 _SENTENCE_SPLIT = re.compile(r"(?<=[.!?\n])\s+")
 # Keyword rule for the initial decision when no "Initial answer:" marker exists (documented in
@@ -169,12 +167,18 @@ _POS_RE = re.compile(rf"\b{_DEFECT_WORDS}\b")
 
 
 def _initial_from_think(think: str) -> tuple[Verdict | None, str | None]:
+    # Fast path: the canonical spelling is the last marker (the tail after it is short).
+    pos = think.rfind("Initial answer")
+    if pos >= 0 and "initial answer" not in think[pos + 14 :].lower():
+        m = _INITIAL_RE.match(think, pos + 14)
+        if m:
+            return m[1].lower(), "marker"  # type: ignore[return-value]
     low = think.lower()
     pos = low.rfind("initial answer")
     while pos >= 0:
         m = _INITIAL_RE.match(low, pos + 14)
         if m:
-            return m.group(1), "marker"  # type: ignore[return-value]
+            return m[1], "marker"  # type: ignore[return-value]
         pos = low.rfind("initial answer", 0, pos)
     for sentence in reversed(_SENTENCE_SPLIT.split(low)):
         if _NEG_RE.search(sentence):
@@ -209,36 +213,58 @@ def parse_boxes(
         return []
     w, h = image_size if image_size else (None, None)
     boxes: list[Box] = []
-    last = 0
-    for m in _BOX_RE.finditer(text):
-        if _LOC_FILLER.sub("", text[last : m.start()]):
-            problems.append(f"unreadable text in <location>: {text[last : m.start()].strip()[:40]!r}")
-        last = m.end()
-        x1, y1, x2, y2 = (float(g) for g in m.groups())
-        if scale != "normalized":
-            x1, x2 = _scale(x1, w, scale), _scale(x2, w, scale)
-            y1, y2 = _scale(y1, h, scale), _scale(y2, h, scale)
-        if x1 > x2:
-            x1, x2 = x2, x1
-        if y1 > y2:
-            y1, y2 = y2, y1
-        if x1 < 0.0 or y1 < 0.0 or x2 > 1.0 or y2 > 1.0:
-            problems.append(f"box {m.group().strip()} outside the image; clamped")
-            x1, y1 = max(x1, 0.0), max(y1, 0.0)
-            x2, y2 = min(x2, 1.0), min(y2, 1.0)
-        if x2 <= x1 or y2 <= y1:
-            problems.append(f"degenerate box {m.group().strip()} dropped")
+    # Boxes are separated by ";" (or new lines); inside a segment brackets, commas and spaces
+    # only separate numbers, and a segment may hold several boxes (4 numbers each).
+    clean = text.replace("(", " ").replace(")", " ").replace(",", " ").replace("[", " ").replace("]", " ")
+    for seg in clean.replace("\n", ";").split(";"):
+        tokens = seg.split()
+        if not tokens:
             continue
-        boxes.append(Box(x1, y1, x2, y2))
-    if _LOC_FILLER.sub("", text[last:]):
-        problems.append(f"unreadable text in <location>: {text[last:].strip()[:40]!r}")
+        try:
+            nums = list(map(float, tokens))
+        except ValueError:
+            nums = None
+        if nums is None or not math.isfinite(sum(nums)):  # float() also reads "nan" and "inf"
+            problems.append(f"unreadable text in <location>: {seg.strip()[:40]!r}")
+            continue
+        if len(nums) % 4:
+            problems.append(f"<location> segment {seg.strip()[:40]!r} does not hold 4 numbers per box")
+            continue
+        for k in range(0, len(nums), 4):
+            box = _make_box(nums[k], nums[k + 1], nums[k + 2], nums[k + 3], scale, w, h, problems)
+            if box is not None:
+                boxes.append(box)
     return boxes
+
+
+def _make_box(
+    x1: float, y1: float, x2: float, y2: float, scale: str, w: float | None, h: float | None, problems: list[str]
+) -> Box | None:
+    if scale != "normalized":
+        x1, x2 = _scale(x1, w, scale), _scale(x2, w, scale)
+        y1, y2 = _scale(y1, h, scale), _scale(y2, h, scale)
+    if x1 > x2:
+        x1, x2 = x2, x1
+    if y1 > y2:
+        y1, y2 = y2, y1
+    if x1 < 0.0 or y1 < 0.0 or x2 > 1.0 or y2 > 1.0:
+        problems.append(f"box {format_box((x1, y1, x2, y2))} outside the image; clamped")
+        x1, y1 = max(x1, 0.0), max(y1, 0.0)
+        x2, y2 = min(x2, 1.0), min(y2, 1.0)
+    if x2 <= x1 or y2 <= y1:
+        problems.append(f"degenerate box {format_box((x1, y1, x2, y2))} dropped")
+        return None
+    return Box(x1, y1, x2, y2)
 
 
 def parse_types(text: str) -> list[str]:
     """Type items of a ``<type>`` body: split on commas, semicolons, newlines, "and"."""
     items = []
-    for part in _TYPE_SPLIT.split(text):
+    if " and " in text or "|" in text or "/" in text:
+        parts = _TYPE_SPLIT.split(text)
+    else:  # the common case, without the regex
+        parts = text.replace(";", ",").replace("\n", ",").split(",")
+    for part in parts:
         part = part.strip(" \t\r\n.*\"'`")
         if part:
             items.append(part)
@@ -263,30 +289,32 @@ def parse(text: object, cfg: ParseConfig | None = None, image_size: tuple[int, i
     outside = 0
     last_close = 0
     for m in _TAG_RE.finditer(text):
-        closing, tag = m.group(1), m.group(2)
-        if not closing:
+        tag = m[1]
+        start, end = m.span()
+        if tag[0] != "/":
             if open_tag is not None:
                 problems.append(f"<{open_tag}> not closed before <{tag}>")
                 structure_ok = False
-                _keep(spans, open_tag, open_end, m.start())
-            elif text[last_close : m.start()].strip():
+                _keep(spans, open_tag, open_end, start)
+            elif start > last_close and not text[last_close:start].isspace():
                 outside += 1
-            open_tag, open_end = tag, m.end()
+            open_tag, open_end = tag, end
             if tag in order:
                 problems.append(f"<{tag}> appears more than once")
                 structure_ok = False
             order.append(tag)
-        elif open_tag == tag:
-            _keep(spans, tag, open_end, m.start())
-            open_tag, last_close = None, m.end()
+        elif open_tag == tag[1:]:
+            if tag != "/think" or "think" not in spans:
+                spans[open_tag] = (open_end, start)
+            open_tag, last_close = None, end
         else:
-            problems.append(f"stray </{tag}>")
+            problems.append(f"stray <{tag}>")
             structure_ok = False
     if open_tag is not None:
         problems.append(f"<{open_tag}> not closed")
         structure_ok = False
         _keep(spans, open_tag, open_end, len(text))
-    elif text[last_close:].strip():
+    elif len(text) > last_close and not text[last_close:].isspace():
         outside += 1
     if outside:
         problems.append("text outside the tags")

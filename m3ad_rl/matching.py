@@ -2,7 +2,8 @@
 
 SPEC §3/§4 say "one-to-one greedy matching": take the highest-scoring (prediction, truth) pair,
 remove both, repeat. Ties go to the earlier prediction, then the earlier truth, so results are
-deterministic. Pairs scoring 0 are never matched.
+deterministic. Pairs scoring 0 are never matched. Inputs are score matrices
+(``scores[i][j]`` = score of prediction i against truth j), built by the caller.
 """
 
 from __future__ import annotations
@@ -14,24 +15,30 @@ P = TypeVar("P")
 G = TypeVar("G")
 
 
-def greedy_match(
-    preds: Sequence[P], truths: Sequence[G], score: Callable[[P, G], float]
-) -> list[tuple[int, int, float]]:
+def score_matrix(preds: Sequence[P], truths: Sequence[G], score: Callable[[P, G], float]) -> list[list[float]]:
+    """``[[score(p, g) for g in truths] for p in preds]``."""
+    return [[score(p, g) for g in truths] for p in preds]
+
+
+def greedy_pairs(scores: list[list[float]]) -> list[tuple[int, int, float]]:
     """Matched ``(pred_index, truth_index, score)`` triples, highest score first."""
-    if not preds or not truths:
+    if not scores or not scores[0]:
         return []
-    if len(preds) == 1 and len(truths) == 1:  # the common case, without the sort
-        s = score(preds[0], truths[0])
-        return [(0, 0, s)] if s > 0 else []
+    if len(scores) == 1 or len(scores[0]) == 1:  # greedy = the single best pair; no sort needed
+        best, bi, bj = 0.0, -1, -1
+        for i, row in enumerate(scores):
+            for j, s in enumerate(row):
+                if s > best:
+                    best, bi, bj = s, i, j
+        return [(bi, bj, best)] if bi >= 0 else []
     pairs = []
-    for i, p in enumerate(preds):
-        for j, g in enumerate(truths):
-            s = score(p, g)
+    for i, row in enumerate(scores):
+        for j, s in enumerate(row):
             if s > 0:
                 pairs.append((-s, i, j))
     pairs.sort()
-    used_p = [False] * len(preds)
-    used_g = [False] * len(truths)
+    used_p = [False] * len(scores)
+    used_g = [False] * len(scores[0])
     out = []
     for neg, i, j in pairs:
         if used_p[i] or used_g[j]:
@@ -41,17 +48,27 @@ def greedy_match(
     return out
 
 
-def matched_mean(preds: Sequence[P], truths: Sequence[G], score: Callable[[P, G], float]) -> float:
-    """Σ matched score / max(|P|, |G|), the form of R_type and R_loc; 0 when both are empty."""
-    denom = max(len(preds), len(truths))
-    if denom == 0:
+def greedy_match(
+    preds: Sequence[P], truths: Sequence[G], score: Callable[[P, G], float]
+) -> list[tuple[int, int, float]]:
+    """``greedy_pairs`` over ``score(p, g)`` for every pair."""
+    return greedy_pairs(score_matrix(preds, truths, score))
+
+
+def greedy_sum(scores: list[list[float]]) -> float:
+    """Σ of the greedily matched scores (the same matching as ``greedy_pairs``, summed)."""
+    if not scores or not scores[0]:
         return 0.0
-    return sum(s for _, _, s in greedy_match(preds, truths, score)) / denom
+    if len(scores) == 1:
+        best = max(scores[0])
+    elif len(scores[0]) == 1:
+        best = max([row[0] for row in scores])
+    else:
+        return sum([s for _, _, s in greedy_pairs(scores)])
+    return best if best > 0 else 0.0
 
 
-def hard_counts(
-    preds: Sequence[P], truths: Sequence[G], score: Callable[[P, G], float], threshold: float
-) -> tuple[int, int, int]:
-    """(TP, FP, FN) for a Hard-F1: a matched pair with score >= threshold is a true positive."""
-    tp = sum(1 for _, _, s in greedy_match(preds, truths, score) if s >= threshold)
-    return tp, len(preds) - tp, len(truths) - tp
+def matched_mean(scores: list[list[float]], n_truths: int) -> float:
+    """Σ matched score / max(|P|, |G|), the form of R_type and R_loc; 0 when both are empty."""
+    denom = len(scores) if len(scores) > n_truths else n_truths
+    return greedy_sum(scores) / denom if denom else 0.0

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pydantic import BaseModel, ConfigDict, Field
 
 from m3ad_rl.labels import GroundTruth, reflection_outcome
-from m3ad_rl.matching import greedy_match
+from m3ad_rl.matching import greedy_pairs
 from m3ad_rl.output_format import ParseConfig, iou, parse
 from m3ad_rl.taxonomy import SimilarityConfig, Taxonomy, default_taxonomy
 
@@ -85,20 +85,19 @@ def evaluate(preds: Iterable[Prediction], cfg: EvalConfig | None = None, taxonom
     thresholds = sorted({*cfg.iou_sweep, cfg.iou_threshold})
     excluded = {s.lower() for s in cfg.exclude_sources}
     tallies: dict[str, _Tally] = defaultdict(_Tally)
-    sim = cfg.similarity
-    type_score = lambda p, g: tax.similarity(p, g, sim)  # noqa: E731
+    rows = tax.similarity_rows(cfg.similarity)
     for pr in preds:
         if pr.source is not None and pr.source.lower() in excluded:
             continue
         t = tallies[pr.scene]
         if not t.loc_counts:
             t.loc_counts = {th: [0, 0, 0] for th in thresholds}
-        _add(t, pr, cfg, tax, type_score, thresholds)
+        _add(t, pr, cfg, tax, rows, thresholds)
     scenes = _scene_order(tallies, cfg.scenes)
     return _report(tallies, scenes, cfg, thresholds)
 
 
-def _add(t: _Tally, pr: Prediction, cfg: EvalConfig, tax: Taxonomy, type_score, thresholds) -> None:
+def _add(t: _Tally, pr: Prediction, cfg: EvalConfig, tax: Taxonomy, rows: dict, thresholds: list[float]) -> None:
     gt = pr.ground_truth
     p = parse(pr.response, cfg.parse, pr.image_size)
     y = gt.verdict
@@ -119,14 +118,15 @@ def _add(t: _Tally, pr: Prediction, cfg: EvalConfig, tax: Taxonomy, type_score, 
         t.outcomes[reflection_outcome(p, gt)] += 1
     says_yes = p.answer == "yes"
     ptypes = tax.resolve_set(p.types) if says_yes else []
-    tp = sum(1 for _, _, s in greedy_match(ptypes, gt.types, type_score) if s >= cfg.type_threshold - _EPS)
+    type_pairs = greedy_pairs(tax.type_scores(ptypes, gt.types, rows))
+    tp = sum(1 for _, _, s in type_pairs if s >= cfg.type_threshold - _EPS)
     tc = t.type_counts
     tc[0] += tp
     tc[1] += len(ptypes) - tp
     tc[2] += len(gt.types) - tp
     pboxes = p.boxes if says_yes else []
     gboxes = gt.boxes
-    matches = greedy_match(pboxes, gboxes, iou)
+    matches = greedy_pairs([[iou(b, g) for g in gboxes] for b in pboxes])
     for th in thresholds:
         ltp = sum(1 for _, _, s in matches if s >= th - _EPS)
         lc = t.loc_counts[th]

@@ -148,6 +148,7 @@ def render(
 _TAG_RE = re.compile(r"<(/?(?:think|reflection|type|location|answer))>")
 _TYPE_SPLIT = re.compile(r"[,;\n|]|\band\b|\s/\s")
 _INITIAL_RE = re.compile(r"\s*(?:is|was)?\s*[:：=\-]?\s*[*\"'`]*\s*(yes|no)\b", re.IGNORECASE)
+_TYPE_STRIP = " \t\r\n.*\"'`"
 _ANSWER_STRIP = " \t\r\n.!*\"'`:"
 _SENTENCE_SPLIT = re.compile(r"(?<=[.!?\n])\s+")
 # Keyword rule for the initial decision when no "Initial answer:" marker exists (documented in
@@ -169,10 +170,13 @@ _POS_RE = re.compile(rf"\b{_DEFECT_WORDS}\b")
 def _initial_from_think(think: str) -> tuple[Verdict | None, str | None]:
     # Fast path: the canonical spelling is the last marker (the tail after it is short).
     pos = think.rfind("Initial answer")
-    if pos >= 0 and "initial answer" not in think[pos + 14 :].lower():
-        m = _INITIAL_RE.match(think, pos + 14)
-        if m:
-            return m[1].lower(), "marker"  # type: ignore[return-value]
+    if pos >= 0:
+        tail = think[pos + 14 :]
+        if "initial answer" not in tail.lower():
+            word = tail.lstrip(" \t:：=-*\"'`")[:4].lower()
+            for verdict in ("yes", "no"):
+                if word.startswith(verdict) and not word[len(verdict) : len(verdict) + 1].isalnum():
+                    return verdict, "marker"  # type: ignore[return-value]
     low = think.lower()
     pos = low.rfind("initial answer")
     while pos >= 0:
@@ -216,15 +220,25 @@ def parse_boxes(
     # Boxes are separated by ";" (or new lines); inside a segment brackets, commas and spaces
     # only separate numbers, and a segment may hold several boxes (4 numbers each).
     clean = text.replace("(", " ").replace(")", " ").replace(",", " ").replace("[", " ").replace("]", " ")
+    normalized = scale == "normalized"
     for seg in clean.replace("\n", ";").split(";"):
-        tokens = seg.split()
-        if not tokens:
-            continue
         try:
-            nums = list(map(float, tokens))
+            nums = list(map(float, seg.split()))
         except ValueError:
-            nums = None
-        if nums is None or not math.isfinite(sum(nums)):  # float() also reads "nan" and "inf"
+            problems.append(f"unreadable text in <location>: {seg.strip()[:40]!r}")
+            continue
+        if normalized and len(nums) == 4:  # the common case, inline
+            x1, y1, x2, y2 = nums
+            if x1 > x2:
+                x1, x2 = x2, x1
+            if y1 > y2:
+                y1, y2 = y2, y1
+            if 0.0 <= x1 < x2 <= 1.0 and 0.0 <= y1 < y2 <= 1.0:
+                boxes.append(Box(x1, y1, x2, y2))
+                continue
+        if not nums:
+            continue
+        if not math.isfinite(sum(nums)):  # float() also reads "nan" and "inf"
             problems.append(f"unreadable text in <location>: {seg.strip()[:40]!r}")
             continue
         if len(nums) % 4:
@@ -259,16 +273,11 @@ def _make_box(
 
 def parse_types(text: str) -> list[str]:
     """Type items of a ``<type>`` body: split on commas, semicolons, newlines, "and"."""
-    items = []
     if " and " in text or "|" in text or "/" in text:
         parts = _TYPE_SPLIT.split(text)
     else:  # the common case, without the regex
         parts = text.replace(";", ",").replace("\n", ",").split(",")
-    for part in parts:
-        part = part.strip(" \t\r\n.*\"'`")
-        if part:
-            items.append(part)
-    return items
+    return [p for p in (part.strip(_TYPE_STRIP) for part in parts) if p]
 
 
 def parse(text: object, cfg: ParseConfig | None = None, image_size: tuple[int, int] | None = None) -> ParsedOutput:
@@ -281,71 +290,70 @@ def parse(text: object, cfg: ParseConfig | None = None, image_size: tuple[int, i
         out.problems.append(f"response is {type(text).__name__}, not text")
         return out
     problems = out.problems
-    spans: dict[str, tuple[int, int]] = {}
+    bodies: dict[str, str] = {}
     order = out.tag_order
     structure_ok = True
+    # split() yields [before, tag, after, tag, after, ...]: the bodies without match objects.
+    pieces = _TAG_RE.split(text)
+    outside = bool(pieces[0]) and not pieces[0].isspace()
     open_tag: str | None = None
-    open_end = 0
-    outside = 0
-    last_close = 0
-    for m in _TAG_RE.finditer(text):
-        tag = m[1]
-        start, end = m.span()
+    body = ""
+    for k in range(1, len(pieces), 2):
+        tag, after = pieces[k], pieces[k + 1]
         if tag[0] != "/":
             if open_tag is not None:
                 problems.append(f"<{open_tag}> not closed before <{tag}>")
                 structure_ok = False
-                _keep(spans, open_tag, open_end, start)
-            elif start > last_close and not text[last_close:start].isspace():
-                outside += 1
-            open_tag, open_end = tag, end
+                if open_tag != "think" or "think" not in bodies:
+                    bodies[open_tag] = body
             if tag in order:
                 problems.append(f"<{tag}> appears more than once")
                 structure_ok = False
             order.append(tag)
-        elif open_tag == tag[1:]:
-            if tag != "/think" or "think" not in spans:
-                spans[open_tag] = (open_end, start)
-            open_tag, last_close = None, end
+            open_tag, body = tag, after
+            continue
+        if open_tag == tag[1:]:
+            if open_tag != "think" or "think" not in bodies:  # the first <think> is the initial reasoning
+                bodies[open_tag] = body
+            open_tag = None
         else:
             problems.append(f"stray <{tag}>")
             structure_ok = False
+            if open_tag is not None:  # the stray tag is part of the open body
+                body = f"{body}<{tag}>{after}"
+                continue
+        if after and not after.isspace():
+            outside = True
     if open_tag is not None:
         problems.append(f"<{open_tag}> not closed")
         structure_ok = False
-        _keep(spans, open_tag, open_end, len(text))
-    elif len(text) > last_close and not text[last_close:].isspace():
-        outside += 1
+        if open_tag != "think" or "think" not in bodies:
+            bodies[open_tag] = body
     if outside:
         problems.append("text outside the tags")
 
-    if "think" in spans:
-        a, b = spans["think"]
-        out.think = text[a:b].strip()
+    if "think" in bodies:
+        out.think = bodies["think"].strip()
         out.initial, out.initial_source = _initial_from_think(out.think)
-    if "reflection" in spans:
-        a, b = spans["reflection"]
-        out.reflection = text[a:b].strip()
-    if "answer" in spans:
-        a, b = spans["answer"]
-        out.answer_text = text[a:b]
+    if "reflection" in bodies:
+        out.reflection = bodies["reflection"].strip()
+    if "answer" in bodies:
+        out.answer_text = bodies["answer"]
         word = out.answer_text.strip(_ANSWER_STRIP).lower()
         if word in ("yes", "no"):
             out.answer = word  # type: ignore[assignment]
         else:
             problems.append(f"<answer> is {out.answer_text.strip()[:20]!r}, not yes/no")
-    if "type" in spans:
-        a, b = spans["type"]
-        out.type_text = text[a:b]
+    if "type" in bodies:
+        out.type_text = bodies["type"]
         out.types = parse_types(out.type_text)
-    if "location" in spans:
-        a, b = spans["location"]
-        out.location_text = text[a:b]
+    if "location" in bodies:
+        out.location_text = bodies["location"]
         out.boxes = parse_boxes(out.location_text, cfg, image_size, problems)
 
-    if "think" not in spans:
+    if "think" not in bodies:
         problems.append("no <think>")
-    if "answer" not in spans:
+    if "answer" not in bodies:
         problems.append("no <answer>")
     if structure_ok and order:
         if order[0] != "think":
@@ -357,11 +365,5 @@ def parse(text: object, cfg: ParseConfig | None = None, image_size: tuple[int, i
         if order[-1] != "answer":
             structure_ok = False
             problems.append("<answer> is not the last tag")
-    out.well_formed = structure_ok and "think" in spans and "answer" in spans
+    out.well_formed = structure_ok and "think" in bodies and "answer" in bodies
     return out
-
-
-def _keep(spans: dict[str, tuple[int, int]], tag: str, start: int, end: int) -> None:
-    if tag == "think" and tag in spans:
-        return  # the first <think> is the initial reasoning
-    spans[tag] = (start, end)

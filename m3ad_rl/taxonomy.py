@@ -87,6 +87,7 @@ class Taxonomy:
         phrases = sorted(self._keys, key=len, reverse=True)
         self._phrase_re = re.compile(r"\b(?:" + "|".join(re.escape(p) for p in phrases) + r")\b")
         self._lookup = lru_cache(maxsize=65536)(self._lookup_uncached)
+        self._rows: dict[tuple[float, float, float], dict[int, dict[str, float]]] = {}
 
     def _add(self, table: dict[str, Node], node: Node, synonyms: list[str]) -> None:
         if node.name in table:
@@ -149,15 +150,34 @@ class Taxonomy:
         Unmapped items stay as None (they count in |P| and score 0); two unmapped items are the
         same when their normalised text is.
         """
-        seen: set[str] = set()
+        seen: set[object] = set()
         out: list[Node | None] = []
+        lookup = self._lookup
         for item in items:
-            node = self.lookup(item)
-            key = f"{node.level}:{node.name}" if node is not None else "?" + normalize(item)
+            node = lookup(item)
+            key = id(node) if node is not None else normalize(item)  # nodes are unique objects
             if key not in seen:
                 seen.add(key)
                 out.append(node)
         return out
+
+    def similarity_rows(self, cfg: SimilarityConfig | None = None) -> dict[int, dict[str, float]]:
+        """For every node, s(node, g) for every fine type g, keyed by ``id(node)`` then g's name.
+
+        A lookup table for hot loops: nodes are unique objects of this taxonomy.
+        """
+        cfg = cfg or _DEFAULT_SIM
+        key = (cfg.same_type, cfg.same_level2, cfg.same_level1)
+        rows = self._rows.get(key)
+        if rows is None:
+            nodes = [*self.types.values(), *self.level2.values(), *self.level1.values()]
+            rows = {id(n): {g.name: self.similarity(n, g, cfg) for g in self.types.values()} for n in nodes}
+            self._rows[key] = rows
+        return rows
+
+    def type_scores(self, preds: list[Node | None], truths: list[Node], rows: dict[int, dict[str, float]]):
+        """Score matrix s(p, g) from ``similarity_rows``; unmapped predictions score 0."""
+        return [[rows[id(p)][g.name] for g in truths] if p is not None else [0.0] * len(truths) for p in preds]
 
     def similarity(self, pred: Node | None, truth: Node, cfg: SimilarityConfig | None = None) -> float:
         """s(p, g): same type, same Level-2, same Level-1 only, or 0 (unmapped p scores 0)."""

@@ -36,10 +36,9 @@ def gated_accuracy(
         return 0.0, 0.0, 0.0
     if not gt.anomalous:
         return 1.0, 0.0, 0.0
-    r_type = matched_mean(
-        taxonomy.resolve_set(parsed.types), gt.types, lambda p, g: taxonomy.similarity(p, g, similarity)
-    )
-    r_loc = matched_mean(parsed.boxes, gt.boxes, iou)
+    rows = taxonomy.similarity_rows(similarity)
+    r_type = matched_mean(taxonomy.type_scores(taxonomy.resolve_set(parsed.types), gt.types, rows), len(gt.types))
+    r_loc = matched_mean([[iou(p, g) for g in gt.boxes] for p in parsed.boxes], len(gt.boxes))
     return 1.0, r_type, r_loc
 
 

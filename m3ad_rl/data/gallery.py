@@ -1,0 +1,34 @@
+"""Contact sheet of samples with their boxes and labels drawn, for people to look at."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from PIL import Image, ImageDraw
+
+from m3ad_rl.data.schema import Sample
+
+BOX_COLORS = [(255, 40, 40), (255, 220, 0), (0, 200, 255), (255, 0, 200)]
+
+
+def contact_sheet(samples: Iterable[Sample], cols: int = 6, thumb: int = 224) -> Image.Image:
+    """A grid of thumbnails; each shows the category, the label and every box with its type."""
+    tiles = []
+    for s in samples:
+        img = s.load_image().resize((thumb, thumb))
+        d = ImageDraw.Draw(img)
+        for k, defect in enumerate(s.defects):
+            x1, y1, x2, y2 = (v * thumb for v in defect.box)
+            color = BOX_COLORS[k % len(BOX_COLORS)]
+            d.rectangle([x1, y1, x2, y2], outline=color, width=2)
+            d.text((x1 + 2, max(0, y1 - 11)), defect.type, fill=color)
+        d.rectangle([0, thumb - 14, thumb, thumb], fill=(0, 0, 0))
+        d.text((3, thumb - 13), f"{s.category} | {s.label}", fill=(255, 255, 255))
+        tiles.append(img)
+    if not tiles:
+        raise ValueError("no samples to draw")
+    rows = (len(tiles) + cols - 1) // cols
+    sheet = Image.new("RGB", (cols * (thumb + 4), rows * (thumb + 4)), (255, 255, 255))
+    for i, t in enumerate(tiles):
+        sheet.paste(t, ((i % cols) * (thumb + 4) + 2, (i // cols) * (thumb + 4) + 2))
+    return sheet

@@ -43,6 +43,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_args(p)
     p.set_defaults(func=cmd_eval_score)
 
+    _add_data_commands(sub)
+
     p = sub.add_parser("taxonomy", help="list the anomaly taxonomy or map free text onto it")
     p.add_argument("--lookup", nargs="+", metavar="TEXT", help="texts to map onto the taxonomy")
     p.set_defaults(func=cmd_taxonomy)
@@ -51,6 +53,59 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="runs/demo", help="where the demo writes its files")
     p.set_defaults(func=cmd_demo)
     return parser
+
+
+def _add_data_commands(sub) -> None:
+    data = sub.add_parser("data", help="datasets: synthesize, import, split, build FT sets, inspect")
+    ds = data.add_subparsers(dest="cmd", required=True)
+    p = ds.add_parser("synth", help="synthetic industrial scenes with labelled defects")
+    p.add_argument("--out", required=True, help="dataset URL (folder, memory://, s3://...)")
+    p.add_argument("--n", type=int, default=1000)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--workers", type=int, default=1, help="processes (the output is the same for any number)")
+    _add_config_args(p)
+    p.set_defaults(func=cmd_data_synth)
+
+    p = ds.add_parser("import", help="import a public dataset's on-disk layout")
+    p.add_argument("--dataset", required=True, choices=["mvtec-ad", "mvtec-loco", "visa", "folder"])
+    p.add_argument("--root", required=True, help="the dataset's root folder")
+    p.add_argument("--out", required=True, help="dataset URL")
+    p.add_argument("--scene", help="scene of a 'folder' dataset")
+    p.add_argument("--category", help="category of a 'folder' dataset")
+    p.add_argument("--source", default="custom", help="source name of a 'folder' dataset")
+    p.add_argument("--embed-images", action="store_true", help="store image bytes instead of their paths")
+    p.set_defaults(func=cmd_data_import)
+
+    p = ds.add_parser("split", help="cross-category FT / benchmark split")
+    p.add_argument("--input", required=True, nargs="+", help="dataset URL(s) to pool")
+    p.add_argument("--out", required=True, help="writes OUT/ft and OUT/bench")
+    _add_config_args(p)
+    p.set_defaults(func=cmd_data_split)
+
+    p = ds.add_parser("build-ft", help="difficulty, Thinking/Reflective trajectories, SFT and RL sets")
+    p.add_argument("--input", required=True, help="the FT dataset URL")
+    p.add_argument("--predictions", required=True, help="base model JSONL: {id, answer} or {id, response}")
+    p.add_argument("--out", required=True, help="writes OUT/samples, OUT/sft.parquet, OUT/rl.parquet")
+    p.add_argument("--captioner", choices=["template", "openai"], default="template")
+    p.add_argument("--base-url", help="OpenAI-compatible endpoint (captioner openai)")
+    p.add_argument("--model", help="model name at that endpoint")
+    p.add_argument("--cache-dir", default=".cache/captions", help="caption cache (captioner openai)")
+    _add_config_args(p)
+    p.set_defaults(func=cmd_data_build_ft)
+
+    p = ds.add_parser("stats", help="counts per scene / category / type / split, and a plot")
+    p.add_argument("--input", required=True)
+    p.add_argument("--plot", help="write the counts as a PNG")
+    p.set_defaults(func=cmd_data_stats)
+
+    p = ds.add_parser("gallery", help="contact sheet of samples with their boxes drawn")
+    p.add_argument("--input", required=True)
+    p.add_argument("--out", required=True, help="PNG file")
+    p.add_argument("--n", type=int, default=36)
+    p.add_argument("--cols", type=int, default=6)
+    p.add_argument("--anomalous-only", action="store_true")
+    p.add_argument("--seed", type=int, default=0, help="which samples to show")
+    p.set_defaults(func=cmd_data_gallery)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -124,6 +179,175 @@ def cmd_eval_score(args: argparse.Namespace) -> int:
     else:
         print("no predictions left to score", file=sys.stderr)
     return EXIT_SKIPPED if errors else 0
+
+
+def _progress(total: int | None, desc: str):
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc=desc, unit="img", dynamic_ncols=True, file=sys.stderr)
+
+
+def _finish_write(report, url: str) -> int:
+    print(
+        f"wrote {report.rows} samples in {len(report.shards)} shard(s) to {url}; rejected {len(report.rejected)}",
+        file=sys.stderr,
+    )
+    return EXIT_SKIPPED if report.rejected else 0
+
+
+def cmd_data_synth(args: argparse.Namespace) -> int:
+    from m3ad_rl.config import load_config
+    from m3ad_rl.data.store import DatasetWriter
+    from m3ad_rl.data.synthetic import SynthConfig, generate_parallel
+
+    cfg = load_config(SynthConfig, args.config, [*args.overrides, f"n={args.n}", f"seed={args.seed}"])
+    with DatasetWriter(args.out, check_images=False) as w, _progress(cfg.n, "synth") as bar:
+        for sample in generate_parallel(cfg, args.workers):
+            w.write(sample)
+            bar.update()
+    return _finish_write(w.report, args.out)
+
+
+def cmd_data_import(args: argparse.Namespace) -> int:
+    from m3ad_rl.data import importers
+    from m3ad_rl.data.store import DatasetWriter
+
+    if args.dataset == "folder":
+        if not (args.scene and args.category):
+            print("m3ad-rl: --dataset folder needs --scene and --category", file=sys.stderr)
+            return EXIT_USAGE
+        samples = importers.import_mask_folder(args.root, source=args.source, scene=args.scene, category=args.category)
+    else:
+        fn = {
+            "mvtec-ad": importers.import_mvtec_ad,
+            "mvtec-loco": importers.import_mvtec_loco,
+            "visa": importers.import_visa,
+        }[args.dataset]
+        samples = fn(args.root)
+    with DatasetWriter(args.out) as w, _progress(None, f"import {args.dataset}") as bar:
+        for sample in samples:
+            if args.embed_images and sample.image_uri:
+                from m3ad_rl.data.schema import read_uri
+
+                sample.image, sample.image_uri = read_uri(sample.image_uri), None
+            w.write(sample)
+            bar.update()
+    return _finish_write(w.report, args.out)
+
+
+def cmd_data_split(args: argparse.Namespace) -> int:
+    from m3ad_rl.config import load_config
+    from m3ad_rl.data.splits import SplitConfig, assign, check_disjoint
+    from m3ad_rl.data.store import DatasetWriter, iter_samples, read_table
+
+    cfg = load_config(SplitConfig, args.config, args.overrides)
+    pairs = set()
+    for url in args.input:
+        t = read_table(url, ["scene", "category"])
+        pairs |= set(zip(t.column("scene").to_pylist(), t.column("category").to_pylist(), strict=True))
+    side = assign(pairs, cfg)
+    check_disjoint([k for k, v in side.items() if v == "ft"], [k for k, v in side.items() if v == "bench"])
+    out = args.out.rstrip("/")
+    with (
+        DatasetWriter(f"{out}/ft", check_images=False) as ft,
+        DatasetWriter(f"{out}/bench", check_images=False) as bench,
+    ):
+        for url in args.input:
+            for s in iter_samples(url):
+                s.split = side[(s.scene, s.category)]
+                (ft if s.split == "ft" else bench).write(s)
+    for name in ("ft", "bench"):
+        cats = sorted(f"{sc}/{c}" for (sc, c), v in side.items() if v == name)
+        print(f"{name}: {', '.join(cats)}")
+    print(f"wrote {ft.report.rows} FT and {bench.report.rows} benchmark samples under {out}", file=sys.stderr)
+    return 0
+
+
+def cmd_data_build_ft(args: argparse.Namespace) -> int:
+    from m3ad_rl.config import load_config
+    from m3ad_rl.data import ft as ftmod
+    from m3ad_rl.data.store import DatasetWriter, iter_samples
+
+    cfg = load_config(ftmod.FTConfig, args.config, args.overrides)
+    preds = ftmod.read_predictions(args.predictions)
+    samples = list(iter_samples(args.input))
+    report = ftmod.FTReport()
+    if args.captioner == "openai":
+        if not (args.base_url and args.model):
+            print("m3ad-rl: --captioner openai needs --base-url and --model", file=sys.stderr)
+            return EXIT_USAGE
+        built = _caption_openai(samples, preds, cfg, args, report)
+    else:
+        from m3ad_rl.data.captioner_template import TemplateCaptioner
+
+        built = list(ftmod.build(samples, preds, TemplateCaptioner(cfg.seed), cfg, report))
+    out = args.out.rstrip("/")
+    with DatasetWriter(f"{out}/samples", check_images=False) as w:
+        w.write_all(built)
+    n_sft = ftmod.write_parquet(f"{out}/sft.parquet", (ftmod.sft_row(s, cfg) for s in built), ftmod.SFT_SCHEMA)
+    n_rl = ftmod.write_parquet(
+        f"{out}/rl.parquet", (ftmod.rl_row(s, i, cfg) for i, s in enumerate(built)), ftmod.RL_SCHEMA
+    )
+    for sid, why in report.skipped:
+        print(f"skipped {sid}: {why}", file=sys.stderr)
+    print(
+        f"easy {report.easy}, hard {report.hard}; thinking {report.thinking}, reflective {report.reflective}; "
+        f"wrote {n_sft} SFT rows and {n_rl} RL rows under {out}",
+        file=sys.stderr,
+    )
+    return EXIT_SKIPPED if report.skipped else 0
+
+
+def _caption_openai(samples, preds, cfg, args, report) -> list:
+    """Trajectories from an OpenAI-compatible endpoint; failures are reported and left out."""
+    from m3ad_rl.data import ft as ftmod
+    from m3ad_rl.data.captioner_openai import OpenAICaptioner, request_for
+
+    captioner = OpenAICaptioner(base_url=args.base_url, model=args.model, cache_dir=args.cache_dir)
+    todo = []
+    for s in samples:
+        if s.id not in preds:
+            report.skipped.append((s.id, "no base-model prediction"))
+            continue
+        s.difficulty, s.mode, initial = ftmod.assign(s, preds[s.id], cfg)
+        todo.append((s, request_for(s, s.mode, initial)))
+    built = []
+    for (s, _), res in zip(todo, captioner.caption_all([r for _, r in todo]), strict=True):
+        if res.text is None:
+            report.skipped.append((s.id, f"caption failed: {res.error}"))
+            continue
+        s.target = res.text
+        setattr(report, s.difficulty, getattr(report, s.difficulty) + 1)
+        setattr(report, s.mode, getattr(report, s.mode) + 1)
+        built.append(s)
+    return built
+
+
+def cmd_data_stats(args: argparse.Namespace) -> int:
+    from m3ad_rl.data.stats import dataset_stats, plot_stats, print_stats
+
+    stats = dataset_stats(args.input)
+    print_stats(stats)
+    if args.plot:
+        plot_stats(stats, args.plot)
+        print(f"wrote {args.plot}", file=sys.stderr)
+    return 0
+
+
+def cmd_data_gallery(args: argparse.Namespace) -> int:
+    import random
+
+    from m3ad_rl.data.gallery import contact_sheet
+    from m3ad_rl.data.store import iter_samples
+
+    pool = [s for s in iter_samples(args.input) if s.anomalous or not args.anomalous_only]
+    if not pool:
+        print("m3ad-rl: no samples to show", file=sys.stderr)
+        return EXIT_USAGE
+    chosen = random.Random(args.seed).sample(pool, min(args.n, len(pool)))
+    contact_sheet(chosen, cols=args.cols).save(args.out)
+    print(f"wrote {args.out} ({len(chosen)} samples)", file=sys.stderr)
+    return 0
 
 
 def cmd_taxonomy(args: argparse.Namespace) -> int:

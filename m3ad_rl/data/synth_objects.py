@@ -111,10 +111,13 @@ def draw_item(d: ImageDraw.ImageDraw, it: Item) -> None:
             x = -hw + (k + 0.5) * it.w / n
             for side in (-1, 1):
                 pin = Item("pin", 0, 0, 0, 0, it.angle, it.color, it.bend if (k == 0 and side == 1) else 0)
-                pin.cx, pin.cy = _poly(it, [(x, side * (hh + 4))])[0]
+                pin.cx, pin.cy = _poly(it, [(x, side * (hh + 6))])[0]
                 pin.angle = it.angle + 90 * side
                 pin.w, pin.h = 8, 3
-                d.polygon(_bent_segment(pin, -4, 4 + (4 if pin.bend else 0), 1.5), fill=(200, 200, 205))
+                tip = 16 if pin.bend else 6  # a bent pin also sticks out further
+                if pin.bend:
+                    pin.bend = math.copysign(max(abs(pin.bend), 45), pin.bend)
+                d.polygon(_bent_segment(pin, -6, tip, 2.2), fill=(150, 150, 158), outline=(90, 90, 95))
         d.ellipse(
             [(x := _poly(it, [(-hw * 0.7, -hh * 0.5)])[0])[0] - 2, x[1] - 2, x[0] + 2, x[1] + 2], fill=(70, 70, 75)
         )

@@ -390,7 +390,17 @@ def _edit(items: list[Item], kind: str, rng: Rng, size: int) -> tuple[list[Item]
         "warping": lambda: it.moved(shear=rng.choice([-1, 1]) * rng.uniform(0.25, 0.5)),
     }
     items[i] = edits[kind]()
+    if kind == "bent" and it.kind == "chip":  # only the first pin of the lower row bends
+        n = max(3, int(it.w // 9))
+        px, py = _poly_point(items[i], -it.w / 2 + 0.5 * it.w / n, it.h / 2 + 12)
+        return items, [i], (int(px - 16), int(py - 16), int(px + 17), int(py + 17))
     return items, [i], None
+
+
+def _poly_point(it: Item, x: float, y: float) -> tuple[float, float]:
+    from m3ad_rl.data.synth_objects import _poly
+
+    return _poly(it, [(x, y)])[0]
 
 
 def _render(
@@ -543,3 +553,21 @@ def generate(cfg: SynthConfig, start: int = 0, stop: int | None = None) -> Itera
 def defect_types() -> set[str]:
     """Every fine type the generator can draw."""
     return {t for c in CATEGORIES.values() for t in c.defect_types}
+
+
+def _chunk(args: tuple[dict, int, int]) -> list[Sample]:
+    cfg, start, stop = args
+    return list(generate(SynthConfig(**cfg), start, stop))
+
+
+def generate_parallel(cfg: SynthConfig, workers: int = 1, chunk: int = 64) -> Iterator[Sample]:
+    """``generate`` spread over processes, in index order (so the output is the same)."""
+    if workers <= 1:
+        yield from generate(cfg)
+        return
+    from concurrent.futures import ProcessPoolExecutor
+
+    jobs = [(cfg.model_dump(), s, min(s + chunk, cfg.n)) for s in range(0, cfg.n, chunk)]
+    with ProcessPoolExecutor(workers) as pool:
+        for batch in pool.map(_chunk, jobs):
+            yield from batch

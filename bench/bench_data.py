@@ -37,8 +37,10 @@ def main() -> None:
             samples = list(generate(SynthConfig(n=args.n, seed=r, size=448, image_format=fmt)))
             rates.append(args.n / (time.perf_counter() - t0))
         kb = statistics.mean(len(s.image) for s in samples) / 1e3
-        print(f"synthesis 448x448 {fmt:4}: median {statistics.median(rates):.0f} images/s on one core "
-              f"(runs: {', '.join(f'{x:.0f}' for x in rates)}); {kb:.0f} kB per image")
+        print(
+            f"synthesis 448x448 {fmt:4}: median {statistics.median(rates):.0f} images/s on one core "
+            f"(runs: {', '.join(f'{x:.0f}' for x in rates)}); {kb:.0f} kB per image"
+        )
     tmp = tempfile.mkdtemp()
     try:
         samples = list(generate(SynthConfig(n=args.n, seed=0)))

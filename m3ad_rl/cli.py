@@ -301,7 +301,7 @@ def cmd_data_build_ft(args: argparse.Namespace) -> int:
 def _caption_openai(samples, preds, cfg, args, report) -> list:
     """Trajectories from an OpenAI-compatible endpoint; failures are reported and left out."""
     from m3ad_rl.data import ft as ftmod
-    from m3ad_rl.data.captioner_openai import OpenAICaptioner, request_for
+    from m3ad_rl.data.captioner_openai import CaptionRequest, OpenAICaptioner
 
     captioner = OpenAICaptioner(base_url=args.base_url, model=args.model, cache_dir=args.cache_dir)
     todo = []
@@ -310,9 +310,9 @@ def _caption_openai(samples, preds, cfg, args, report) -> list:
             report.skipped.append((s.id, "no base-model prediction"))
             continue
         s.difficulty, s.mode, initial = ftmod.assign(s, preds[s.id], cfg)
-        todo.append((s, request_for(s, s.mode, initial)))
+        todo.append((s, CaptionRequest.from_sample(s, s.mode, initial)))
     built = []
-    for (s, _), res in zip(todo, captioner.caption_all([r for _, r in todo]), strict=True):
+    for (s, _), res in zip(todo, captioner.caption_all([r for _, r in todo], progress=True), strict=True):
         if res.text is None:
             report.skipped.append((s.id, f"caption failed: {res.error}"))
             continue

@@ -67,7 +67,7 @@ def _add_data_commands(sub) -> None:
     p.set_defaults(func=cmd_data_synth)
 
     p = ds.add_parser("import", help="import a public dataset's on-disk layout")
-    p.add_argument("--dataset", required=True, choices=["mvtec-ad", "mvtec-loco", "visa", "folder"])
+    p.add_argument("--dataset", required=True, choices=["mvtec-ad", "mvtec-loco", "visa", "real-iad", "folder"])
     p.add_argument("--root", required=True, help="the dataset's root folder")
     p.add_argument("--out", required=True, help="dataset URL")
     p.add_argument("--scene", help="scene of a 'folder' dataset")
@@ -210,29 +210,34 @@ def cmd_data_synth(args: argparse.Namespace) -> int:
 
 def cmd_data_import(args: argparse.Namespace) -> int:
     from m3ad_rl.data import importers
+    from m3ad_rl.data.schema import read_uri
     from m3ad_rl.data.store import DatasetWriter
 
+    report = importers.ImportReport()
     if args.dataset == "folder":
         if not (args.scene and args.category):
             print("m3ad-rl: --dataset folder needs --scene and --category", file=sys.stderr)
             return EXIT_USAGE
-        samples = importers.import_mask_folder(args.root, source=args.source, scene=args.scene, category=args.category)
+        samples = importers.import_mask_folder(
+            args.root, source=args.source, scene=args.scene, category=args.category, report=report
+        )
     else:
         fn = {
             "mvtec-ad": importers.import_mvtec_ad,
             "mvtec-loco": importers.import_mvtec_loco,
             "visa": importers.import_visa,
+            "real-iad": importers.import_real_iad,
         }[args.dataset]
-        samples = fn(args.root)
+        samples = fn(args.root, report=report)
     with DatasetWriter(args.out) as w, _progress(None, f"import {args.dataset}") as bar:
         for sample in samples:
             if args.embed_images and sample.image_uri:
-                from m3ad_rl.data.schema import read_uri
-
                 sample.image, sample.image_uri = read_uri(sample.image_uri), None
             w.write(sample)
             bar.update()
-    return _finish_write(w.report, args.out)
+    rc = _finish_write(w.report, args.out)
+    print(f"the importer skipped {len(report.skipped)} image(s)", file=sys.stderr)
+    return EXIT_SKIPPED if report.skipped else rc
 
 
 def cmd_data_split(args: argparse.Namespace) -> int:

@@ -351,3 +351,17 @@ def test_tables_cover_mvtec_and_visa_vocabularies():
     for category, ids in labels["visa"]["mask_ids"].items():
         assert category in labels["visa"]["scenes"]
         assert {normalize(v) for v in ids.values()} <= visa, category
+
+
+def test_cli_import_writes_a_dataset_and_reports_skips(mvtec, tmp_path, capsys):
+    from m3ad_rl.cli import EXIT_SKIPPED, main
+    from m3ad_rl.data.store import read_manifest
+
+    out = str(tmp_path / "imported")
+    rc = main(["data", "import", "--dataset", "mvtec-ad", "--root", str(mvtec), "--out", out, "--embed-images"])
+    imported = list(iter_samples(out))
+    assert imported and all(s.image is not None and s.image_uri is None for s in imported)
+    assert read_manifest(out)["rows"] == len(imported)
+    assert rc == EXIT_SKIPPED
+    err = capsys.readouterr().err
+    assert "skipped" in err and "002.png" in err  # the file that is not an image

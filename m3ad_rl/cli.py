@@ -45,6 +45,18 @@ def build_parser() -> argparse.ArgumentParser:
 
     _add_data_commands(sub)
 
+    model = sub.add_parser("model", help="models").add_subparsers(dest="cmd", required=True)
+    p = model.add_parser("tiny", help="build the tiny offline Qwen3-VL (random weights, real architecture)")
+    p.add_argument("--out", required=True, help="folder to save the model and processor in")
+    p.add_argument(
+        "--vocab",
+        choices=["small", "qwen"],
+        default="small",
+        help="small: a BPE trained here (fast tests); qwen: Qwen's real 151k vocabulary",
+    )
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=cmd_model_tiny)
+
     p = sub.add_parser("taxonomy", help="list the anomaly taxonomy or map free text onto it")
     p.add_argument("--lookup", nargs="+", metavar="TEXT", help="texts to map onto the taxonomy")
     p.set_defaults(func=cmd_taxonomy)
@@ -352,6 +364,15 @@ def cmd_data_gallery(args: argparse.Namespace) -> int:
     chosen = random.Random(args.seed).sample(pool, min(args.n, len(pool)))
     contact_sheet(chosen, cols=args.cols).save(args.out)
     print(f"wrote {args.out} ({len(chosen)} samples)", file=sys.stderr)
+    return 0
+
+
+def cmd_model_tiny(args: argparse.Namespace) -> int:
+    from m3ad_rl.models.tiny import TinySpec, build_tiny
+
+    out = build_tiny(args.out, TinySpec(vocab=args.vocab, seed=args.seed))
+    info = json.loads((out / "m3ad_tiny.json").read_text())
+    print(f"wrote a tiny Qwen3-VL ({info['parameters']:,} parameters, {args.vocab} vocabulary) to {out}")
     return 0
 
 

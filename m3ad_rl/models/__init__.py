@@ -1,0 +1,1 @@
+"""Models: the tiny offline Qwen3-VL and (later) engines."""

@@ -1,0 +1,97 @@
+"""Hugging Face transformers engine: batched, left-padded generation on CPU or GPU.
+
+Log-probs are those of the sampling distribution (logits / temperature, no top-p renormalisation),
+computed step by step so a 151k vocabulary never materialises a [batch, length, vocab] tensor.
+"""
+
+from __future__ import annotations
+
+from m3ad_rl.engines.base import Completion, GenerationRequest, SamplingParams
+
+
+class HFEngine:
+    """``AutoModelForImageTextToText`` + its processor; ``batch_size`` prompts per ``generate`` call."""
+
+    name = "hf"
+
+    def __init__(self, model: str, device: str | None = None, dtype: str = "auto", batch_size: int = 8):
+        import torch
+        from transformers import AutoModelForImageTextToText, AutoProcessor
+
+        self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        if dtype == "auto":
+            dtype = "bfloat16" if self.device.startswith("cuda") else "float32"
+        self.processor = AutoProcessor.from_pretrained(model)
+        self.processor.tokenizer.padding_side = "left"
+        self.model = AutoModelForImageTextToText.from_pretrained(model, dtype=getattr(torch, dtype))
+        self.model.to(self.device).eval()
+        self.batch_size = batch_size
+        tok = self.processor.tokenizer
+        eos = self.model.generation_config.eos_token_id
+        self.eos_ids = set(eos if isinstance(eos, list) else [eos]) | {tok.eos_token_id}
+        self.pad_id = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+
+    def generate(self, requests: list[GenerationRequest], params: SamplingParams) -> list[list[Completion]]:
+        out: list[list[Completion]] = []
+        for start in range(0, len(requests), self.batch_size):
+            out.extend(self._batch(requests[start : start + self.batch_size], params))
+        return out
+
+    def _inputs(self, requests: list[GenerationRequest]):
+        texts = [
+            self.processor.apply_chat_template(r.messages(), add_generation_prompt=True, tokenize=False)
+            for r in requests
+        ]
+        images = [r.pil_image() for r in requests if r.image is not None]
+        if images and len(images) != len(requests):
+            raise ValueError("a batch mixes requests with and without images; send them separately")
+        return self.processor(text=texts, images=images or None, return_tensors="pt", padding=True)
+
+    def _batch(self, requests: list[GenerationRequest], params: SamplingParams) -> list[list[Completion]]:
+        import torch
+
+        inputs = self._inputs(requests).to(self.device)
+        sample = params.temperature > 0
+        kwargs = dict(
+            max_new_tokens=params.max_new_tokens,
+            do_sample=sample,
+            num_return_sequences=params.n,
+            return_dict_in_generate=True,
+            output_logits=params.logprobs,
+            pad_token_id=self.pad_id,
+        )
+        if sample:
+            kwargs.update(temperature=params.temperature, top_p=params.top_p, top_k=0)
+        if params.seed is not None:
+            torch.manual_seed(params.seed)
+        with torch.no_grad():
+            res = self.model.generate(**inputs, **kwargs)
+        new = res.sequences[:, inputs["input_ids"].shape[1] :]  # [B*n, T]
+        token_lp = None
+        if params.logprobs:
+            t = params.temperature if sample else 1.0
+            steps = []
+            for k, logits in enumerate(res.logits):  # one [B*n, V] tensor per generated position
+                lp = torch.log_softmax(logits.float() / t, dim=-1)
+                steps.append(lp.gather(1, new[:, k : k + 1]).squeeze(1))
+            token_lp = torch.stack(steps, dim=1).cpu().tolist()  # [B*n, T]
+        seqs = new.cpu().tolist()
+        results: list[list[Completion]] = []
+        for i in range(len(requests)):
+            group = []
+            for j in range(params.n):
+                row = i * params.n + j
+                ids, end = seqs[row], None
+                for k, tok in enumerate(ids):
+                    if tok in self.eos_ids:
+                        end = k + 1
+                        break
+                ids = ids[:end] if end else ids
+                text = self.processor.tokenizer.decode(ids, skip_special_tokens=True)
+                lps = token_lp[row][: len(ids)] if token_lp is not None else None
+                group.append(Completion(text, ids, lps, "stop" if end else "length"))
+            results.append(group)
+        return results
+
+    def close(self) -> None:
+        self.model = None

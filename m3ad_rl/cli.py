@@ -43,7 +43,25 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_args(p)
     p.set_defaults(func=cmd_eval_score)
 
+    p = ev.add_parser("run", help="run a model over the benchmark on Ray (resumable), score, report")
+    p.add_argument("--model", required=True, help="model folder, or the served name for --engine openai")
+    p.add_argument("--engine", choices=["hf", "vllm", "openai"], default="hf")
+    p.add_argument("--dataset", required=True, help="benchmark dataset URL")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--workers", type=int, default=1, help="engine replicas")
+    p.add_argument("--exclude-source", action="append", default=[], help="leave out a source dataset")
+    p.add_argument("--address", help="Ray cluster address (default: local Ray)")
+    p.add_argument("--base-url", help="OpenAI-compatible endpoint (--engine openai)")
+    _add_config_args(p)
+    p.set_defaults(func=cmd_eval_run)
+
+    p = ev.add_parser("sweep", help="evaluate several models/endpoints and compare them (Table 1)")
+    p.add_argument("--config", required=True, help="YAML: dataset, out, models: [{name, model, engine, ...}]")
+    p.add_argument("--set", dest="overrides", nargs="+", default=[], metavar="KEY=VALUE")
+    p.set_defaults(func=cmd_eval_sweep)
+
     _add_data_commands(sub)
+    _add_serve_commands(sub)
 
     model = sub.add_parser("model", help="models").add_subparsers(dest="cmd", required=True)
     p = model.add_parser("tiny", help="build the tiny offline Qwen3-VL (random weights, real architecture)")
@@ -118,6 +136,19 @@ def _add_data_commands(sub) -> None:
     p.add_argument("--anomalous-only", action="store_true")
     p.add_argument("--seed", type=int, default=0, help="which samples to show")
     p.set_defaults(func=cmd_data_gallery)
+
+
+def _add_serve_commands(sub) -> None:
+    from m3ad_rl.engines import ENGINES
+
+    serve = sub.add_parser("serve", help="serve a model over HTTP").add_subparsers(dest="cmd", required=True)
+    p = serve.add_parser("openai", help="OpenAI-compatible chat completions (/v1/chat/completions)")
+    p.add_argument("--model", required=True, help="model folder or name, as the engine takes it")
+    p.add_argument("--engine", choices=ENGINES, default="hf")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--served-name", help="model name clients send (default: --model as given)")
+    p.set_defaults(func=cmd_serve_openai)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -373,6 +404,55 @@ def cmd_model_tiny(args: argparse.Namespace) -> int:
     out = build_tiny(args.out, TinySpec(vocab=args.vocab, seed=args.seed))
     info = json.loads((out / "m3ad_tiny.json").read_text())
     print(f"wrote a tiny Qwen3-VL ({info['parameters']:,} parameters, {args.vocab} vocabulary) to {out}")
+    return 0
+
+
+def cmd_eval_run(args: argparse.Namespace) -> int:
+    from m3ad_rl.config import load_config
+    from m3ad_rl.evaluation import EvalRunConfig, run
+    from m3ad_rl.report import print_report
+
+    base = [
+        f"model={args.model}",
+        f"engine={args.engine}",
+        f"dataset={args.dataset}",
+        f"out={args.out}",
+        f"workers={args.workers}",
+    ]
+    if args.address:
+        base.append(f"address={args.address}")
+    if args.exclude_source:
+        base.append(f"metrics.exclude_sources=[{','.join(args.exclude_source)}]")
+    if args.base_url:
+        base.append(f"engine_kwargs.base_url={args.base_url}")
+    cfg = load_config(EvalRunConfig, args.config, [*base, *args.overrides])
+    report = run(cfg)
+    if report["scenes"]:
+        print_report(report)
+    print(report["verdict"])
+    print(f"wrote {cfg.out}/report.md, report.json, predictions.jsonl, reflection.png, iou_sweep.png")
+    return 0
+
+
+def cmd_eval_sweep(args: argparse.Namespace) -> int:
+    from m3ad_rl.config import load_config
+    from m3ad_rl.sweep_eval import SweepConfig, run_sweep
+
+    cfg = load_config(SweepConfig, args.config, args.overrides)
+    table = run_sweep(cfg)
+    print(table)
+    return 0
+
+
+def cmd_serve_openai(args: argparse.Namespace) -> int:
+    from m3ad_rl.engines import make_engine
+    from m3ad_rl.engines.openai_server import serve
+
+    engine = make_engine(args.engine, args.model)
+    try:
+        serve(engine, args.served_name or args.model, host=args.host, port=args.port)
+    finally:
+        engine.close()
     return 0
 
 

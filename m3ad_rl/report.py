@@ -123,3 +123,25 @@ def plot_reflection(report: dict, path: str) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
+
+
+def plot_iou_sweep(report: dict, path: str) -> None:
+    """Loc Hard-F1 against the IoU threshold, one line per scene and the mean (Table 5)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5, 3.4))
+    for scene, sweep in report.get("loc_f1_by_iou_per_scene", {}).items():
+        ax.plot([float(k) for k in sweep], list(sweep.values()), marker="o", label=scene.capitalize())
+    mean = report["loc_f1_by_iou"]
+    ax.plot([float(k) for k in mean], list(mean.values()), marker="s", color="black", linewidth=2, label="Average")
+    ax.set_xlabel("IoU threshold")
+    ax.set_ylabel("Loc Hard-F1")
+    ax.set_ylim(0, 1)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)

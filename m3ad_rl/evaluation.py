@@ -1,0 +1,234 @@
+"""M3-AD-Bench evaluation as a Ray job: shard the benchmark over engine workers with Ray Data,
+append predictions to a JSONL (a rerun skips what is done), score, and write the report.
+
+    m3ad-rl eval run --model models/tiny --engine hf --dataset data/split/bench --out runs/eval --workers 2
+
+Outputs in ``--out``: ``predictions.jsonl`` (the ``eval score`` input format), ``report.json``,
+``report.md`` (the paper's tables, the IoU sweep, the reflection before/after and a plain
+statement of how far the numbers are from chance), ``reflection.png`` and ``iou_sweep.png``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+import time
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from m3ad_rl.engines.base import SamplingParams
+from m3ad_rl.metrics import EvalConfig
+
+
+class EvalRunConfig(BaseModel):
+    """One evaluation run."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    model: str = Field(..., description="Model folder or name (for openai: the served model name).")
+    engine: Literal["hf", "vllm", "openai"] = Field("hf", description="Inference engine.")
+    engine_kwargs: dict[str, Any] = Field(default_factory=dict, description="Passed to the engine.")
+    dataset: str = Field(..., description="Benchmark dataset URL (m3ad-rl data format).")
+    out: str = Field(..., description="Output folder.")
+    workers: int = Field(1, ge=1, description="Engine replicas (Ray Data actors).")
+    batch_size: int = Field(4, ge=1, description="Images per engine call.")
+    gpus_per_worker: float | None = Field(None, description="Default: 1 for hf/vllm when CUDA exists, else 0.")
+    with_types: bool = Field(False, description="List the fine types in the question.")
+    address: str | None = Field(None, description="Ray cluster address (default: start or join local Ray).")
+    limit: int | None = Field(None, ge=1, description="Evaluate only the first N samples.")
+    sampling: SamplingParams = SamplingParams(n=1, temperature=0.0, max_new_tokens=512, logprobs=False)
+    metrics: EvalConfig = EvalConfig()
+
+
+class _Predictor:
+    """A Ray Data actor holding one engine; maps a batch of samples to responses."""
+
+    def __init__(self, cfg: dict):
+        from m3ad_rl.engines import make_engine
+        from m3ad_rl.prompts import question
+
+        self.cfg = EvalRunConfig(**cfg)
+        self.engine = make_engine(self.cfg.engine, self.cfg.model, **self.cfg.engine_kwargs)
+        self.text = question(self.cfg.with_types)
+
+    def __call__(self, batch: dict) -> dict:
+        from m3ad_rl.engines.base import GenerationRequest
+
+        reqs = [
+            GenerationRequest(str(i), self.text, bytes(img)) for i, img in zip(batch["id"], batch["image"], strict=True)
+        ]
+        t0 = time.perf_counter()
+        outs = self.engine.generate(reqs, self.cfg.sampling)
+        dt = (time.perf_counter() - t0) / max(1, len(reqs))
+        return {
+            "id": list(batch["id"]),
+            "scene": list(batch["scene"]),
+            "source": list(batch["source"]),
+            "ground_truth": list(batch["ground_truth"]),
+            "response": [o[0].text for o in outs],
+            "seconds": [dt] * len(reqs),
+        }
+
+
+def done_ids(path: Path) -> set[str]:
+    """Ids already in a predictions file. A line cut short by a killed run is dropped from the file
+    (so appending starts on a fresh line) and its sample is predicted again."""
+    ids: set[str] = set()
+    if not path.exists():
+        return ids
+    good = []
+    for line in path.read_text().splitlines():
+        try:
+            ids.add(json.loads(line)["id"])
+            good.append(line)
+        except (json.JSONDecodeError, KeyError, TypeError):
+            continue
+    text = "".join(f"{line}\n" for line in good)
+    if path.read_text() != text:
+        path.write_text(text)
+    return ids
+
+
+def _records(cfg: EvalRunConfig, skip: set[str]) -> list[dict]:
+    from m3ad_rl.data.store import iter_samples
+
+    out = []
+    for s in iter_samples(cfg.dataset):
+        if cfg.limit is not None and len(out) + len(skip) >= cfg.limit:
+            break
+        if s.id in skip:
+            continue
+        image = s.image if s.image is not None else _read(s.image_uri)
+        out.append(
+            {
+                "id": s.id,
+                "image": image,
+                "scene": s.scene,
+                "source": s.source,
+                "ground_truth": json.dumps(s.ground_truth()),
+            }
+        )
+    return out
+
+
+def _read(uri: str | None) -> bytes:
+    from m3ad_rl.data.schema import read_uri
+
+    return read_uri(uri or "")
+
+
+def predict(cfg: EvalRunConfig) -> Path:
+    """Run the engines over the benchmark; returns the predictions file."""
+    import ray
+    from tqdm import tqdm
+
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    preds = out / "predictions.jsonl"
+    skip = done_ids(preds)
+    records = _records(cfg, skip)
+    if skip:
+        print(f"resuming: {len(skip)} predictions already in {preds}, {len(records)} to go", file=sys.stderr)
+    if not records:
+        return preds
+    if not ray.is_initialized():
+        ray.init(address=cfg.address, ignore_reinit_error=True, include_dashboard=False, log_to_driver=False)
+    ctx = ray.data.DataContext.get_current()
+    ctx.enable_progress_bars = False
+    gpus = cfg.gpus_per_worker
+    if gpus is None:
+        gpus = 1.0 if cfg.engine != "openai" and ray.cluster_resources().get("GPU", 0) >= 1 else 0.0
+    ds = ray.data.from_items(records, override_num_blocks=max(cfg.workers, math.ceil(len(records) / cfg.batch_size)))
+    mapped = ds.map_batches(
+        _Predictor,
+        fn_constructor_kwargs={"cfg": cfg.model_dump()},
+        batch_size=cfg.batch_size,
+        concurrency=cfg.workers,
+        num_gpus=gpus,
+        num_cpus=1 if gpus == 0 else 0.5,
+    )
+    t0 = time.perf_counter()
+    with preds.open("a") as fh, tqdm(total=len(records), desc="eval", unit="img", file=sys.stderr) as bar:
+        for row in mapped.iter_rows():
+            gt = json.loads(row["ground_truth"])
+            fh.write(
+                json.dumps(
+                    {
+                        "id": row["id"],
+                        "scene": row["scene"],
+                        "source": row["source"],
+                        "response": row["response"],
+                        "ground_truth": gt,
+                    }
+                )
+                + "\n"
+            )
+            fh.flush()
+            bar.update()
+            bar.set_postfix(img_s=f"{bar.n / (time.perf_counter() - t0):.2f}")
+    return preds
+
+
+def score(cfg: EvalRunConfig, preds: Path) -> dict:
+    """Score predictions and write report.json, report.md and the plots."""
+    from m3ad_rl.jsonl import LineErrors, read_records
+    from m3ad_rl.labels import GroundTruth
+    from m3ad_rl.metrics import Prediction, evaluate
+    from m3ad_rl.output_format import parse
+    from m3ad_rl.report import markdown_report, plot_iou_sweep, plot_reflection
+
+    rows = [obj for _, obj in read_records(str(preds), lambda o: o, LineErrors(str(preds), quiet=True))]
+    report = evaluate(
+        (
+            Prediction(r["id"], r["scene"], r["response"], GroundTruth.from_obj(r["ground_truth"]), r.get("source"))
+            for r in rows
+        ),
+        cfg.metrics,
+    )
+    readable = sum(1 for r in rows if parse(r["response"]).answer is not None)
+    report["run"] = {
+        "model": cfg.model,
+        "engine": cfg.engine,
+        "dataset": cfg.dataset,
+        "n": len(rows),
+        "readable_answers": readable / max(1, len(rows)),
+    }
+    report["verdict"] = chance_statement(report, readable, len(rows))
+    out = Path(cfg.out)
+    (out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
+    header = f"# M3-AD-Bench: {cfg.model} ({cfg.engine})\n\n{report['verdict']}\n\n"
+    (out / "report.md").write_text(header + markdown_report(report))
+    if report["scenes"]:
+        plot_reflection(report, str(out / "reflection.png"))
+        plot_iou_sweep(report, str(out / "iou_sweep.png"))
+    return report
+
+
+def chance_statement(report: dict, readable: int, n: int) -> str:
+    """A plain sentence on whether the detection numbers differ from guessing."""
+    if not report["scenes"] or n == 0:
+        return "No predictions to judge."
+    bal = report["average"]["balanced_accuracy"]
+    margin = 2 * 0.5 / math.sqrt(n)  # about two standard errors of a coin-flip's balanced accuracy
+    share = 100 * readable / n
+    unreadable = (
+        f" Only {share:.0f}% of the {n} responses gave a readable yes/no answer; the rest count as wrong."
+        if share < 90
+        else f" {share:.0f}% of the {n} responses gave a readable yes/no answer."
+    )
+    if bal < 0.5 - margin:
+        return f"The results are below chance: mean balanced accuracy {bal:.3f} against 0.5 for guessing.{unreadable}"
+    if bal <= 0.5 + margin:
+        return (
+            f"The results are at chance level: mean balanced accuracy {bal:.3f} is within {margin:.3f} of the "
+            f"0.5 of random guessing.{unreadable}"
+        )
+    return f"Mean balanced accuracy {bal:.3f} is above chance (0.5 ± {margin:.3f}).{unreadable}"
+
+
+def run(cfg: EvalRunConfig) -> dict:
+    """Predict (resumably) and score."""
+    return score(cfg, predict(cfg))

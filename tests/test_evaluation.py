@@ -58,3 +58,31 @@ def test_eval_run_two_workers_then_resume(setup, capsys):
     final = [json.loads(x) for x in (out / "predictions.jsonl").read_text().splitlines()]  # every line whole
     assert len(final) == 16 and {r["id"] for r in final} == {r["id"] for r in rows} and again == rows[:10]
     assert "resuming: 10 predictions" in capsys.readouterr().err
+
+
+def test_baseline_sweep_table(setup, tmp_path):
+    from m3ad_rl.sweep_eval import SweepConfig, comparison_table, run_sweep
+
+    cfg = SweepConfig(
+        dataset=str(setup / "bench"),
+        out=str(tmp_path / "sweep"),
+        limit=4,
+        sampling={"n": 1, "temperature": 0.0, "max_new_tokens": 8, "logprobs": False},
+        models=[
+            {"name": "tiny-a", "model": str(setup / "tiny")},
+            {"name": "tiny-b", "model": str(setup / "tiny"), "exclude_sources": ["synthetic"]},
+        ],
+    )
+    table = run_sweep(cfg)
+    lines = table.splitlines()
+    assert lines[0].startswith("| Model |") and "Average Acc" in lines[0] and "Type F1" in lines[0]
+    assert lines[2].startswith("| tiny-a |") and lines[3].startswith("| tiny-b |")
+    assert (tmp_path / "sweep" / "comparison.md").read_text().strip() == table
+    assert len((tmp_path / "sweep" / "tiny-a" / "predictions.jsonl").read_text().splitlines()) == 4
+    fake = {
+        "m": {
+            "scenes": {"texture": {"accuracy": 0.5, "balanced_accuracy": 0.25}},
+            "average": {"accuracy": 0.5, "balanced_accuracy": 0.25, "type_f1": 0.1, "loc_f1": 0.2},
+        }
+    }
+    assert comparison_table(fake).splitlines()[2] == "| m | 50.0 | 25.0 | 50.0 | 25.0 | 0.100 | 0.200 |"

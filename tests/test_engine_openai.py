@@ -68,12 +68,10 @@ def _local_only(monkeypatch):
 
 
 @pytest.fixture(scope="module")
-def hf_url(tmp_path_factory):
+def hf_url(tiny_model):
     from m3ad_rl.engines.hf import HFEngine
-    from m3ad_rl.models.tiny import build_tiny
 
-    tiny = build_tiny(str(tmp_path_factory.mktemp("tiny")))
-    engine = HFEngine(str(tiny))
+    engine = HFEngine(str(tiny_model))
     with running(make_app(engine, "tiny")) as url:
         yield url
     engine.close()

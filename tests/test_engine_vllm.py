@@ -44,10 +44,7 @@ SCRIPT = textwrap.dedent("""
 """)
 
 
-def test_vllm_engine_on_the_tiny_model(tmp_path):
-    from m3ad_rl.cli import main
-
-    assert main(["model", "tiny", "--out", str(tmp_path / "tiny")]) == 0
+def test_vllm_engine_on_the_tiny_model(tmp_path, tiny_model):
     script = tmp_path / "run_vllm.py"  # vLLM's engine process re-imports __main__: it must be a file
     script.write_text(SCRIPT)
     env = {
@@ -58,7 +55,7 @@ def test_vllm_engine_on_the_tiny_model(tmp_path):
         "VLLM_CPU_NUM_OF_RESERVED_CPU": "0",
     }
     res = subprocess.run(
-        [str(PY), str(script), str(tmp_path / "tiny")],
+        [str(PY), str(script), str(tiny_model)],
         capture_output=True,
         text=True,
         env=env,

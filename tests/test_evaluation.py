@@ -12,9 +12,9 @@ from m3ad_rl.data.synthetic import SynthConfig, generate  # noqa: E402
 
 
 @pytest.fixture(scope="module")
-def setup(tmp_path_factory):
+def setup(tmp_path_factory, tiny_model):
     root = tmp_path_factory.mktemp("eval")
-    assert main(["model", "tiny", "--out", str(root / "tiny")]) == 0
+    (root / "tiny").symlink_to(tiny_model)
     write_dataset(str(root / "bench"), generate(SynthConfig(n=16, seed=9, size=128)))
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     yield root

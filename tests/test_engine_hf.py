@@ -1,0 +1,57 @@
+"""The HF engine: n samples per prompt in a left-padded batch, and log-probs that match a forward pass."""
+
+import io
+
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from PIL import Image  # noqa: E402
+
+from m3ad_rl.engines import GenerationRequest, SamplingParams, make_engine  # noqa: E402
+from m3ad_rl.prompts import question  # noqa: E402
+
+
+def _png(color) -> bytes:
+    buf = io.BytesIO()
+    Image.new("RGB", (300, 200), color).save(buf, "PNG")
+    return buf.getvalue()
+
+
+def test_batch_of_prompts_n_samples_and_logprobs_match_a_forward_pass(tiny_model):
+    engine = make_engine("hf", str(tiny_model), batch_size=3)
+    # different text lengths force left padding inside the batch
+    reqs = [GenerationRequest(f"r{i}", question() + " Be brief." * i, _png((40 * i, 90, 20))) for i in range(3)]
+    out = engine.generate(reqs, SamplingParams(n=4, max_new_tokens=12, temperature=0.8, seed=1))
+    assert [len(g) for g in out] == [4, 4, 4]
+    for g in out:
+        for c in g:
+            assert 0 < len(c.token_ids) <= 12 and len(c.logprobs) == len(c.token_ids)
+            assert c.finish_reason in ("stop", "length")
+    # recompute the log-probs of request 2's first sample with one forward pass, unpadded
+    r, c = reqs[2], out[2][0]
+    proc, model = engine.processor, engine.model
+    text = proc.apply_chat_template(r.messages(), add_generation_prompt=True, tokenize=False)
+    inputs = proc(text=[text], images=[r.pil_image()], return_tensors="pt")
+    ids = torch.cat([inputs["input_ids"], torch.tensor([c.token_ids])], dim=1)
+    extra = {k: v for k, v in inputs.items() if k not in ("input_ids", "attention_mask", "mm_token_type_ids")}
+    mm = torch.cat([inputs["mm_token_type_ids"], torch.zeros(1, len(c.token_ids), dtype=torch.long)], dim=1)
+    with torch.no_grad():
+        logits = model(input_ids=ids, attention_mask=torch.ones_like(ids), mm_token_type_ids=mm, **extra).logits
+    p = inputs["input_ids"].shape[1]
+    lp = torch.log_softmax(logits[0, p - 1 : -1].float() / 0.8, dim=-1)
+    expected = lp.gather(1, torch.tensor(c.token_ids)[:, None]).squeeze(1)
+    assert torch.allclose(expected, torch.tensor(c.logprobs), atol=2e-3)
+
+
+def test_greedy_is_deterministic_and_without_logprobs(tiny_model):
+    engine = make_engine("hf", str(tiny_model))
+    req = [GenerationRequest("a", question(), _png((1, 2, 3)))]
+    params = SamplingParams(n=1, temperature=0.0, max_new_tokens=8, logprobs=False)
+    a, b = engine.generate(req, params), engine.generate(req, params)
+    assert a[0][0].token_ids == b[0][0].token_ids and a[0][0].logprobs is None
+
+
+def test_unknown_engine_lists_the_choices():
+    with pytest.raises(ValueError, match="choose one of: hf, vllm, openai"):
+        make_engine("tgi", "x")

@@ -150,6 +150,14 @@ def _add_serve_commands(sub) -> None:
     p.add_argument("--served-name", help="model name clients send (default: --model as given)")
     p.set_defaults(func=cmd_serve_openai)
 
+    p = serve.add_parser("rewards", help="the reward service on Ray Serve (POST /rewards/score)")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--replicas", type=int, default=1)
+    p.add_argument("--address", help="Ray cluster address (default: local Ray)")
+    _add_config_args(p)
+    p.set_defaults(func=cmd_serve_rewards)
+
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
@@ -163,6 +171,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     except FileNotFoundError as e:
         print(f"m3ad-rl: {e.strerror}: {e.filename}", file=sys.stderr)
         return EXIT_USAGE
+
+
+def cmd_serve_rewards(args: argparse.Namespace) -> int:
+    import ray
+
+    from rewards import load_reward_config
+    from rewards.service import start
+
+    cfg = load_reward_config(args.config, args.overrides)
+    ray.init(address=args.address, ignore_reinit_error=True, include_dashboard=False)
+    print(
+        f"reward service on http://{args.host}:{args.port}/rewards/score ({args.replicas} replica(s))", file=sys.stderr
+    )
+    start(cfg, host=args.host, port=args.port, replicas=args.replicas, blocking=True)
+    return 0
 
 
 def cmd_reward_score(args: argparse.Namespace) -> int:

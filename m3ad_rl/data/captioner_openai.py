@@ -12,13 +12,11 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import email.utils
 import hashlib
 import json
 import os
 import random
 import re
-import time
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -28,6 +26,7 @@ import httpx
 
 from m3ad_rl.data.captioner_template import where
 from m3ad_rl.data.schema import Sample, read_uri
+from m3ad_rl.http_retry import retry_after_seconds
 from m3ad_rl.output_format import parse, render
 from m3ad_rl.taxonomy import Taxonomy, default_taxonomy
 
@@ -183,20 +182,6 @@ def finish(req: CaptionRequest, content: str) -> str:
     )
 
 
-def _retry_after(resp: httpx.Response) -> float | None:
-    value = resp.headers.get("retry-after")
-    if value is None:
-        return None
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        try:
-            when = email.utils.parsedate_to_datetime(value)
-        except (TypeError, ValueError):
-            return None
-        return max(0.0, when.timestamp() - time.time())
-
-
 def _data_url(image: bytes) -> str:
     mime = "image/jpeg" if image[:3] == b"\xff\xd8\xff" else "image/png"
     return f"data:{mime};base64,{base64.b64encode(image).decode('ascii')}"
@@ -311,7 +296,7 @@ class OpenAICaptioner:
                     res.error = f"HTTP {resp.status_code}: {resp.text[:200]}"
                     if resp.status_code not in _RETRY_STATUS:
                         return res  # 400/401/404…: asking again will not help
-                    retry_after = _retry_after(resp)
+                    retry_after = retry_after_seconds(resp)
                 else:
                     msg = resp.json()["choices"][0]["message"]["content"]
                     if isinstance(msg, list):  # some servers return content parts

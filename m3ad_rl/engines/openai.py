@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import concurrent.futures
-import email.utils
 import io
 import os
 import random
@@ -23,6 +22,7 @@ from typing import Any
 import httpx
 
 from m3ad_rl.engines.base import Completion, GenerationRequest, SamplingParams
+from m3ad_rl.http_retry import retry_after_seconds
 
 DEFAULT_BASE_URL = "https://api.openai.com/v1"  # what the official client falls back to
 _RETRY_STATUS = frozenset({408, 409, 425, 429})  # and every 5xx
@@ -31,21 +31,6 @@ _PNG_MODES = frozenset({"1", "L", "LA", "P", "RGB", "RGBA", "I", "I;16"})
 
 def _retryable(status: int) -> bool:
     return status in _RETRY_STATUS or status >= 500
-
-
-def _retry_after(resp: httpx.Response) -> float | None:
-    """Seconds the server asked us to wait (delta-seconds or an HTTP date), if it said."""
-    value = resp.headers.get("retry-after")
-    if value is None:
-        return None
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        try:
-            when = email.utils.parsedate_to_datetime(value)
-        except (TypeError, ValueError):
-            return None
-        return max(0.0, when.timestamp() - time.time())
 
 
 def image_data_url(image: Any) -> str:
@@ -181,7 +166,7 @@ class OpenAIEngine:
                 error = f"HTTP {resp.status_code}: {resp.text[:300]}"
                 if not _retryable(resp.status_code):
                     return None, error  # 400/401/404…: asking again will not help
-                retry_after = _retry_after(resp)
+                retry_after = retry_after_seconds(resp)
             except httpx.HTTPError as e:  # connection refused, reset, timeouts
                 error = f"{type(e).__name__}: {e}".rstrip(": ")
             except ValueError as e:  # not JSON, or not a chat completion (a proxy's error page…)

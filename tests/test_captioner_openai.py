@@ -10,8 +10,6 @@ import asyncio
 import base64
 import io
 import re
-import socket
-import threading
 import time
 
 import pytest
@@ -24,6 +22,7 @@ from m3ad_rl.data.captioner_openai import CaptionRequest, OpenAICaptioner  # noq
 from m3ad_rl.data.schema import DefectRecord, Sample  # noqa: E402
 from m3ad_rl.output_format import parse  # noqa: E402
 from m3ad_rl.taxonomy import default_taxonomy  # noqa: E402
+from tests.helpers import running  # noqa: E402
 
 
 class State:
@@ -95,20 +94,8 @@ async def chat(request: fastapi.Request):
 
 @pytest.fixture(scope="module")
 def base_url():
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="off"))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 10
-    while not server.started:
-        assert time.monotonic() < deadline, "test server did not start"
-        time.sleep(0.01)
-    yield f"http://127.0.0.1:{port}/v1"
-    server.should_exit = True
-    thread.join(5)
-    sock.close()
+    with running(app) as url:
+        yield url
 
 
 @pytest.fixture(autouse=True)

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import contextlib
 import io
 import socket
 import threading
@@ -28,6 +27,7 @@ from m3ad_rl.engines import make_engine  # noqa: E402
 from m3ad_rl.engines.base import GenerationRequest, SamplingParams  # noqa: E402
 from m3ad_rl.engines.openai import OpenAIEngine  # noqa: E402
 from m3ad_rl.engines.openai_server import make_app  # noqa: E402
+from tests.helpers import running  # noqa: E402
 
 
 def image_bytes(color=(90, 90, 90), fmt="PNG", size=32) -> bytes:
@@ -36,27 +36,6 @@ def image_bytes(color=(90, 90, 90), fmt="PNG", size=32) -> bytes:
     buf = io.BytesIO()
     Image.new("RGB", (size, size), color).save(buf, format=fmt)
     return buf.getvalue()
-
-
-@contextlib.contextmanager
-def running(app):
-    """Serve ``app`` on 127.0.0.1 in a daemon thread; yields the /v1 base URL."""
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="off"))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 10
-    while not server.started:
-        assert time.monotonic() < deadline, "test server did not start"
-        time.sleep(0.01)
-    try:
-        yield f"http://127.0.0.1:{port}/v1"
-    finally:
-        server.should_exit = True
-        thread.join(5)
-        sock.close()
 
 
 @pytest.fixture(autouse=True)

@@ -22,12 +22,13 @@ class PolicyBatch:
     response_mask: torch.Tensor  # [N, T-1]: 1 where target token t+1 is a response token
     vision: dict  # pixel_values, image_grid_thw (all rows' images, in row order)
     response_len: torch.Tensor  # [N]
+    prompt_len: torch.Tensor  # [N]
 
     def to(self, device) -> PolicyBatch:
         return PolicyBatch(
             self.input_ids.to(device), self.attention_mask.to(device), self.mm_token_type_ids.to(device),
             self.response_mask.to(device), {k: v.to(device) for k, v in self.vision.items()},
-            self.response_len.to(device),
+            self.response_len.to(device), self.prompt_len.to(device),
         )  # fmt: skip
 
 
@@ -58,7 +59,9 @@ def build_batch(processor, requests: list[GenerationRequest], responses: list[li
         mmt[i, : len(t)] = torch.tensor(t)
         rmask[i, : len(m)] = torch.tensor(m, dtype=torch.float32)
     vision = {k: enc[k] for k in ("pixel_values", "image_grid_thw") if k in enc}
-    return PolicyBatch(ids, att, mmt, rmask, vision, torch.tensor([len(r) for r in responses]))
+    return PolicyBatch(
+        ids, att, mmt, rmask, vision, torch.tensor([len(r) for r in responses]), torch.tensor([len(p) for p in prompts])
+    )  # fmt: skip
 
 
 def token_log_probs(model, batch: PolicyBatch, temperature: float = 1.0) -> torch.Tensor:
@@ -70,3 +73,24 @@ def token_log_probs(model, batch: PolicyBatch, temperature: float = 1.0) -> torc
     logits = out.logits[:, :-1].float() / temperature
     lp = torch.log_softmax(logits, dim=-1).gather(2, batch.input_ids[:, 1:, None]).squeeze(2)
     return lp * batch.response_mask
+
+
+def response_log_probs(
+    model, batch: PolicyBatch, temperature: float = 1.0, with_entropy: bool = False
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """``[N, L]`` log-probs of the response tokens, left-aligned (row i: its ``response_len[i]`` tokens,
+    then zeros), the layout the controller's advantages use; plus the per-token entropy if asked."""
+    out = model(
+        input_ids=batch.input_ids, attention_mask=batch.attention_mask, mm_token_type_ids=batch.mm_token_type_ids,
+        **batch.vision,
+    )  # fmt: skip
+    width = int(batch.response_len.max())
+    pos = batch.prompt_len[:, None] - 1 + torch.arange(width, device=batch.input_ids.device)[None]  # [N, L]
+    mask = torch.arange(width, device=pos.device)[None] < batch.response_len[:, None]
+    pos = torch.where(mask, pos, batch.prompt_len[:, None] - 1)
+    logits = out.logits.gather(1, pos[:, :, None].expand(-1, -1, out.logits.shape[-1])).float() / temperature
+    logp = torch.log_softmax(logits, dim=-1)
+    targets = batch.input_ids.gather(1, (pos + 1).clamp(max=batch.input_ids.shape[1] - 1))
+    lp = logp.gather(2, targets[:, :, None]).squeeze(2) * mask
+    ent = (-(logp.exp() * logp).sum(-1) * mask) if with_entropy else None
+    return lp, ent

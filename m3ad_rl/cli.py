@@ -62,6 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     _add_data_commands(sub)
     _add_serve_commands(sub)
+    _add_train_commands(sub)
 
     model = sub.add_parser("model", help="models").add_subparsers(dest="cmd", required=True)
     p = model.add_parser("tiny", help="build the tiny offline Qwen3-VL (random weights, real architecture)")
@@ -138,6 +139,22 @@ def _add_data_commands(sub) -> None:
     p.set_defaults(func=cmd_data_gallery)
 
 
+def _add_train_commands(sub) -> None:
+    train = sub.add_parser("train", help="RAWS SFT and RCRL (GRPO) on Ray").add_subparsers(dest="cmd", required=True)
+    p = train.add_parser("sft", help="RAWS SFT: Ray Train TorchTrainer + DeepSpeed over sft.parquet")
+    p.add_argument("--config", help="YAML config (configs/train/sft-*.yaml)")
+    p.add_argument("--set", dest="overrides", nargs="+", default=[], metavar="KEY=VALUE", help="dotted overrides")
+    p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint under out")
+    p.set_defaults(func=cmd_train_sft)
+    p = train.add_parser("rcrl", help="RCRL: GRPO with rollout workers, the reward service and DeepSpeed actors")
+    p.add_argument("--config", help="YAML config (configs/train/rcrl-*.yaml)")
+    p.add_argument("--reward-config", help="reward YAML (configs/rewards/*.yaml), merged under `reward`")
+    p.add_argument("--set", dest="overrides", nargs="+", default=[], metavar="KEY=VALUE", help="dotted overrides")
+    p.add_argument("--resume", action="store_true", help="continue from the newest complete checkpoint")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar (logs only)")
+    p.set_defaults(func=cmd_train_rcrl)
+
+
 def _add_serve_commands(sub) -> None:
     from m3ad_rl.engines import ENGINES
 
@@ -171,6 +188,29 @@ def main(argv: Sequence[str] | None = None) -> int:
     except FileNotFoundError as e:
         print(f"m3ad-rl: {e.strerror}: {e.filename}", file=sys.stderr)
         return EXIT_USAGE
+
+
+def cmd_train_rcrl(args: argparse.Namespace) -> int:
+    from m3ad_rl.config import load_config
+    from m3ad_rl.rcrl import RCRLConfig, run
+
+    sections = {"reward": args.reward_config} if args.reward_config else None
+    cfg = load_config(RCRLConfig, args.config, args.overrides, sections=sections)
+    result = run(cfg, resume=args.resume, progress=not args.no_progress)
+    last = result["history"][-1] if result["history"] else {}
+    print(f"RCRL done at step {cfg.steps}: reward {last.get('reward/score', float('nan')):.3f}; "
+          f"metrics {cfg.out}/metrics.jsonl; model {result['model']}")  # fmt: skip
+    return 0
+
+
+def cmd_train_sft(args: argparse.Namespace) -> int:
+    from m3ad_rl.config import load_config
+    from m3ad_rl.sft import SFTConfig, run
+
+    cfg = load_config(SFTConfig, args.config, args.overrides)
+    result = run(cfg, resume=args.resume)
+    print(f"SFT done: {result['steps']} steps, final loss {result['loss']:.4f}; model {result['model']}")
+    return 0
 
 
 def cmd_serve_rewards(args: argparse.Namespace) -> int:

@@ -24,29 +24,45 @@ class ConfigError(ValueError):
     """A config that cannot be used; the message says which key and what is allowed."""
 
 
-def load_config(model: type[M], path: str | Path | None = None, overrides: Sequence[str] = (), *, root: str = "") -> M:
+def _read_yaml(path: str | Path) -> dict[str, Any]:
+    try:
+        loaded = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+    except OSError as e:
+        raise ConfigError(f"cannot read config {path}: {e.strerror}") from None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"config {path} is not valid YAML: {e}") from None
+    if loaded is not None and not isinstance(loaded, dict):
+        raise ConfigError(f"config {path} must be a mapping at the top level")
+    return loaded or {}
+
+
+def load_config(
+    model: type[M],
+    path: str | Path | None = None,
+    overrides: Sequence[str] = (),
+    *,
+    root: str = "",
+    sections: dict[str, str | Path] | None = None,
+) -> M:
     """Build ``model`` from an optional YAML file plus ``key=value`` overrides.
 
     ``root`` is a prefix for messages (``reward.`` makes errors say ``reward.weights.accuracy``).
+    ``sections`` merges whole files under a key, after ``path`` and before the overrides, e.g.
+    ``{"reward": "configs/rewards/preset_b.yaml"}`` for ``train rcrl --reward-config``.
     """
-    data: dict[str, Any] = {}
-    if path is not None:
-        try:
-            loaded = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
-        except OSError as e:
-            raise ConfigError(f"cannot read config {path}: {e.strerror}") from None
-        except yaml.YAMLError as e:
-            raise ConfigError(f"config {path} is not valid YAML: {e}") from None
-        if loaded is not None and not isinstance(loaded, dict):
-            raise ConfigError(f"config {path} must be a mapping at the top level")
-        data = loaded or {}
+    data: dict[str, Any] = _read_yaml(path) if path is not None else {}
+    layers = [OmegaConf.create(data)]
+    for key, file in (sections or {}).items():
+        layers.append(OmegaConf.create({key: _read_yaml(file)}))
     if overrides:
         for item in overrides:
             if "=" not in item or not item.split("=", 1)[0].strip():
                 raise ConfigError(f"override {item!r} must look like key=value")
+    if len(layers) > 1 or overrides:
         try:
-            merged = OmegaConf.merge(OmegaConf.create(data), OmegaConf.from_dotlist(list(overrides)))
-            data = OmegaConf.to_container(merged, resolve=True)  # type: ignore[assignment]
+            if overrides:
+                layers.append(OmegaConf.from_dotlist(list(overrides)))
+            data = OmegaConf.to_container(OmegaConf.merge(*layers), resolve=True)  # type: ignore[assignment]
         except OmegaConfBaseException as e:
             raise ConfigError(f"bad override: {e}") from None
     return validate(model, data, root=root)

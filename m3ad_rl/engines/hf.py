@@ -30,6 +30,13 @@ class HFEngine:
         eos = self.model.generation_config.eos_token_id
         self.eos_ids = set(eos if isinstance(eos, list) else [eos]) | {tok.eos_token_id}
         self.pad_id = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+        # Vision placeholders are never valid output; a sampled one would break the actor's forward
+        # pass over prompt + response (image tokens must match image features).
+        cfg = self.model.config
+        self.vision_ids = [
+            i for k in ("image_token_id", "video_token_id", "vision_start_token_id", "vision_end_token_id")
+            if (i := getattr(cfg, k, None)) is not None
+        ]  # fmt: skip
 
     def generate(self, requests: list[GenerationRequest], params: SamplingParams) -> list[list[Completion]]:
         out: list[list[Completion]] = []
@@ -59,6 +66,7 @@ class HFEngine:
             return_dict_in_generate=True,
             output_logits=params.logprobs,
             pad_token_id=self.pad_id,
+            suppress_tokens=self.vision_ids or None,
         )
         if sample:
             kwargs.update(temperature=params.temperature, top_p=params.top_p, top_k=0)
@@ -92,6 +100,18 @@ class HFEngine:
                 group.append(Completion(text, ids, lps, "stop" if end else "length"))
             results.append(group)
         return results
+
+    def load_weights(self, state_dict: dict) -> int:
+        """Take new weights in place (the RCRL actor's, after an update); all keys must match."""
+        self.model.load_state_dict(state_dict, strict=True)
+        return len(state_dict)
+
+    def weights_fingerprint(self) -> float:
+        """Sum of all weights: changes whenever ``load_weights`` brings different ones."""
+        import torch
+
+        with torch.no_grad():
+            return float(sum(p.double().sum() for p in self.model.parameters()))
 
     def close(self) -> None:
         self.model = None

@@ -72,8 +72,27 @@ class VLLMEngine:
             results.append(group)
         return results
 
+    def load_weights(self, state_dict: dict) -> int:
+        """Push new weights into every vLLM worker (HF parameter names; vLLM's loader maps them)."""
+        items = [(k, v.detach().cpu()) for k, v in state_dict.items()]
+        self.llm.collective_rpc(_load_weights, args=(items,))
+        self.llm.reset_prefix_cache()
+        return len(items)
+
+    def weights_fingerprint(self) -> float:
+        sums = self.llm.collective_rpc(_fingerprint)
+        return float(sum(sums) / max(1, len(sums)))
+
     def close(self) -> None:
         self.llm = None
+
+
+def _load_weights(worker, items):  # runs inside each vLLM worker (collective_rpc passes the worker as self)
+    worker.model_runner.model.load_weights(weights=items)
+
+
+def _fingerprint(worker) -> float:
+    return float(sum(p.double().sum().item() for p in worker.model_runner.model.parameters()))
 
 
 def _has_cuda() -> bool:

@@ -1,0 +1,473 @@
+"""RCRL: reflection-aware GRPO (paper §4.3, SPEC §3 and §6) with one controller driving worker groups.
+
+    m3ad-rl train rcrl --config configs/train/rcrl-cpu.yaml [--reward-config configs/rewards/preset_b.yaml]
+                       [--set steps=8 out=runs/rcrl] [--resume]
+
+Each step reads like the algorithm (verl's order): generate (rollout workers, n samples per prompt)
+→ reward (the Ray Serve reward service) → old log-prob (actor) → ref log-prob (reference) →
+GRPO advantage → update (actor, KL-regularised clipped loss) → push weights to the rollout workers,
+every phase timed. Checkpoints (actor weights, optimiser, scheduler, step = data position, RNG,
+reward config) go to ``{out}/checkpoints`` on any fsspec URL; ``--resume`` continues from the newest
+complete one. The rows of step ``s`` and its sampling seed depend only on (seed, s), so a resumed run
+redoes exactly the steps an uninterrupted one would.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import tempfile
+import time
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import pyarrow.parquet as pq
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from m3ad_rl.algorithms import GRPOConfig
+from m3ad_rl.deepspeed_setup import OptimConfig
+from m3ad_rl.engines.base import SamplingParams
+from m3ad_rl.tracking import LoggingConfig
+from rewards.config import RewardConfig
+
+
+class RolloutConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    engine: Literal["hf", "vllm"] = Field("hf", description="hf on CPU; vllm on GPU.")
+    workers: int = Field(1, ge=1, description="Rollout engine replicas (prompts are split between them).")
+    threads: int = Field(1, ge=1, description="torch threads per rollout worker (CPU).")
+    num_gpus: float = Field(0, ge=0, description="GPUs per rollout worker.")
+    engine_kwargs: dict = Field(default_factory=dict, description="Passed to the engine (e.g. vLLM's).")
+    sampling: SamplingParams = SamplingParams(n=4, temperature=1.0, top_p=1.0, max_new_tokens=512, logprobs=False)
+
+
+class ActorConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    workers: int = Field(1, ge=1, description="Data-parallel DeepSpeed ranks.")
+    threads: int = Field(1, ge=1, description="torch threads per rank (CPU).")
+    use_gpu: bool = Field(False, description="One GPU per rank.")
+    micro_batch_rows: int = Field(4, ge=1, description="Rows (prompt + response) per forward pass.")
+    optim: OptimConfig = OptimConfig(lr=1e-6, zero_stage=2)
+
+
+class RefConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    colocate: bool = Field(True, description="Frozen copy inside the actor ranks; false: its own worker group.")
+
+
+class RewardServiceConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    url: str | None = Field(None, description="An already running service (e.g. the RayService); else deploy one.")
+    replicas: int = Field(1, ge=1, description="Replicas of the deployed service.")
+    http_port: int | None = Field(None, description="Also expose the deployed service over HTTP on this port.")
+
+
+class CheckpointConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    every: int = Field(50, ge=1, description="Save every N steps (and at the last step).")
+    keep: int = Field(3, ge=0, description="Complete checkpoints kept (0: all).")
+    dir: str | None = Field(None, description="fsspec URL; default {out}/checkpoints.")
+
+
+class RCRLConfig(BaseModel):
+    """One RCRL run. Every field is documented here; YAML files only set values."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    model: str = Field(..., description="HF model folder: the RAWS SFT model (actor init and reference).")
+    data: str = Field(..., description="rl.parquet (verl layout, from `m3ad-rl data build-ft`).")
+    out: str = Field(..., description="Run folder: metrics.jsonl, tensorboard/, checkpoints/, model/.")
+    seed: int = 0
+    steps: int = Field(..., ge=1, description="Optimiser steps (one rollout batch each).")
+    batch_prompts: int = Field(8, ge=1, description="Prompts per step; rows = batch_prompts × sampling.n.")
+    address: str | None = Field(None, description="Ray address (default: start local Ray).")
+    num_cpus: int | None = Field(None, description="Logical CPUs for a local Ray (default: enough for all workers).")
+    rollout: RolloutConfig = RolloutConfig()
+    actor: ActorConfig = ActorConfig()
+    ref: RefConfig = RefConfig()
+    grpo: GRPOConfig = GRPOConfig()
+    reward: RewardConfig = RewardConfig()
+    reward_service: RewardServiceConfig = RewardServiceConfig()
+    checkpoint: CheckpointConfig = CheckpointConfig()
+    logging: LoggingConfig = LoggingConfig()
+
+    @model_validator(mode="after")
+    def _divisible(self) -> RCRLConfig:
+        rows = self.batch_prompts * self.rollout.sampling.n
+        if rows % self.actor.workers:
+            raise ValueError(
+                f"batch_prompts × rollout.sampling.n = {rows} rows must divide among actor.workers="
+                f"{self.actor.workers}; set batch_prompts to a multiple of {self.actor.workers}"
+            )
+        return self
+
+    @property
+    def checkpoint_root(self) -> str:
+        return self.checkpoint.dir or f"{self.out.rstrip('/')}/checkpoints"
+
+
+class PromptSet:
+    """rl.parquet in memory: prompt text, image bytes, ground truth, image size; a seeded order per epoch."""
+
+    def __init__(self, url: str, seed: int):
+        import fsspec
+
+        with fsspec.open(url, "rb") as fh:
+            t = pq.read_table(fh).to_pylist()
+        if not t:
+            raise ValueError(f"{url}: no rows")
+        self.rows = t
+        self.seed = seed
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def batch(self, step: int, size: int) -> list[dict]:
+        """Rows ``[step·size, (step+1)·size)`` of the endless sequence of shuffled epochs (step from 0)."""
+        out = []
+        for pos in range(step * size, (step + 1) * size):
+            epoch, i = divmod(pos, len(self.rows))
+            order = np.random.default_rng([self.seed, epoch]).permutation(len(self.rows))
+            out.append(self.rows[order[i]])
+        return out
+
+
+def prompt_text(row: dict) -> str:
+    return str(row["prompt"][-1]["content"]).replace("<image>", "", 1)
+
+
+def image_bytes(row: dict) -> bytes:
+    return bytes(row["images"][0]["bytes"])
+
+
+def _outcome_stats(texts: list[str], gts: list[dict], parts: list[dict]) -> dict[str, float]:
+    """Reflection rate, outcome counts and accuracy before / after reflection, over the step's responses."""
+    from m3ad_rl.labels import GroundTruth
+    from m3ad_rl.output_format import parse
+
+    n = max(len(texts), 1)
+    out: dict[str, float] = {f"reflection/{k}": 0.0 for k in ("correct", "ineffective", "erroneous")}
+    before = after = refl = 0
+    for text, gt, p in zip(texts, gts, parts, strict=True):
+        verdict = GroundTruth.from_obj(gt).verdict
+        parsed = parse(text)
+        final = parsed.answer == verdict if parsed.answer is not None else False
+        if parsed.reflection is not None:
+            refl += 1
+            first = parsed.initial == verdict if parsed.initial is not None else False
+        else:
+            first = final
+        before, after = before + first, after + final
+        if p["reflection_outcome"] != "none":
+            out[f"reflection/{p['reflection_outcome']}"] += 1
+    out.update({"reflection/rate": refl / n, "acc/before_reflection": before / n, "acc/after_reflection": after / n})
+    return out
+
+
+class RCRLTrainer:
+    """setup() → fit() → cleanup(); one method per phase."""
+
+    def __init__(self, cfg: RCRLConfig, resume: bool = False, progress: bool = True):
+        self.cfg, self.resume, self.progress = cfg, resume, progress
+        self.step = 0
+
+    # ---- setup -------------------------------------------------------------------------------
+    def setup(self) -> None:
+        import ray
+
+        from m3ad_rl.tracking import Tracker
+
+        cfg = self.cfg
+        self.data = PromptSet(cfg.data, cfg.seed)
+        if not ray.is_initialized():
+            need = cfg.actor.workers * (1 + (not cfg.ref.colocate)) + cfg.rollout.workers + 2
+            kw = {} if cfg.address else {"num_cpus": cfg.num_cpus or max(need, 4)}
+            ray.init(address=cfg.address, runtime_env={"env_vars": _worker_env()}, **kw)
+        self._setup_actor()
+        self._setup_rollout()
+        self._setup_reward()
+        resumed = self._maybe_resume()
+        self.tracker = Tracker(cfg.out, cfg.logging, Path(cfg.out).name, resume_step=resumed)
+        self._write_config()
+        if resumed:
+            print(f"resumed from step {resumed}: continuing at step {resumed + 1} of {cfg.steps}")
+        self._sync_weights()
+
+    def _setup_actor(self) -> None:
+        import ray
+        from verl.single_controller.ray import RayClassWithInitArgs, RayResourcePool, RayWorkerGroup
+
+        from m3ad_rl.workers import PolicyWorker
+
+        cfg, a = self.cfg, self.cfg.actor
+        rows_per_rank = cfg.batch_prompts * cfg.rollout.sampling.n // a.workers
+        wcfg = {
+            "model": cfg.model, "optim": a.optim.model_dump(), "grpo": cfg.grpo.model_dump(),
+            "temperature": cfg.rollout.sampling.temperature or 1.0, "micro_batch_rows": a.micro_batch_rows,
+            "grad_accum": max(1, -(-rows_per_rank // a.micro_batch_rows)), "total_steps": cfg.steps,
+            "threads": a.threads, "seed": cfg.seed,
+        }  # fmt: skip
+
+        def group(role: str):
+            pool = RayResourcePool([a.workers], use_gpu=a.use_gpu, max_colocate_count=1)
+            return RayWorkerGroup(pool, RayClassWithInitArgs(cls=ray.remote(PolicyWorker), cfg=wcfg, role=role))
+
+        self.actor = group("actor_ref" if cfg.ref.colocate else "actor")
+        self.actor.init_model()
+        self.ref = self.actor
+        if not cfg.ref.colocate:
+            self.ref = group("ref")
+            self.ref.init_model()
+
+    def _setup_rollout(self) -> None:
+        from m3ad_rl.workers import RolloutWorker
+
+        r = self.cfg.rollout
+        opts = {"num_cpus": 1, "num_gpus": r.num_gpus}
+        self.rollout = [
+            RolloutWorker.options(**opts).remote(r.engine, self.cfg.model, r.engine_kwargs, r.threads)
+            for _ in range(r.workers)
+        ]
+
+    def _setup_reward(self) -> None:
+        from ray import serve
+
+        from rewards.service import build_app
+
+        sc = self.cfg.reward_service
+        self.reward_handle = None
+        if sc.url:
+            return
+        http = {"host": "127.0.0.1", "port": sc.http_port} if sc.http_port else {"location": "NoServer"}
+        serve.start(http_options=http)
+        self.reward_handle = serve.run(
+            build_app(self.cfg.reward, sc.replicas), name=f"rewards-{Path(self.cfg.out).name}", route_prefix="/rewards"
+        )
+
+    def _write_config(self) -> None:
+        import fsspec
+
+        with fsspec.open(f"{self.cfg.out.rstrip('/')}/config.json", "w") as fh:
+            json.dump(self.cfg.model_dump(mode="json"), fh, indent=2)
+
+    # ---- the loop ----------------------------------------------------------------------------
+    def fit(self) -> list[dict]:
+        """Run steps ``step+1 .. cfg.steps``; returns the metrics of the steps run."""
+        from tqdm import tqdm
+
+        history = []
+        bar = tqdm(range(self.step + 1, self.cfg.steps + 1), desc="RCRL", unit="step", disable=not self.progress)
+        for step in bar:
+            metrics = self.train_step(step)
+            self.step = step
+            if step % self.cfg.checkpoint.every == 0 or step == self.cfg.steps:
+                with self.tracker.span("checkpoint", metrics):
+                    self.save_checkpoint()
+            self.tracker.log(step, metrics)
+            history.append({"step": step, **metrics})
+            bar.set_postfix(reward=f"{metrics['reward/score']:.3f}", kl=f"{metrics['actor/kl_loss']:.4f}")
+        return history
+
+    def train_step(self, step: int) -> dict[str, float]:
+        t: dict[str, float] = {}
+        tr = self.tracker
+        t0 = time.perf_counter()
+        with tr.span("step", None, step=step):
+            rows = self.data.batch(step - 1, self.cfg.batch_prompts)
+            with tr.span("generate", t):
+                batch, texts = self.generate(rows, step)
+            with tr.span("reward", t):
+                scores, _, reward_metrics = self.compute_reward(rows, texts)
+            with tr.span("old_log_prob", t):
+                batch = batch.union(self.actor.compute_log_prob(batch))
+            with tr.span("ref", t):
+                batch = batch.union(self.ref.compute_ref_log_prob(batch))
+            with tr.span("advantage", t):
+                self.compute_advantage(batch, scores)
+            with tr.span("update", t):
+                update_metrics = self.update(batch)
+            with tr.span("sync_weights", t):
+                self._sync_weights()
+        mask = batch.batch["response_mask"]
+        ent = float((batch.batch["entropy"] * mask).sum() / mask.sum().clamp(min=1))
+        lengths = mask.sum(1).float()
+        metrics = {
+            **reward_metrics, **update_metrics, **t, "actor/entropy": ent,
+            "response/length_mean": float(lengths.mean()), "response/length_max": float(lengths.max()),
+            "response/clip_ratio": float((lengths >= self.cfg.rollout.sampling.max_new_tokens).float().mean()),
+            "timing/step_s": time.perf_counter() - t0,
+        }  # fmt: skip
+        return metrics
+
+    def generate(self, rows: list[dict], step: int):
+        """n samples per prompt, prompts split over the rollout workers; rows ordered prompt by prompt."""
+        import ray
+        import torch
+        from verl import DataProto
+
+        sp = self.cfg.rollout.sampling
+        parts = np.array_split(np.arange(len(rows)), len(self.rollout))
+        futures = []
+        for w, (worker, idx) in enumerate(zip(self.rollout, parts, strict=True)):
+            if len(idx) == 0:
+                continue
+            params = sp.model_copy(update={"seed": self.cfg.seed * 1_000_003 + step * 1009 + w}).model_dump()
+            futures.append(worker.generate.remote(
+                [prompt_text(rows[i]) for i in idx], [image_bytes(rows[i]) for i in idx], params))  # fmt: skip
+        groups = [g for f in ray.get(futures) for g in f]
+        comps = [c for g in groups for c in g]
+        width = max(1, max(len(c["token_ids"]) for c in comps))
+        ids = torch.zeros(len(comps), width, dtype=torch.long)
+        mask = torch.zeros(len(comps), width)
+        for i, c in enumerate(comps):
+            ids[i, : len(c["token_ids"])] = torch.tensor(c["token_ids"], dtype=torch.long)
+            mask[i, : len(c["token_ids"])] = 1
+        rep = [r for r in rows for _ in range(sp.n)]
+        batch = DataProto.from_dict(
+            {"responses": ids, "response_mask": mask},
+            non_tensors={
+                "prompt": np.array([prompt_text(r) for r in rep], dtype=object),
+                "image": np.array([image_bytes(r) for r in rep], dtype=object),
+                "uid": np.array([str(r["extra_info"]["id"]) for r in rep], dtype=object),
+            },
+        )
+        return batch, [c["text"] for c in comps]
+
+    def compute_reward(self, rows: list[dict], texts: list[str]):
+        """Score every response with the reward service; returns (scores [N], parts, step metrics)."""
+        n = self.cfg.rollout.sampling.n
+        gts = [json.loads(r["reward_model"]["ground_truth"]) for r in rows for _ in range(n)]
+        items = [
+            {"id": str(i), "response": t, "ground_truth": gt,
+             "image_size": [rows[i // n]["extra_info"]["width"], rows[i // n]["extra_info"]["height"]]}
+            for i, (t, gt) in enumerate(zip(texts, gts, strict=True))
+        ]  # fmt: skip
+        parts = self._score(items)
+        scores = np.array([p["score"] for p in parts], dtype=np.float32)
+        m = {"reward/score": float(scores.mean()), "reward/score_std": float(scores.std())}
+        for k in ("consistency", "answer", "type", "location", "reflection"):
+            m[f"reward/{k}"] = float(np.mean([p[k] for p in parts]))
+        m.update(_outcome_stats(texts, gts, parts))
+        return scores, parts, m
+
+    def _score(self, items: list[dict]) -> list[dict]:
+        url = self.cfg.reward_service.url
+        if url is None:
+            return self.reward_handle.score_items.remote(items).result()
+        import httpx
+
+        out = []
+        with httpx.Client(timeout=120) as client:
+            for s in range(0, len(items), 4096):
+                resp = client.post(f"{url.rstrip('/')}/score", json={"items": items[s : s + 4096]})
+                resp.raise_for_status()
+                out.extend(resp.json()["results"])
+        return out
+
+    def compute_advantage(self, batch, scores: np.ndarray) -> None:
+        import torch
+
+        from m3ad_rl.algorithms import grpo_advantages
+
+        batch.batch["advantages"] = grpo_advantages(
+            torch.from_numpy(scores), batch.batch["response_mask"], batch.non_tensor_batch["uid"], self.cfg.grpo
+        )
+
+    def update(self, batch) -> dict[str, float]:
+        out = self.actor.update_actor(batch)
+        return {k: float(np.mean(v)) for k, v in out.meta_info["metrics"].items()}
+
+    def _sync_weights(self) -> None:
+        """Push the actor's weights to every rollout worker (through Ray's object store)."""
+        import ray
+
+        sd = ray.put(self.actor.state_dict()[0])
+        ray.get([w.load_weights.remote(sd) for w in self.rollout])
+
+    # ---- checkpoints -------------------------------------------------------------------------
+    def save_checkpoint(self) -> str:
+        from m3ad_rl import checkpoint as ck
+
+        url = ck.step_dir(self.cfg.checkpoint_root, self.step)
+        state = {
+            "step": self.step, "data_position": self.step * self.cfg.batch_prompts, "seed": self.cfg.seed,
+            "reward_config": self.cfg.reward.model_dump(mode="json"),
+            "rng": {"numpy": _jsonable(np.random.get_state()), "python": _jsonable(random.getstate())},
+        }  # fmt: skip
+        with tempfile.TemporaryDirectory(prefix="m3ad-ckpt-") as tmp:
+            self.actor.save_checkpoint(f"{tmp}/actor", "actor", {"step": self.step})
+            Path(tmp, "trainer_state.json").write_text(json.dumps(state))
+            ck.upload(tmp, url)
+        ck.mark_complete(url, {"step": self.step, "time": time.time()})
+        ck.prune(self.cfg.checkpoint_root, self.cfg.checkpoint.keep)
+        return url
+
+    def _maybe_resume(self) -> int:
+        from m3ad_rl import checkpoint as ck
+
+        if not self.resume:
+            return 0
+        found = ck.latest_complete(self.cfg.checkpoint_root)
+        if found is None:
+            print(f"--resume: no complete checkpoint under {self.cfg.checkpoint_root}; starting at step 1")
+            return 0
+        _, url = found
+        local = ck.download(url)
+        self.actor.load_checkpoint(str(local / "actor"), "actor")
+        state = json.loads((local / "trainer_state.json").read_text())
+        if state["reward_config"] != self.cfg.reward.model_dump(mode="json"):
+            print("warning: the reward config differs from the checkpoint's; using this run's")
+        self.step = int(state["step"])
+        return self.step
+
+    def export_model(self) -> str:
+        """The final actor as an HF model folder at ``{out}/model`` (for `m3ad-rl eval run`)."""
+        from m3ad_rl import checkpoint as ck
+
+        url = f"{self.cfg.out.rstrip('/')}/model"
+        with tempfile.TemporaryDirectory(prefix="m3ad-model-") as tmp:
+            self.actor.save_model(tmp)
+            ck.upload(tmp, url)
+        return url
+
+    def cleanup(self) -> None:
+        import ray
+        from ray import serve
+
+        if getattr(self, "tracker", None) is not None:
+            self.tracker.close()
+        if self.reward_handle is not None:
+            serve.delete(f"rewards-{Path(self.cfg.out).name}")
+        for w in getattr(self, "rollout", []):
+            ray.kill(w)
+
+
+def _jsonable(state) -> list:
+    return [s.tolist() if isinstance(s, np.ndarray) else _jsonable(s) if isinstance(s, tuple) else s for s in state]
+
+
+def _worker_env() -> dict[str, str]:
+    import torch
+
+    env = {"TOKENIZERS_PARALLELISM": "false", "RAY_DEDUP_LOGS": "1"}
+    if not torch.cuda.is_available():
+        env["DS_ACCELERATOR"] = "cpu"
+    return env
+
+
+def run(cfg: RCRLConfig, resume: bool = False, progress: bool = True) -> dict:
+    """The whole run; returns {"history": [...], "model": url}."""
+    trainer = RCRLTrainer(cfg, resume=resume, progress=progress)
+    try:
+        trainer.setup()
+        history = trainer.fit()
+        model = trainer.export_model()
+    finally:
+        trainer.cleanup()
+    return {"history": history, "model": model}

@@ -1,0 +1,202 @@
+"""The RCRL worker groups: DeepSpeed actor/reference workers (verl ``Worker``) and rollout workers.
+
+Rows travel in verl ``DataProto`` batches, response-aligned (``N`` rows = B prompts × n samples,
+``L`` = longest response):
+
+- ``batch``: ``responses`` [N, L] token ids, ``response_mask`` [N, L], and, when updating,
+  ``old_log_probs`` / ``ref_log_probs`` / ``advantages`` [N, L];
+- ``non_tensor_batch``: ``prompt`` (the user text) and ``image`` (encoded bytes), object arrays.
+
+Each worker rebuilds its model inputs (chat template, image processor) from those, so images never
+cross the wire as pixel tensors. The reference policy is either colocated in the actor workers
+(a frozen copy, no optimiser) or a worker group of its own (``role="ref"``).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+import ray
+import torch
+from verl import DataProto
+from verl.single_controller.base import Worker
+from verl.single_controller.base.decorator import Dispatch, register
+
+from m3ad_rl.actor import build_batch, response_log_probs
+from m3ad_rl.algorithms import GRPOConfig, grpo_loss
+from m3ad_rl.deepspeed_setup import OptimConfig, full_state_dict, init_distributed, make_engine
+from m3ad_rl.engines.base import GenerationRequest, SamplingParams
+
+
+def load_policy(path: str, bf16: bool = False):
+    """(model, processor) from an HF model folder."""
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    dtype = torch.bfloat16 if bf16 else torch.float32
+    return AutoModelForImageTextToText.from_pretrained(path, dtype=dtype), AutoProcessor.from_pretrained(path)
+
+
+def _requests(data: DataProto) -> list[GenerationRequest]:
+    nt = data.non_tensor_batch
+    pairs = zip(nt["prompt"], nt["image"], strict=True)
+    return [GenerationRequest(str(i), str(t), bytes(b)) for i, (t, b) in enumerate(pairs)]
+
+
+def _responses(data: DataProto) -> list[list[int]]:
+    ids, mask = data.batch["responses"], data.batch["response_mask"]
+    return [row[m.bool()].tolist() for row, m in zip(ids, mask, strict=True)]
+
+
+def _pad(x: torch.Tensor, width: int) -> torch.Tensor:
+    return torch.nn.functional.pad(x, (0, width - x.shape[1]))
+
+
+class PolicyWorker(Worker):
+    """One data-parallel rank of the actor (DeepSpeed engine) and/or the frozen reference policy.
+
+    ``role``: ``actor`` (trainable), ``ref`` (frozen only) or ``actor_ref`` (both in one process).
+    ``cfg`` keys: ``model``, ``optim`` (``OptimConfig``), ``grpo`` (``GRPOConfig``), ``temperature``,
+    ``micro_batch_rows``, ``grad_accum``, ``total_steps``, ``threads``, ``seed``.
+    """
+
+    def __init__(self, cfg: dict, role: str = "actor_ref"):
+        super().__init__()
+        self.cfg, self.role = cfg, role
+        self.optim = OptimConfig(**cfg.get("optim", {}))
+        self.grpo = GRPOConfig(**cfg.get("grpo", {}))
+        self.temperature = float(cfg.get("temperature", 1.0))
+        self.micro = int(cfg.get("micro_batch_rows", 4))
+
+    @register(dispatch_mode=Dispatch.ONE_TO_ALL)
+    def init_model(self) -> None:
+        torch.set_num_threads(int(self.cfg.get("threads", 1)))
+        torch.manual_seed(int(self.cfg.get("seed", 0)))
+        init_distributed()
+        model, self.processor = load_policy(self.cfg["model"], self.optim.bf16)
+        self.engine = self.ref = None
+        if self.role in ("ref", "actor_ref"):
+            self.ref, _ = load_policy(self.cfg["model"], self.optim.bf16)
+            self.ref.eval().requires_grad_(False)
+        if self.role in ("actor", "actor_ref"):
+            model.config.use_cache = False
+            self.engine = make_engine(
+                model, self.optim, int(self.cfg.get("total_steps", 1)), self.micro, int(self.cfg.get("grad_accum", 1))
+            )
+
+    def _log_probs(self, model, data: DataProto, entropy: bool = False) -> dict[str, torch.Tensor]:
+        reqs, resps = _requests(data), _responses(data)
+        width = data.batch["responses"].shape[1]
+        lps, ents = [], []
+        with torch.no_grad():
+            for s in range(0, len(reqs), self.micro):
+                b = build_batch(self.processor, reqs[s : s + self.micro], resps[s : s + self.micro])
+                lp, ent = response_log_probs(model, b, self.temperature, with_entropy=entropy)
+                lps.append(_pad(lp, width))
+                if entropy:
+                    ents.append(_pad(ent, width))
+        out = {"log_probs": torch.cat(lps)}
+        if entropy:
+            out["entropy"] = torch.cat(ents)
+        return out
+
+    @register(dispatch_mode=Dispatch.DP_COMPUTE_PROTO)
+    def compute_log_prob(self, data: DataProto) -> DataProto:
+        """π_old(token) of the sampled responses, and the per-token entropy."""
+        self.engine.module.eval()
+        out = self._log_probs(self.engine.module, data, entropy=True)
+        return DataProto.from_dict({"old_log_probs": out["log_probs"], "entropy": out["entropy"]})
+
+    @register(dispatch_mode=Dispatch.DP_COMPUTE_PROTO)
+    def compute_ref_log_prob(self, data: DataProto) -> DataProto:
+        """π_ref(token) under the frozen reference policy."""
+        return DataProto.from_dict({"ref_log_probs": self._log_probs(self.ref, data)["log_probs"]})
+
+    @register(dispatch_mode=Dispatch.DP_COMPUTE_PROTO)
+    def update_actor(self, data: DataProto) -> DataProto:
+        """One pass over this rank's rows in micro-batches; DeepSpeed steps at each accumulation boundary."""
+        t0 = time.perf_counter()
+        self.engine.module.train()
+        reqs, resps = _requests(data), _responses(data)
+        sums: dict[str, float] = {}
+        n_micro = 0
+        for s in range(0, len(reqs), self.micro):
+            sl = slice(s, s + self.micro)
+            b = build_batch(self.processor, reqs[sl], resps[sl])
+            lp, _ = response_log_probs(self.engine.module, b, self.temperature)
+            width = lp.shape[1]
+            mask = data.batch["response_mask"][sl][:, :width].float()
+            loss, m = grpo_loss(
+                lp, data.batch["old_log_probs"][sl][:, :width], data.batch["ref_log_probs"][sl][:, :width],
+                data.batch["advantages"][sl][:, :width], mask, self.grpo,
+            )  # fmt: skip
+            self.engine.backward(loss)
+            self.engine.step()
+            n_micro += 1
+            for k, v in m.items():
+                sums[k] = sums.get(k, 0.0) + v
+        metrics = {k: v / max(n_micro, 1) for k, v in sums.items()}
+        metrics["actor/lr"] = float(self.engine.get_lr()[0])
+        gn = self.engine.get_global_grad_norm()
+        metrics["actor/grad_norm"] = float(gn) if gn is not None else 0.0
+        metrics["timing/update_worker_s"] = time.perf_counter() - t0
+        return DataProto(meta_info={"metrics": metrics})
+
+    @register(dispatch_mode=Dispatch.ONE_TO_ALL)
+    def state_dict(self) -> dict:
+        """The actor's full weights (collective under ZeRO-3; take rank 0's)."""
+        return full_state_dict(self.engine)
+
+    @register(dispatch_mode=Dispatch.ONE_TO_ALL)
+    def save_checkpoint(self, local_dir: str, tag: str, client_state: dict) -> list[str]:
+        """DeepSpeed checkpoint (weights, optimiser, scheduler) of this rank; returns the files written."""
+        self.engine.save_checkpoint(local_dir, tag=tag, client_state=client_state, save_latest=False)
+        root = Path(local_dir)
+        return [str(p.relative_to(root)) for p in root.rglob("*") if p.is_file()]
+
+    @register(dispatch_mode=Dispatch.ONE_TO_ALL)
+    def load_checkpoint(self, local_dir: str, tag: str) -> dict:
+        _, client_state = self.engine.load_checkpoint(local_dir, tag=tag)
+        return client_state or {}
+
+    @register(dispatch_mode=Dispatch.ONE_TO_ALL)
+    def save_model(self, local_dir: str) -> None:
+        """An HF model folder (weights + processor) of the current actor, written by rank 0."""
+        sd = full_state_dict(self.engine)
+        if self.rank == 0:
+            self.engine.module.save_pretrained(local_dir, state_dict=sd)
+            self.processor.save_pretrained(local_dir)
+
+
+@ray.remote
+class RolloutWorker:
+    """An inference engine (HF on CPU, vLLM on GPU) that samples ``n`` responses per prompt and takes
+    the actor's new weights after every update."""
+
+    def __init__(self, kind: str, model: str, engine_kwargs: dict | None = None, threads: int = 1):
+        from m3ad_rl.engines import make_engine
+
+        torch.set_num_threads(threads)
+        os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+        self.engine = make_engine(kind, model, **(engine_kwargs or {}))
+
+    def generate(self, texts: list[str], images: list[bytes], params: dict) -> list[list[dict]]:
+        reqs = [GenerationRequest(str(i), t, b) for i, (t, b) in enumerate(zip(texts, images, strict=True))]
+        outs = self.engine.generate(reqs, SamplingParams(**params))
+        return [[{"text": c.text, "token_ids": list(c.token_ids), "finish_reason": c.finish_reason} for c in cs]
+                for cs in outs]  # fmt: skip
+
+    def load_weights(self, state_dict: dict) -> int:
+        """Replace the engine's weights; returns how many tensors were loaded."""
+        return self.engine.load_weights(state_dict)
+
+    def fingerprint(self) -> float:
+        """A number that changes when the weights do (for tests and logs)."""
+        return self.engine.weights_fingerprint()
+
+
+def split_rows(n_rows: int, parts: int) -> list[np.ndarray]:
+    """Row indices for ``parts`` rollout workers, prompt groups kept whole by the caller."""
+    return [a for a in np.array_split(np.arange(n_rows), parts) if len(a)]

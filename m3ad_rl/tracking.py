@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from typing import Literal
 
 import fsspec
+from fsspec.implementations.local import LocalFileSystem
 from pydantic import BaseModel, ConfigDict, Field
 
 
@@ -44,14 +45,16 @@ class Tracker:
     def _keep_only_until(self, step: int) -> None:
         """On resume, drop lines of steps after the checkpoint (they are about to be redone)."""
         fs, path = fsspec.core.url_to_fs(self.path)
+        self._local = isinstance(fs, LocalFileSystem)
+        self._lines: list[str] = []
         if not fs.exists(path):
             fs.makedirs(path.rsplit("/", 1)[0], exist_ok=True)
             return
         with fs.open(path) as fh:
             lines = [ln for ln in fh.read().decode().splitlines() if ln.strip()]
-        kept = [ln for ln in lines if json.loads(ln).get("step", 0) <= step]
+        self._lines = [ln for ln in lines if json.loads(ln).get("step", 0) <= step]
         with fs.open(path, "w") as fh:
-            fh.write("".join(ln + "\n" for ln in kept))
+            fh.write("".join(ln + "\n" for ln in self._lines))
 
     def _setup_otel(self, run_name: str) -> None:
         from opentelemetry.sdk.metrics import MeterProvider
@@ -91,8 +94,13 @@ class Tracker:
 
     def log(self, step: int, metrics: dict[str, float]) -> None:
         row = {"step": step, **{k: float(v) for k, v in sorted(metrics.items())}}
-        with fsspec.open(self.path, "a") as fh:
-            fh.write(json.dumps(row) + "\n")
+        self._lines.append(json.dumps(row))
+        if self._local:
+            with fsspec.open(self.path, "a") as fh:
+                fh.write(self._lines[-1] + "\n")
+        else:  # object stores cannot append: rewrite the (small) file
+            with fsspec.open(self.path, "w") as fh:
+                fh.write("".join(ln + "\n" for ln in self._lines))
         if self.tb is not None:
             for k, v in row.items():
                 if k != "step":

@@ -1,0 +1,253 @@
+"""RAWS SFT (paper §4.2, SPEC §6): full fine-tuning on the Thinking/Reflective trajectories.
+
+    m3ad-rl train sft --config configs/train/sft-cpu.yaml [--set max_steps=20 out=runs/sft] [--resume]
+
+A Ray Train ``TorchTrainer``; each worker wraps the model in a DeepSpeed engine (ZeRO stage from
+config; gloo on CPU, nccl on GPU). The loss is the mean negative log-likelihood of the response
+tokens only (the assistant turn plus its end-of-turn token); images go through the model's
+processor. Cosine schedule with linear warm-up, micro-batch and accumulation from config. Every
+``checkpoint.every`` optimiser steps each rank reports its DeepSpeed checkpoint files to Ray Train,
+which gathers them in one folder on the run's storage (any fsspec URL); ``--resume`` takes the
+newest one and skips the micro-batches already seen. The final model is written as an HF folder
+to ``{out}/model``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+import time
+from typing import Literal
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
+
+from m3ad_rl.deepspeed_setup import OptimConfig
+from m3ad_rl.tracking import LoggingConfig, read_metrics
+
+
+class SFTOptimConfig(OptimConfig):
+    """SPEC §6's SFT optimiser: lr 1e-5, 100 warm-up steps, cosine."""
+
+    lr: float = Field(1e-5, gt=0)
+    warmup_steps: int = Field(100, ge=0)
+    schedule: Literal["cosine", "constant"] = "cosine"
+
+
+class SFTCheckpointConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    every: int = Field(100, ge=1, description="Report a checkpoint every N optimiser steps (and at the end).")
+    keep: int = Field(2, ge=1, description="Checkpoints Ray Train keeps.")
+
+
+class SFTConfig(BaseModel):
+    """One RAWS SFT run. Defaults are SPEC §6's (per-device batch 1, accumulation 2, lr 1e-5, 100 warm-up
+    steps, cosine)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    model: str = Field(..., description="HF model folder (the base model).")
+    data: str = Field(..., description="sft.parquet from `m3ad-rl data build-ft` (any fsspec URL).")
+    out: str = Field(..., description="Run folder: ray_train/ checkpoints, metrics.jsonl, model/.")
+    seed: int = 0
+    epochs: int = Field(1, ge=1)
+    max_steps: int | None = Field(None, ge=1, description="Stop after this many optimiser steps.")
+    micro_batch: int = Field(1, ge=1, description="Samples per device per forward pass.")
+    grad_accum: int = Field(2, ge=1, description="Micro-batches per optimiser step.")
+    max_response_tokens: int = Field(1024, ge=8, description="Longer targets are cut (and counted).")
+    workers: int = Field(1, ge=1, description="Ray Train workers (data-parallel DeepSpeed ranks).")
+    threads: int = Field(1, ge=1, description="torch threads per worker (CPU).")
+    use_gpu: bool = False
+    address: str | None = Field(None, description="Ray address (default: start local Ray).")
+    log_every: int = Field(1, ge=1, description="Optimiser steps between metric lines.")
+    logging: LoggingConfig = LoggingConfig()
+    optim: SFTOptimConfig = SFTOptimConfig()
+    checkpoint: SFTCheckpointConfig = SFTCheckpointConfig()
+
+
+def _rows(url: str) -> list[dict]:
+    import fsspec
+    import pyarrow.parquet as pq
+
+    with fsspec.open(url, "rb") as fh:
+        rows = pq.read_table(fh, columns=["id", "messages", "images"]).to_pylist()
+    if not rows:
+        raise ValueError(f"{url}: no rows")
+    return rows
+
+
+def micro_batches(n_rows: int, cfg: SFTConfig, rank: int, world: int) -> list[list[int]]:
+    """This rank's micro-batches (row indices) for the whole run, in order: a seeded shuffle per epoch,
+    rows dealt round-robin to ranks, cut to whole optimiser steps."""
+    out = []
+    for epoch in range(cfg.epochs):
+        order = np.random.default_rng([cfg.seed, epoch]).permutation(n_rows)
+        mine = order[rank::world]
+        per_step = cfg.micro_batch * cfg.grad_accum
+        usable = len(order) // world // per_step * per_step
+        out.extend(mine[s : s + cfg.micro_batch].tolist() for s in range(0, usable, cfg.micro_batch))
+    return out
+
+
+def total_steps(n_rows: int, cfg: SFTConfig) -> int:
+    steps = cfg.epochs * (n_rows // cfg.workers // (cfg.micro_batch * cfg.grad_accum))
+    return min(steps, cfg.max_steps) if cfg.max_steps else steps
+
+
+def _example(processor, row: dict, max_tokens: int):
+    """(request, response token ids) for one SFT row: the user turn with its image, and the target."""
+    from m3ad_rl.engines.base import GenerationRequest
+
+    msgs = json.loads(row["messages"])
+    user = next(c["text"] for c in msgs[0]["content"] if c["type"] == "text")
+    target = next(c["text"] for c in msgs[-1]["content"] if c["type"] == "text")
+    tok = processor.tokenizer
+    ids = tok(target, add_special_tokens=False)["input_ids"][: max_tokens - 1]
+    ids.append(tok.convert_tokens_to_ids("<|im_end|>"))
+    return GenerationRequest(row["id"], user, bytes(row["images"][0]["bytes"])), ids
+
+
+def train_loop(config: dict) -> None:
+    """Runs on every Ray Train worker."""
+    import ray.train
+    import torch
+
+    from m3ad_rl.actor import build_batch, response_log_probs
+    from m3ad_rl.deepspeed_setup import init_distributed, make_engine
+    from m3ad_rl.tracking import Tracker
+    from m3ad_rl.workers import load_policy
+
+    cfg = SFTConfig(**config)
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    torch.set_num_threads(cfg.threads)
+    torch.manual_seed(cfg.seed)
+    init_distributed()
+    rows = _rows(cfg.data)
+    steps = total_steps(len(rows), cfg)
+    model, processor = load_policy(cfg.model, cfg.optim.bf16)
+    model.config.use_cache = False
+    engine = make_engine(model, cfg.optim, steps, cfg.micro_batch, cfg.grad_accum)
+    done = 0
+    ckpt = ray.train.get_checkpoint()
+    if ckpt is not None:
+        with ckpt.as_directory() as d:
+            _, state = engine.load_checkpoint(d, tag="sft")
+        done = int(state["step"])
+        if rank == 0:
+            print(f"resumed SFT at step {done} of {steps}")
+    mbs = micro_batches(len(rows), cfg, rank, world)[: steps * cfg.grad_accum]
+    tracker = Tracker(cfg.out, cfg.logging, "sft", resume_step=done) if rank == 0 else None
+    engine.train()
+    loss_sum, tok_sum, t0 = 0.0, 0, time.perf_counter()
+    for m in range(done * cfg.grad_accum, len(mbs)):
+        reqs, resps = zip(*(_example(processor, rows[i], cfg.max_response_tokens) for i in mbs[m]), strict=True)
+        batch = build_batch(processor, list(reqs), list(resps))
+        lp, _ = response_log_probs(engine.module, batch)
+        n_tok = batch.response_len.sum()
+        loss = -lp.sum() / n_tok
+        engine.backward(loss)
+        engine.step()
+        loss_sum, tok_sum = loss_sum + float(loss) * int(n_tok), tok_sum + int(n_tok)
+        if (m + 1) % cfg.grad_accum:
+            continue
+        step = (m + 1) // cfg.grad_accum
+        last = step == steps
+        if step % cfg.log_every and not last:
+            continue
+        tot = torch.tensor([loss_sum, tok_sum], dtype=torch.float64)
+        torch.distributed.all_reduce(tot)  # token-weighted mean over all ranks
+        metrics = {
+            "sft/loss": float(tot[0] / tot[1].clamp(min=1)), "sft/lr": float(engine.get_lr()[0]),
+            "sft/tokens": float(tot[1]), "timing/step_s": (time.perf_counter() - t0) / cfg.log_every,
+        }  # fmt: skip
+        if tracker is not None:
+            tracker.log(step, metrics)
+            print(f"SFT step {step}/{steps}: loss {metrics['sft/loss']:.4f} lr {metrics['sft/lr']:.2e}", flush=True)
+        if step % cfg.checkpoint.every == 0 or last:
+            _report_checkpoint(engine, {"step": step, **metrics}, step)
+        loss_sum, tok_sum, t0 = 0.0, 0, time.perf_counter()
+    _save_model(engine, processor, cfg, rank)
+    if tracker is not None:
+        tracker.close()
+
+
+def _report_checkpoint(engine, metrics: dict, step: int) -> None:
+    import ray.train
+
+    with tempfile.TemporaryDirectory(prefix="m3ad-sft-") as d:
+        engine.save_checkpoint(d, tag="sft", client_state={"step": step}, save_latest=False)
+        ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(d))
+
+
+def _save_model(engine, processor, cfg: SFTConfig, rank: int) -> None:
+    from m3ad_rl import checkpoint as ck
+    from m3ad_rl.deepspeed_setup import full_state_dict
+
+    sd = full_state_dict(engine)  # collective under ZeRO-3
+    if rank == 0:
+        with tempfile.TemporaryDirectory(prefix="m3ad-model-") as d:
+            engine.module.save_pretrained(d, state_dict=sd)
+            processor.save_pretrained(d)
+            ck.upload(d, f"{cfg.out.rstrip('/')}/model")
+
+
+def _storage(out: str):
+    """(storage_path, storage_filesystem) for Ray Train: local paths as-is, other URLs through fsspec."""
+    from fsspec.core import url_to_fs
+    from fsspec.implementations.local import LocalFileSystem
+
+    fs, path = url_to_fs(f"{out.rstrip('/')}/ray_train")
+    if isinstance(fs, LocalFileSystem):
+        return os.path.abspath(path), None
+    import pyarrow.fs as pafs
+
+    return path, pafs.PyFileSystem(pafs.FSSpecHandler(fs))
+
+
+def run(cfg: SFTConfig, resume: bool = False) -> dict:
+    """Train; returns {"steps", "loss", "model"} and writes ``{out}/metrics.jsonl``."""
+    import ray
+    from ray.train import CheckpointConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    from m3ad_rl.rcrl import _worker_env
+
+    rows = _rows(cfg.data)
+    steps = total_steps(len(rows), cfg)
+    if steps < 1:
+        raise ValueError(f"{len(rows)} rows give no optimiser step with {cfg.workers} workers × micro_batch "
+                         f"{cfg.micro_batch} × grad_accum {cfg.grad_accum}")  # fmt: skip
+    if not ray.is_initialized():
+        kw = {} if cfg.address else {"num_cpus": max(cfg.workers + 1, 2)}
+        ray.init(address=cfg.address, runtime_env={"env_vars": _worker_env()}, **kw)
+    storage, fs = _storage(cfg.out)
+    name = "sft"
+    if not resume:
+        _clear_previous(cfg.out, name)
+    trainer = TorchTrainer(
+        train_loop,
+        train_loop_config=cfg.model_dump(mode="json"),
+        scaling_config=ScalingConfig(num_workers=cfg.workers, use_gpu=cfg.use_gpu),
+        torch_config=TorchConfig(backend="nccl" if cfg.use_gpu else "gloo"),
+        run_config=RunConfig(
+            name=name, storage_path=storage, storage_filesystem=fs,
+            checkpoint_config=CheckpointConfig(num_to_keep=cfg.checkpoint.keep),
+        ),
+    )  # fmt: skip
+    trainer.fit()
+    history = read_metrics(cfg.out)
+    loss = history[-1]["sft/loss"] if history else math.nan
+    return {"steps": steps, "loss": loss, "model": f"{cfg.out.rstrip('/')}/model", "history": history}
+
+
+def _clear_previous(out: str, name: str) -> None:
+    """A fresh (non-resumed) run must not pick up an older run's checkpoints."""
+    from fsspec.core import url_to_fs
+
+    fs, path = url_to_fs(f"{out.rstrip('/')}/ray_train/{name}")
+    if fs.exists(path):
+        fs.rm(path, recursive=True)

@@ -1,0 +1,176 @@
+"""RAWS SFT and RCRL for real: Ray Train + DeepSpeed workers, verl worker groups, the Ray Serve reward
+service, rollout weight pushes, checkpoints, and a SIGKILL in the middle of a run.
+
+The pipeline fixture runs once per session (synthetic data → FT sets → SFT on 2 Ray Train workers,
+about 90 s); the RCRL runs start from its model so the rewards (and the updates) are not all zero.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("deepspeed")
+ray = pytest.importorskip("ray")
+
+from m3ad_rl.tracking import read_metrics  # noqa: E402
+
+SFT_STEPS = 48
+
+
+@pytest.fixture(scope="session")
+def pipeline(tmp_path_factory, tiny_model):
+    """{"ft": FT folder, "sft": SFT run folder}, SFT trained on 2 Ray Train workers."""
+    from m3ad_rl.data.store import iter_samples
+    from m3ad_rl.sft import SFTConfig, run
+
+    root = tmp_path_factory.mktemp("pipeline")
+    _cli("data", "synth", "--out", str(root / "synth"), "--n", "24")
+    with open(root / "preds.jsonl", "w") as fh:
+        for i, s in enumerate(iter_samples(str(root / "synth"))):
+            fh.write(json.dumps({"id": s.id, "answer": "yes" if i % 3 else "no"}) + "\n")
+    _cli("data", "build-ft", "--input", str(root / "synth"), "--predictions", str(root / "preds.jsonl"),
+         "--out", str(root / "ft"))  # fmt: skip
+    cfg = SFTConfig(
+        model=str(tiny_model), data=str(root / "ft/sft.parquet"), out=str(root / "sft"), workers=2,
+        epochs=8, max_steps=SFT_STEPS, micro_batch=2, grad_accum=1,
+        optim={"lr": 3e-3, "warmup_steps": 4, "schedule": "cosine"}, checkpoint={"every": 24},
+    )  # fmt: skip
+    result = run(cfg)
+    ray.shutdown()
+    return {"ft": root / "ft", "sft": root / "sft", "result": result, "root": root}
+
+
+def _cli(*args: str) -> str:
+    out = subprocess.run([sys.executable, "-m", "m3ad_rl.cli", *args], capture_output=True, text=True, timeout=900)
+    assert out.returncode == 0, out.stderr[-3000:]
+    return out.stdout
+
+
+def test_sft_learns_on_two_deepspeed_workers(pipeline):
+    hist = pipeline["result"]["history"]
+    assert [h["step"] for h in hist] == list(range(1, SFT_STEPS + 1))
+    assert hist[-1]["sft/loss"] < 0.75 * hist[0]["sft/loss"]  # the response-token NLL went down
+    lrs = [h["sft/lr"] for h in hist]
+    assert lrs[1] > lrs[0] and lrs[-1] < max(lrs)  # warm-up, then cosine decay
+    model = pipeline["sft"] / "model"
+    assert (model / "model.safetensors").exists() and (model / "tokenizer.json").exists()
+    ckpts = sorted(p for p in (pipeline["sft"] / "ray_train/sft").glob("checkpoint_*") if p.is_dir())
+    assert ckpts, "Ray Train wrote no checkpoint"
+    names = {p.name for p in ckpts[-1].rglob("*.pt")}
+    assert {"zero_pp_rank_0_mp_rank_00_optim_states.pt", "zero_pp_rank_1_mp_rank_00_optim_states.pt"} <= names
+
+
+def _rcrl_args(pipeline, out: Path, steps: int = 4) -> list[str]:
+    return [
+        "train", "rcrl", "--no-progress", "--reward-config", "configs/rewards/preset_b.yaml", "--set",
+        f"model={pipeline['sft'] / 'model'}", f"data={pipeline['ft'] / 'rl.parquet'}", f"out={out}",
+        f"steps={steps}", "batch_prompts=2", "rollout.sampling.max_new_tokens=96", "checkpoint.every=2",
+        "actor.optim.lr=3e-4", "seed=5",
+    ]  # fmt: skip
+
+
+def _comparable(rows: list[dict]) -> list[dict]:
+    return [{k: round(v, 5) for k, v in r.items() if not k.startswith("timing/")} for r in rows]
+
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_rcrl_killed_mid_run_resumes_to_the_same_metrics(pipeline, tmp_path):
+    ray.shutdown()
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    ref_out, out = tmp_path / "uninterrupted", tmp_path / "killed"
+    subprocess.run([sys.executable, "-m", "m3ad_rl.cli", *_rcrl_args(pipeline, ref_out)], cwd=REPO, env=env,
+                   check=True, capture_output=True, timeout=900)  # fmt: skip
+    # the same run, SIGKILLed (driver and its local Ray) once step 2's checkpoint is complete
+    proc = subprocess.Popen([sys.executable, "-m", "m3ad_rl.cli", *_rcrl_args(pipeline, out)], cwd=REPO, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)  # fmt: skip
+    marker = out / "checkpoints/step_000002/COMPLETE"
+    deadline = time.time() + 600
+    while not marker.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.2)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert marker.exists(), "the run ended before its first checkpoint"
+    assert not (out / "model").exists()  # it did not finish
+    res = subprocess.run([sys.executable, "-m", "m3ad_rl.cli", *_rcrl_args(pipeline, out), "--resume"], cwd=REPO,
+                         env=env, capture_output=True, text=True, timeout=900)  # fmt: skip
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert "resumed from step" in res.stdout
+    want, got = read_metrics(str(ref_out)), read_metrics(str(out))
+    assert [r["step"] for r in got] == [1, 2, 3, 4]
+    assert _comparable(got) == _comparable(want)
+    assert any(r["actor/kl_loss"] > 0 for r in want[1:])  # the policy really moved
+    state = json.loads((out / "checkpoints/step_000004/trainer_state.json").read_text())
+    assert state["step"] == 4 and state["reward_config"]["reflection"]["preset"] == "b"
+
+
+def test_half_written_checkpoint_is_never_taken(tmp_path):
+    from m3ad_rl import checkpoint as ck
+
+    root = str(tmp_path / "ckpt")
+    for step, complete in ((2, True), (4, True), (6, False)):
+        d = Path(ck.step_dir(root, step))
+        d.mkdir(parents=True)
+        (d / "weights.pt").write_bytes(b"x")
+        if complete:
+            ck.mark_complete(str(d), {"step": step})
+    assert ck.latest_complete(root) == (4, ck.step_dir(root, 4))
+    assert ck.prune(root, keep=1) == [2]
+    assert ck.latest_complete(root)[0] == 4 and not Path(ck.step_dir(root, 2)).exists()
+    assert ck.latest_complete(str(tmp_path / "none")) is None
+
+
+def test_rollout_worker_generates_with_pushed_weights(tiny_model):
+    """After load_weights the worker decodes exactly what a fresh engine holding the new weights
+    decodes, and not what it decoded before."""
+    import torch
+
+    from m3ad_rl.engines import SamplingParams
+    from m3ad_rl.engines.base import GenerationRequest
+    from m3ad_rl.engines.hf import HFEngine
+    from m3ad_rl.prompts import question
+    from m3ad_rl.workers import RolloutWorker, pack_state
+
+    ray.init(num_cpus=2, ignore_reinit_error=True)
+    try:
+        w = RolloutWorker.remote("hf", str(tiny_model))
+        img = (REPO / "docs/images/synthetic-gallery.jpg").read_bytes()
+        params = {"n": 1, "temperature": 0.0, "max_new_tokens": 12, "logprobs": False}
+        before = ray.get(w.generate.remote([question()], [img], params))[0][0]["token_ids"]
+        local = HFEngine(str(tiny_model))
+        g = torch.Generator().manual_seed(0)
+        with torch.no_grad():
+            for p in local.model.parameters():
+                p.add_(torch.randn(p.shape, generator=g) * 0.05)
+        expected = local.generate([GenerationRequest("x", question(), img)], SamplingParams(**params))[0][0].token_ids
+        assert expected != before
+        fp0 = ray.get(w.fingerprint.remote())
+        sd = local.model.state_dict()
+        assert ray.get(w.load_weights.remote(pack_state(sd))) == len(sd)
+        assert ray.get(w.fingerprint.remote()) == pytest.approx(local.weights_fingerprint()) != fp0
+        after = ray.get(w.generate.remote([question()], [img], params))[0][0]["token_ids"]
+        assert after == expected
+    finally:
+        ray.shutdown()
+
+
+def test_rcrl_config_errors_name_the_key(tmp_path):
+    from m3ad_rl.config import ConfigError, load_config
+    from m3ad_rl.rcrl import RCRLConfig
+
+    base = ["model=m", "data=d", "out=o", "steps=1"]
+    with pytest.raises(ConfigError, match="rollout.engine"):
+        load_config(RCRLConfig, None, [*base, "rollout.engine=tgi"])
+    with pytest.raises(ConfigError, match="actor.workers"):
+        load_config(RCRLConfig, None, [*base, "batch_prompts=3", "rollout.sampling.n=3", "actor.workers=2"])
+    cfg = load_config(RCRLConfig, None, base, sections={"reward": str(REPO / "configs/rewards/preset_c.yaml")})
+    assert cfg.reward.reflection.preset == "c"

@@ -168,9 +168,9 @@ def test_rcrl_config_errors_name_the_key(tmp_path):
     from m3ad_rl.rcrl import RCRLConfig
 
     base = ["model=m", "data=d", "out=o", "steps=1"]
-    with pytest.raises(ConfigError, match="rollout.engine"):
+    with pytest.raises(ConfigError, match=r"rollout\.engine"):
         load_config(RCRLConfig, None, [*base, "rollout.engine=tgi"])
-    with pytest.raises(ConfigError, match="actor.workers"):
+    with pytest.raises(ConfigError, match=r"actor\.workers"):
         load_config(RCRLConfig, None, [*base, "batch_prompts=3", "rollout.sampling.n=3", "actor.workers=2"])
     cfg = load_config(RCRLConfig, None, base, sections={"reward": str(REPO / "configs/rewards/preset_c.yaml")})
     assert cfg.reward.reflection.preset == "c"

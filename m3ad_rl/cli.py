@@ -82,6 +82,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("demo", help="the Quickstart's main job")
     p.add_argument("--out", default="runs/demo", help="where the demo writes its files")
+    p.add_argument("--quick", action="store_true", help="fewer images and steps (about half the time)")
     p.set_defaults(func=cmd_demo)
     return parser
 
@@ -536,7 +537,7 @@ def cmd_taxonomy(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from m3ad_rl.demo import run_demo
 
-    return run_demo(Path(args.out))
+    return run_demo(Path(args.out), quick=args.quick)
 
 
 if __name__ == "__main__":

@@ -179,16 +179,13 @@ class RCRLTrainer:
 
     # ---- setup -------------------------------------------------------------------------------
     def setup(self) -> None:
-        import ray
-
+        from m3ad_rl.ray_setup import init_ray
         from m3ad_rl.tracking import Tracker
 
         cfg = self.cfg
         self.data = PromptSet(cfg.data, cfg.seed)
-        if not ray.is_initialized():
-            need = cfg.actor.workers * (1 + (not cfg.ref.colocate)) + cfg.rollout.workers + 2
-            kw = {} if cfg.address else {"num_cpus": cfg.num_cpus or max(need, 4)}
-            ray.init(address=cfg.address, runtime_env={"env_vars": _worker_env()}, **kw)
+        need = cfg.actor.workers * (1 + (not cfg.ref.colocate)) + cfg.rollout.workers + 2
+        init_ray(cfg.address, cfg.num_cpus or max(need, 4))
         self._setup_actor()
         self._setup_rollout()
         self._setup_reward()
@@ -450,15 +447,6 @@ class RCRLTrainer:
 
 def _jsonable(state) -> list:
     return [s.tolist() if isinstance(s, np.ndarray) else _jsonable(s) if isinstance(s, tuple) else s for s in state]
-
-
-def _worker_env() -> dict[str, str]:
-    import torch
-
-    env = {"TOKENIZERS_PARALLELISM": "false", "RAY_DEDUP_LOGS": "1"}
-    if not torch.cuda.is_available():
-        env["DS_ACCELERATOR"] = "cpu"
-    return env
 
 
 def run(cfg: RCRLConfig, resume: bool = False, progress: bool = True) -> dict:

@@ -210,20 +210,17 @@ def _storage(out: str):
 
 def run(cfg: SFTConfig, resume: bool = False) -> dict:
     """Train; returns {"steps", "loss", "model"} and writes ``{out}/metrics.jsonl``."""
-    import ray
     from ray.train import CheckpointConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
-    from m3ad_rl.rcrl import _worker_env
+    from m3ad_rl.ray_setup import init_ray
 
     rows = _rows(cfg.data)
     steps = total_steps(len(rows), cfg)
     if steps < 1:
         raise ValueError(f"{len(rows)} rows give no optimiser step with {cfg.workers} workers × micro_batch "
                          f"{cfg.micro_batch} × grad_accum {cfg.grad_accum}")  # fmt: skip
-    if not ray.is_initialized():
-        kw = {} if cfg.address else {"num_cpus": max(cfg.workers + 1, 2)}
-        ray.init(address=cfg.address, runtime_env={"env_vars": _worker_env()}, **kw)
+    init_ray(cfg.address, max(cfg.workers + 1, 2))
     storage, fs = _storage(cfg.out)
     name = "sft"
     if not resume:

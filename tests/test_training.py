@@ -174,3 +174,28 @@ def test_rcrl_config_errors_name_the_key(tmp_path):
         load_config(RCRLConfig, None, [*base, "batch_prompts=3", "rollout.sampling.n=3", "actor.workers=2"])
     cfg = load_config(RCRLConfig, None, base, sections={"reward": str(REPO / "configs/rewards/preset_c.yaml")})
     assert cfg.reward.reflection.preset == "c"
+
+
+@pytest.mark.parametrize("path", sorted((REPO / "configs/train").glob("*.yaml")), ids=lambda p: p.name)
+def test_every_training_config_loads(path):
+    from m3ad_rl.config import load_config
+    from m3ad_rl.rcrl import RCRLConfig
+    from m3ad_rl.sft import SFTConfig
+
+    cfg = load_config(SFTConfig if path.name.startswith("sft") else RCRLConfig, path)
+    if path.name.startswith("rcrl") and "b." in path.name:  # the paper's runs: SPEC §6 values
+        assert (cfg.rollout.sampling.n, cfg.rollout.sampling.temperature, cfg.grpo.kl_coef) == (4, 1.0, 0.01)
+        assert cfg.actor.optim.lr == 1e-6 and cfg.grpo.kl_type == "low_var_kl"
+    if path.name.startswith("sft") and "b." in path.name:
+        assert (cfg.micro_batch, cfg.grad_accum, cfg.optim.lr, cfg.optim.warmup_steps) == (1, 2, 1e-5, 100)
+        assert cfg.optim.schedule == "cosine"
+
+
+@pytest.mark.parametrize("path", sorted((REPO / "configs/rewards").glob("*.yaml")), ids=lambda p: p.name)
+def test_every_reward_variant_is_a_train_rcrl_reward_config(path):
+    from m3ad_rl.config import load_config
+    from m3ad_rl.rcrl import RCRLConfig
+    from rewards.config import RewardConfig
+
+    cfg = load_config(RCRLConfig, REPO / "configs/train/rcrl-cpu.yaml", sections={"reward": path})
+    assert cfg.reward == load_config(RewardConfig, path)

@@ -1,0 +1,27 @@
+"""Joining or starting Ray the same way for every job (SFT, RCRL, the demo)."""
+
+from __future__ import annotations
+
+
+def worker_env() -> dict[str, str]:
+    """Environment for every Ray worker: DeepSpeed's CPU accelerator when there is no GPU."""
+    import torch
+
+    env = {"TOKENIZERS_PARALLELISM": "false"}
+    if not torch.cuda.is_available():
+        env["DS_ACCELERATOR"] = "cpu"
+    return env
+
+
+def init_ray(address: str | None = None, num_cpus: int | None = None) -> None:
+    """Connect to ``address`` or start local Ray with ``num_cpus`` logical CPUs (no-op if connected).
+
+    Locally the logical CPUs may exceed the cores: the RCRL phases run one after another, so the
+    rollout, actor and reward workers can share them as verl's colocated workers share GPUs.
+    """
+    import ray
+
+    if ray.is_initialized():
+        return
+    kw = {} if address else {"num_cpus": num_cpus}
+    ray.init(address=address, runtime_env={"env_vars": worker_env()}, **kw)

@@ -7,6 +7,7 @@ response only). Shapes: ``N`` rows (= B prompts × n samples), ``T`` = longest p
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 
 import torch
@@ -33,19 +34,28 @@ class PolicyBatch:
 
 
 def build_batch(processor, requests: list[GenerationRequest], responses: list[list[int]]) -> PolicyBatch:
-    """One row per (request, response token ids) pair."""
-    texts = [processor.apply_chat_template(r.messages(), add_generation_prompt=True, tokenize=False) for r in requests]
-    images = [r.pil_image() for r in requests if r.image is not None]
+    """One row per (request, response token ids) pair. Each distinct prompt (text + image) goes through
+    the processor once: GRPO's n samples share theirs."""
+    keys = [(r.text, hash(r.image) if isinstance(r.image, (bytes, bytearray)) else id(r.image)) for r in requests]
+    first: dict = {}
+    for i, k in enumerate(keys):
+        first.setdefault(k, i)
+    uniq = list(first.values())
+    which = [uniq.index(first[k]) for k in keys]
+    ureq = [requests[i] for i in uniq]
+    texts = [processor.apply_chat_template(r.messages(), add_generation_prompt=True, tokenize=False) for r in ureq]
+    images = [r.pil_image() for r in ureq if r.image is not None]
     processor.tokenizer.padding_side = "left"  # prompts are cut out of the padded batch from the right
     enc = processor(text=texts, images=images or None, return_tensors="pt", padding=True)
     pad = processor.tokenizer.pad_token_id or 0
-    prompts = [[t for t, m in zip(ids, am, strict=True) if m] for ids, am in zip(
+    uprompts = [[t for t, m in zip(ids, am, strict=True) if m] for ids, am in zip(
         enc["input_ids"].tolist(), enc["attention_mask"].tolist(), strict=True)]  # fmt: skip
+    prompts = [uprompts[u] for u in which]
     mm = enc.get("mm_token_type_ids")
     rows, types, masks = [], [], []
     for i, (p, r) in enumerate(zip(prompts, responses, strict=True)):
         rows.append(p + list(r))
-        t = mm[i].tolist()[-len(p) :] if mm is not None else [0] * len(p)
+        t = mm[which[i]].tolist()[-len(p) :] if mm is not None else [0] * len(p)
         types.append(t + [0] * len(r))
         masks.append([0] * (len(p) - 1) + [1] * len(r))
     width = max(len(x) for x in rows)
@@ -58,7 +68,12 @@ def build_batch(processor, requests: list[GenerationRequest], responses: list[li
         att[i, : len(x)] = 1
         mmt[i, : len(t)] = torch.tensor(t)
         rmask[i, : len(m)] = torch.tensor(m, dtype=torch.float32)
-    vision = {k: enc[k] for k in ("pixel_values", "image_grid_thw") if k in enc}
+    vision = {}
+    if "pixel_values" in enc:  # each distinct image once; image_rows maps rows to them (see _shared_images)
+        vision["pixel_values"] = enc["pixel_values"]
+        vision["image_grid_thw"] = enc["image_grid_thw"][which]
+        vision["unique_grid_thw"] = enc["image_grid_thw"]
+        vision["image_rows"] = torch.tensor(which)
     return PolicyBatch(
         ids, att, mmt, rmask, vision, torch.tensor([len(r) for r in responses]), torch.tensor([len(p) for p in prompts])
     )  # fmt: skip
@@ -66,13 +81,49 @@ def build_batch(processor, requests: list[GenerationRequest], responses: list[li
 
 def token_log_probs(model, batch: PolicyBatch, temperature: float = 1.0) -> torch.Tensor:
     """``[N, T-1]`` log π(token t+1 | ≤ t) (zero outside the response); differentiable."""
-    out = model(
-        input_ids=batch.input_ids, attention_mask=batch.attention_mask, mm_token_type_ids=batch.mm_token_type_ids,
-        **batch.vision,
-    )  # fmt: skip
+    vision = {k: v for k, v in batch.vision.items() if k in ("pixel_values", "image_grid_thw")}
+    with _shared_images(model, batch.vision):
+        out = model(
+            input_ids=batch.input_ids, attention_mask=batch.attention_mask,
+            mm_token_type_ids=batch.mm_token_type_ids, **vision,
+        )  # fmt: skip
     logits = out.logits[:, :-1].float() / temperature
     lp = torch.log_softmax(logits, dim=-1).gather(2, batch.input_ids[:, 1:, None]).squeeze(2)
     return lp * batch.response_mask
+
+
+@contextlib.contextmanager
+def _shared_images(model, vision: dict):
+    """Run the vision encoder once per distinct image and hand each row its copy.
+
+    GRPO's n samples of a prompt share one image; the model's own ``get_image_features`` would encode
+    it n times (and backpropagate n times). While active, the call gets the distinct images' patches
+    and returns the per-row features (pooled embeddings and deepstack features) in row order.
+    """
+    inner = getattr(model, "model", None)
+    if "image_rows" not in vision or inner is None or not hasattr(inner, "get_image_features"):
+        yield
+        return
+    original = inner.get_image_features
+    rows, ugrid = vision["image_rows"], vision["unique_grid_thw"]
+
+    def per_row(pixel_values, image_grid_thw=None, **kwargs):
+        out = original(pixel_values, ugrid, **kwargs)
+        merge = inner.visual.spatial_merge_size**2
+        sizes = (ugrid.prod(-1) // merge).tolist()
+        out.pooler_output = tuple(out.pooler_output[u] for u in rows.tolist())
+        if getattr(out, "deepstack_features", None) is not None:
+            out.deepstack_features = [
+                torch.cat([chunks[u] for u in rows.tolist()])
+                for chunks in (f.split(sizes) for f in out.deepstack_features)
+            ]
+        return out
+
+    inner.get_image_features = per_row
+    try:
+        yield
+    finally:
+        del inner.get_image_features  # back to the class method
 
 
 def response_log_probs(
@@ -80,17 +131,26 @@ def response_log_probs(
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """``[N, L]`` log-probs of the response tokens, left-aligned (row i: its ``response_len[i]`` tokens,
     then zeros), the layout the controller's advantages use; plus the per-token entropy if asked."""
-    out = model(
-        input_ids=batch.input_ids, attention_mask=batch.attention_mask, mm_token_type_ids=batch.mm_token_type_ids,
-        **batch.vision,
-    )  # fmt: skip
     width = int(batch.response_len.max())
     pos = batch.prompt_len[:, None] - 1 + torch.arange(width, device=batch.input_ids.device)[None]  # [N, L]
     mask = torch.arange(width, device=pos.device)[None] < batch.response_len[:, None]
     pos = torch.where(mask, pos, batch.prompt_len[:, None] - 1)
-    logits = out.logits.gather(1, pos[:, :, None].expand(-1, -1, out.logits.shape[-1])).float() / temperature
+    vision = {k: v for k, v in batch.vision.items() if k in ("pixel_values", "image_grid_thw")}
+    inputs = dict(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
+                  mm_token_type_ids=batch.mm_token_type_ids, **vision)  # fmt: skip
+    head = getattr(model, "lm_head", None)
+    with _shared_images(model, batch.vision):
+        if head is not None and hasattr(model, "model"):  # the vocabulary projection on response positions only
+            hidden = model.model(**inputs).last_hidden_state
+            logits = head(hidden.gather(1, pos[:, :, None].expand(-1, -1, hidden.shape[-1]))).float() / temperature
+        else:
+            full = model(**inputs).logits
+            logits = full.gather(1, pos[:, :, None].expand(-1, -1, full.shape[-1])).float() / temperature
     logp = torch.log_softmax(logits, dim=-1)
     targets = batch.input_ids.gather(1, (pos + 1).clamp(max=batch.input_ids.shape[1] - 1))
     lp = logp.gather(2, targets[:, :, None]).squeeze(2) * mask
-    ent = (-(logp.exp() * logp).sum(-1) * mask) if with_entropy else None
+    ent = None
+    if with_entropy:  # a metric, kept out of the graph
+        d = logp.detach()
+        ent = -(d.exp() * d).sum(-1) * mask
     return lp, ent

@@ -27,6 +27,11 @@ class GRPOConfig(BaseModel):
     kl_type: str = Field("low_var_kl", description="verl kl_penalty name; low_var_kl is the k3 estimator.")
     loss_agg_mode: str = Field("token-mean", description="verl agg_loss mode.")
     norm_adv_by_std: bool = Field(True, description="GRPO divides by the group's std (Dr.GRPO: False).")
+    recompute_old_log_prob: bool = Field(
+        False,
+        description="Run a separate π_old pass before the update. With one optimiser step per rollout "
+        "batch π_old equals π at update time, so the update's own (detached) log-probs serve.",
+    )
 
 
 def last_token_rewards(scores: torch.Tensor, response_mask: torch.Tensor) -> torch.Tensor:

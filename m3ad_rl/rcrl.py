@@ -281,8 +281,9 @@ class RCRLTrainer:
                 batch, texts = self.generate(rows, step)
             with tr.span("reward", t):
                 scores, _, reward_metrics = self.compute_reward(rows, texts)
-            with tr.span("old_log_prob", t):
-                batch = batch.union(self.actor.compute_log_prob(batch))
+            if self.cfg.grpo.recompute_old_log_prob:
+                with tr.span("old_log_prob", t):
+                    batch = batch.union(self.actor.compute_log_prob(batch))
             with tr.span("ref", t):
                 batch = batch.union(self.ref.compute_ref_log_prob(batch))
             with tr.span("advantage", t):
@@ -292,10 +293,11 @@ class RCRLTrainer:
             with tr.span("sync_weights", t):
                 self._sync_weights()
         mask = batch.batch["response_mask"]
-        ent = float((batch.batch["entropy"] * mask).sum() / mask.sum().clamp(min=1))
+        if "entropy" in batch.batch.keys():  # noqa: SIM118 (TensorDict); π_old entropy, if it had a pass
+            update_metrics["actor/entropy"] = float((batch.batch["entropy"] * mask).sum() / mask.sum().clamp(min=1))
         lengths = mask.sum(1).float()
         metrics = {
-            **reward_metrics, **update_metrics, **t, "actor/entropy": ent,
+            **reward_metrics, **update_metrics, **t,
             "response/length_mean": float(lengths.mean()), "response/length_max": float(lengths.max()),
             "response/clip_ratio": float((lengths >= self.cfg.rollout.sampling.max_new_tokens).float().mean()),
             "timing/step_s": time.perf_counter() - t0,

@@ -112,7 +112,7 @@ class PolicyWorker(Worker):
         reqs, resps = _requests(data), _responses(data)
         width = data.batch["responses"].shape[1]
         lps, ents = [], []
-        with torch.no_grad():
+        with torch.inference_mode():
             for s in range(0, len(reqs), self.micro):
                 b = build_batch(self.processor, reqs[s : s + self.micro], resps[s : s + self.micro])
                 lp, ent = response_log_probs(model, b, self.temperature, with_entropy=entropy)
@@ -144,19 +144,24 @@ class PolicyWorker(Worker):
         reqs, resps = _requests(data), _responses(data)
         sums: dict[str, float] = {}
         n_micro = 0
+        recompute = "old_log_probs" in data.batch.keys()  # noqa: SIM118 (TensorDict has no `in`)
         for s in range(0, len(reqs), self.micro):
             sl = slice(s, s + self.micro)
             b = build_batch(self.processor, reqs[sl], resps[sl])
-            lp, _ = response_log_probs(self.engine.module, b, self.temperature)
+            lp, ent = response_log_probs(self.engine.module, b, self.temperature, with_entropy=True)
             width = lp.shape[1]
             mask = data.batch["response_mask"][sl][:, :width].float()
+            # One optimiser step per rollout batch: the weights are those that sampled, so π_old = π (ratio 1)
+            # unless the controller recomputed π_old (grpo.recompute_old_log_prob).
+            old = data.batch["old_log_probs"][sl][:, :width] if recompute else lp.detach()
             loss, m = grpo_loss(
-                lp, data.batch["old_log_probs"][sl][:, :width], data.batch["ref_log_probs"][sl][:, :width],
-                data.batch["advantages"][sl][:, :width], mask, self.grpo,
+                lp, old, data.batch["ref_log_probs"][sl][:, :width], data.batch["advantages"][sl][:, :width], mask,
+                self.grpo,
             )  # fmt: skip
             self.engine.backward(loss)
             self.engine.step()
             n_micro += 1
+            m["actor/entropy"] = float(ent.sum() / mask.sum().clamp(min=1))
             for k, v in m.items():
                 sums[k] = sums.get(k, 0.0) + v
         metrics = {k: v / max(n_micro, 1) for k, v in sums.items()}

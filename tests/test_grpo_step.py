@@ -68,3 +68,37 @@ def test_grpo_step_on_the_tiny_model_raises_the_rewarded_sample(tiny_model):
     seq_old, seq_new = old.sum(1), new.sum(1)
     assert seq_new[0] > seq_old[0]  # the rewarded sample became more likely
     assert seq_new[1] < seq_old[1]  # the other one less likely
+
+
+def test_shared_image_encoding_equals_one_image_per_row(tiny_model):
+    """build_batch encodes each distinct image once (GRPO's n samples share it); the log-probs must be
+    exactly those of feeding every row its own copy."""
+    import io
+
+    from PIL import Image
+
+    from m3ad_rl.actor import PolicyBatch, response_log_probs
+
+    engine = make_engine("hf", str(tiny_model))
+    reqs = []
+    for i, colour in enumerate([(200, 10, 10), (10, 200, 10)]):
+        buf = io.BytesIO()
+        Image.new("RGB", (224, 224), colour).save(buf, "PNG")
+        reqs += [GenerationRequest(f"p{i}", question(), buf.getvalue())] * 3
+    resps = [[20 + (7 * j + k) % 90 for k in range(5 + j)] for j in range(len(reqs))]
+    b = build_batch(engine.processor, reqs, resps)
+    v = b.vision
+    assert len(v["unique_grid_thw"]) == 2 and v["image_rows"].tolist() == [0, 0, 0, 1, 1, 1]
+    starts = torch.cumsum(torch.cat([torch.zeros(1, dtype=torch.long), v["unique_grid_thw"].prod(1)]), 0)
+    own = torch.cat([v["pixel_values"][starts[u] : starts[u + 1]] for u in v["image_rows"].tolist()])
+    vision = {"pixel_values": own, "image_grid_thw": v["image_grid_thw"]}
+    per_row = PolicyBatch(
+        b.input_ids, b.attention_mask, b.mm_token_type_ids, b.response_mask, vision, b.response_len, b.prompt_len
+    )
+    with torch.no_grad():
+        shared, _ = response_log_probs(engine.model, b)
+        separate, _ = response_log_probs(engine.model, per_row)
+        full = token_log_probs(engine.model, per_row)
+    assert torch.equal(shared, separate)
+    for i, n in enumerate(b.response_len.tolist()):  # response-aligned = the full-sequence view's response part
+        assert torch.allclose(shared[i, :n], full[i][b.response_mask[i].bool()], atol=1e-5)

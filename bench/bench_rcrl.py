@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import machine  # noqa: E402
+from _common import machine
 
 
 def build_inputs(root: Path, vocab: str, prompts: int) -> tuple[Path, Path]:
@@ -39,7 +39,8 @@ def build_inputs(root: Path, vocab: str, prompts: int) -> tuple[Path, Path]:
         preds = root / "preds.jsonl"
         from m3ad_rl.data.store import iter_samples
 
-        preds.write_text("".join(json.dumps({"id": s.id, "answer": "no"}) + "\n" for s in iter_samples(str(root / "synth"))))
+        samples = iter_samples(str(root / "synth"))
+        preds.write_text("".join(json.dumps({"id": s.id, "answer": "no"}) + "\n" for s in samples))
         subprocess.run([sys.executable, "-m", "m3ad_rl.cli", "data", "build-ft", "--input", str(root / "synth"),
                         "--predictions", str(preds), "--out", str(ft)], check=True, capture_output=True)  # fmt: skip
     return model, ft / "rl.parquet"

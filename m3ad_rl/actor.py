@@ -126,6 +126,24 @@ def _shared_images(model, vision: dict):
         del inner.get_image_features  # back to the class method
 
 
+_CHUNK_ELEMENTS = 1 << 25  # ~128 MB of fp32 logits per chunk
+
+
+def _chunk_log_probs(head, hidden, targets, temperature: float, with_entropy: bool):
+    """log π(target) = logit - logsumexp(logits) for a few rows, without a [rows, L, V] log-softmax copy;
+    the entropy (a metric) outside the graph."""
+    logits = head(hidden).float()
+    if temperature != 1.0:
+        logits = logits / temperature
+    lse = torch.logsumexp(logits, dim=-1)
+    lp = logits.gather(2, targets[:, :, None]).squeeze(2) - lse
+    ent = None
+    if with_entropy:
+        with torch.no_grad():
+            ent = lse - (torch.softmax(logits, dim=-1) * logits).sum(-1)
+    return lp, ent
+
+
 def response_log_probs(
     model, batch: PolicyBatch, temperature: float = 1.0, with_entropy: bool = False
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -142,15 +160,18 @@ def response_log_probs(
     with _shared_images(model, batch.vision):
         if head is not None and hasattr(model, "model"):  # the vocabulary projection on response positions only
             hidden = model.model(**inputs).last_hidden_state
-            logits = head(hidden.gather(1, pos[:, :, None].expand(-1, -1, hidden.shape[-1]))).float() / temperature
+            selected = hidden.gather(1, pos[:, :, None].expand(-1, -1, hidden.shape[-1]))
         else:
-            full = model(**inputs).logits
-            logits = full.gather(1, pos[:, :, None].expand(-1, -1, full.shape[-1])).float() / temperature
-    logp = torch.log_softmax(logits, dim=-1)
+            full = model(**inputs).logits  # already projected: the chunks only normalise
+            head, selected = torch.nn.Identity(), full.gather(1, pos[:, :, None].expand(-1, -1, full.shape[-1]))
     targets = batch.input_ids.gather(1, (pos + 1).clamp(max=batch.input_ids.shape[1] - 1))
-    lp = logp.gather(2, targets[:, :, None]).squeeze(2) * mask
-    ent = None
-    if with_entropy:  # a metric, kept out of the graph
-        d = logp.detach()
-        ent = -(d.exp() * d).sum(-1) * mask
+    vocab = getattr(head, "out_features", None) or selected.shape[-1]
+    rows = max(1, _CHUNK_ELEMENTS // max(1, width * vocab))  # rows per chunk: bounded [rows, L, V] temporaries
+    lps, ents = [], []
+    for s in range(0, selected.shape[0], rows):
+        lp, ent = _chunk_log_probs(head, selected[s : s + rows], targets[s : s + rows], temperature, with_entropy)
+        lps.append(lp)
+        ents.append(ent)
+    lp = torch.cat(lps) * mask
+    ent = torch.cat(ents) * mask if with_entropy else None
     return lp, ent

@@ -55,3 +55,23 @@ def test_greedy_is_deterministic_and_without_logprobs(tiny_model):
 def test_unknown_engine_lists_the_choices():
     with pytest.raises(ValueError, match="choose one of: hf, vllm, openai"):
         make_engine("tgi", "x")
+
+
+def test_inverse_cdf_sampling_draws_from_the_given_distribution():
+    """The CPU sampler that replaces torch.multinomial during generate: right frequencies, never a
+    zero-probability token, and untouched calls for other shapes."""
+    import torch
+
+    from m3ad_rl.engines.hf import inverse_cdf_sampling
+
+    original = torch.multinomial
+    probs = torch.tensor([[0.0, 0.5, 0.2, 0.0, 0.3]]).repeat(40_000, 1)
+    g = torch.Generator().manual_seed(0)
+    with inverse_cdf_sampling():
+        draws = torch.multinomial(probs, 1, generator=g).squeeze(1)
+        several = torch.multinomial(probs[:3], 2)  # two samples: the original function
+    freq = torch.bincount(draws, minlength=5).double() / len(draws)
+    assert freq[0] == 0 and freq[3] == 0
+    assert torch.allclose(freq, probs[0].double(), atol=0.01)
+    assert several.shape == (3, 2)
+    assert torch.multinomial is original  # restored on exit

@@ -33,7 +33,19 @@ SCRIPT = textwrap.dedent("""
         reqs = [GenerationRequest(f"r{i}", question(), buf.getvalue()) for i in range(2)]
         out = engine.generate(reqs, SamplingParams(n=4, max_new_tokens=16, seed=0))
         greedy = engine.generate(reqs[:1], SamplingParams(n=1, temperature=0.0, max_new_tokens=8, logprobs=False))
+        # the RCRL weight push: perturbed HF weights in, a different fingerprint and greedy output out
+        import torch
+        from safetensors.torch import load_file
+        sd = load_file(sys.argv[1] + "/model.safetensors")
+        g = torch.Generator().manual_seed(0)
+        sd = {k: v + torch.randn(v.shape, generator=g) * 0.05 for k, v in sd.items()}
+        fp0 = engine.weights_fingerprint()
+        loaded = engine.load_weights(sd)
+        fp1 = engine.weights_fingerprint()
+        greedy2 = engine.generate(reqs[:1], SamplingParams(n=1, temperature=0.0, max_new_tokens=8, logprobs=False))
         print("RESULT " + json.dumps({
+            "loaded": loaded, "n_weights": len(sd), "fp_changed": fp0 != fp1,
+            "greedy_changed": greedy2[0][0].token_ids != greedy[0][0].token_ids,
             "shape": [len(out), len(out[0])],
             "tokens": [len(c.token_ids) for g in out for c in g],
             "logprobs": [len(c.logprobs or []) for g in out for c in g],
@@ -69,3 +81,5 @@ def test_vllm_engine_on_the_tiny_model(tmp_path, tiny_model):
     assert r["tokens"] == r["logprobs"] and all(0 < n <= 16 for n in r["tokens"])
     assert r["finite"] and r["distinct"] > 1  # four real samples, not one repeated
     assert r["greedy_logprobs"] is None
+    # new weights reach vLLM's workers (collective_rpc → model.load_weights) and change what it decodes
+    assert r["loaded"] == r["n_weights"] and r["fp_changed"] and r["greedy_changed"]

@@ -100,7 +100,7 @@ class HFEngine:
             kwargs.update(temperature=params.temperature, top_p=params.top_p, top_k=0)
         if params.seed is not None:
             torch.manual_seed(params.seed)
-        with torch.no_grad(), (inverse_cdf_sampling() if self.device == "cpu" else contextlib.nullcontext()):
+        with torch.no_grad(), inverse_cdf_sampling() if self.device == "cpu" else contextlib.nullcontext():
             res = self.model.generate(**inputs, **kwargs)
         new = res.sequences[:, inputs["input_ids"].shape[1] :]  # [B*n, T]
         token_lp = None

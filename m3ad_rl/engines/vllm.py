@@ -38,6 +38,7 @@ class VLLMEngine:
             kwargs.update(cpu_defaults())
         kwargs.update(llm_kwargs)
         self.processor = AutoProcessor.from_pretrained(model)
+        kwargs.setdefault("worker_extension_cls", "m3ad_rl.engines.vllm_worker.WeightSync")
         self.llm = vllm.LLM(
             model=model, max_model_len=max_model_len, seed=seed, limit_mm_per_prompt={"image": 1}, **kwargs
         )
@@ -74,25 +75,19 @@ class VLLMEngine:
 
     def load_weights(self, state_dict: dict) -> int:
         """Push new weights into every vLLM worker (HF parameter names; vLLM's loader maps them)."""
-        items = [(k, v.detach().cpu()) for k, v in state_dict.items()]
-        self.llm.collective_rpc(_load_weights, args=(items,))
+        from m3ad_rl.weights import pack_state
+
+        meta, flat = pack_state(state_dict)
+        self.llm.collective_rpc("m3ad_load_weights", args=([list(m) for m in meta], flat.tobytes()))
         self.llm.reset_prefix_cache()
-        return len(items)
+        return len(meta)
 
     def weights_fingerprint(self) -> float:
-        sums = self.llm.collective_rpc(_fingerprint)
+        sums = self.llm.collective_rpc("m3ad_fingerprint")
         return float(sum(sums) / max(1, len(sums)))
 
     def close(self) -> None:
         self.llm = None
-
-
-def _load_weights(worker, items):  # runs inside each vLLM worker (collective_rpc passes the worker as self)
-    worker.model_runner.model.load_weights(weights=items)
-
-
-def _fingerprint(worker) -> float:
-    return float(sum(p.double().sum().item() for p in worker.model_runner.model.parameters()))
 
 
 def _has_cuda() -> bool:

@@ -129,12 +129,26 @@ def test_taxonomy_lookup(capsys):
     assert "'rust' -> rusty (type; surface anomaly / material anomaly)" in text and "'zzz' -> none" in text
 
 
-def test_demo_writes_report_and_plot(tmp_path):
-    assert main(["demo", "--out", str(tmp_path)]) == 0
+def test_demo_runs_the_whole_pipeline(tmp_path):
+    """The Quickstart's main job (--quick): data, tiny model, FT sets, SFT, RCRL, evaluation, report."""
+    pytest.importorskip("deepspeed")
+    import ray
+
+    ray.shutdown()
+    try:
+        assert main(["demo", "--out", str(tmp_path), "--quick"]) == 0
+    finally:
+        ray.shutdown()
     rep = json.loads((tmp_path / "report.json").read_text())
-    assert list(rep["scenes"]) == ["texture", "workpiece", "electronic", "logical"]
-    assert (tmp_path / "reflection.png").stat().st_size > 10_000
-    assert len((tmp_path / "rewards.jsonl").read_text().splitlines()) == 240
+    assert list(rep["eval"]) == ["base", "raws-sft", "rcrl"]
+    assert all(r["scenes"] for r in rep["eval"].values())  # every model was scored on benchmark scenes
+    assert [h["step"] for h in rep["rcrl"]] == [1, 2, 3, 4]
+    assert set(rep["times"]) == {"data", "model", "ft", "sft", "rcrl", "eval"}
+    for f in ("sft/model/model.safetensors", "rcrl/model/model.safetensors", "rcrl/checkpoints/step_000004/COMPLETE"):
+        assert (tmp_path / f).exists(), f
+    assert (tmp_path / "training_curves.png").stat().st_size > 20_000
+    text = (tmp_path / "report.md").read_text()
+    assert "| rcrl |" in text and "Reflection" in text
 
 
 @pytest.mark.parametrize("argv", [["reward"], ["eval", "score"], []])

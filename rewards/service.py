@@ -106,3 +106,9 @@ def start(
     deployment handle."""
     serve.start(http_options={"host": host, "port": port})
     return serve.run(build_app(config, replicas), name=name, route_prefix="/rewards", blocking=blocking)
+
+
+def app_builder(args: dict):
+    """Ray Serve application builder for ``serveConfigV2`` / ``serve run`` (``import_path:
+    rewards.service:app_builder``); ``args``: ``{"config": {...RewardConfig...}, "replicas": N}``."""
+    return build_app(RewardConfig.model_validate(args.get("config") or {}), int(args.get("replicas", 1)))

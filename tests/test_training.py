@@ -22,7 +22,7 @@ ray = pytest.importorskip("ray")
 
 from m3ad_rl.tracking import read_metrics  # noqa: E402
 
-SFT_STEPS = 48
+SFT_STEPS = 96
 
 
 @pytest.fixture(scope="session")
@@ -41,7 +41,7 @@ def pipeline(tmp_path_factory, tiny_model):
     cfg = SFTConfig(
         model=str(tiny_model), data=str(root / "ft/sft.parquet"), out=str(root / "sft"), workers=2,
         epochs=8, max_steps=SFT_STEPS, micro_batch=2, grad_accum=1,
-        optim={"lr": 3e-3, "warmup_steps": 4, "schedule": "cosine"}, checkpoint={"every": 24},
+        optim={"lr": 3e-3, "warmup_steps": 4, "schedule": "cosine"}, checkpoint={"every": 48},
     )  # fmt: skip
     result = run(cfg)
     ray.shutdown()
@@ -72,7 +72,7 @@ def _rcrl_args(pipeline, out: Path, steps: int = 4) -> list[str]:
     return [
         "train", "rcrl", "--no-progress", "--reward-config", "configs/rewards/preset_b.yaml", "--set",
         f"model={pipeline['sft'] / 'model'}", f"data={pipeline['ft'] / 'rl.parquet'}", f"out={out}",
-        f"steps={steps}", "batch_prompts=2", "rollout.sampling.max_new_tokens=96", "checkpoint.every=2",
+        f"steps={steps}", "batch_prompts=4", "rollout.sampling.max_new_tokens=96", "checkpoint.every=2",
         "actor.optim.lr=3e-4", "seed=5",
     ]  # fmt: skip
 

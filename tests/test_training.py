@@ -40,7 +40,7 @@ def pipeline(tmp_path_factory, tiny_model):
          "--out", str(root / "ft"))  # fmt: skip
     cfg = SFTConfig(
         model=str(tiny_model), data=str(root / "ft/sft.parquet"), out=str(root / "sft"), workers=2,
-        epochs=8, max_steps=SFT_STEPS, micro_batch=2, grad_accum=1,
+        epochs=16, max_steps=SFT_STEPS, micro_batch=2, grad_accum=1,
         optim={"lr": 3e-3, "warmup_steps": 4, "schedule": "cosine"}, checkpoint={"every": 48},
     )  # fmt: skip
     result = run(cfg)

@@ -44,11 +44,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_eval_score)
 
     p = ev.add_parser("run", help="run a model over the benchmark on Ray (resumable), score, report")
-    p.add_argument("--model", required=True, help="model folder, or the served name for --engine openai")
-    p.add_argument("--engine", choices=["hf", "vllm", "openai"], default="hf")
-    p.add_argument("--dataset", required=True, help="benchmark dataset URL")
-    p.add_argument("--out", required=True, help="output folder")
-    p.add_argument("--workers", type=int, default=1, help="engine replicas")
+    p.add_argument("--model", help="model folder, or the served name for --engine openai (or `model` in --config)")
+    p.add_argument("--engine", choices=["hf", "vllm", "openai"], help="default hf (or `engine` in --config)")
+    p.add_argument("--dataset", help="benchmark dataset URL (or `dataset` in --config)")
+    p.add_argument("--out", help="output folder (or `out` in --config)")
+    p.add_argument("--workers", type=int, help="engine replicas (default 1)")
     p.add_argument("--exclude-source", action="append", default=[], help="leave out a source dataset")
     p.add_argument("--address", help="Ray cluster address (default: local Ray)")
     p.add_argument("--base-url", help="OpenAI-compatible endpoint (--engine openai)")
@@ -63,6 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_data_commands(sub)
     _add_serve_commands(sub)
     _add_train_commands(sub)
+    _add_sweep_commands(sub)
 
     model = sub.add_parser("model", help="models").add_subparsers(dest="cmd", required=True)
     p = model.add_parser("tiny", help="build the tiny offline Qwen3-VL (random weights, real architecture)")
@@ -154,6 +155,59 @@ def _add_train_commands(sub) -> None:
     p.add_argument("--resume", action="store_true", help="continue from the newest complete checkpoint")
     p.add_argument("--no-progress", action="store_true", help="no progress bar (logs only)")
     p.set_defaults(func=cmd_train_rcrl)
+
+
+def _add_sweep_commands(sub) -> None:
+    sweep = sub.add_parser("sweep", help="reward-variant sweeps as RayJobs (docs/kubernetes.md)")
+    sw = sweep.add_subparsers(dest="cmd", required=True)
+    p = sw.add_parser("render", help="one RayJob YAML per variant (and their ConfigMap) for kubectl apply -f")
+    p.add_argument("--config", required=True, help="configs/sweeps/*.yaml")
+    p.add_argument("--out", required=True, help="folder for the YAML files")
+    p.add_argument("--set", dest="overrides", nargs="+", default=[], metavar="KEY=VALUE")
+    p.set_defaults(func=cmd_sweep_render)
+    p = sw.add_parser("submit", help="the same jobs to a running Ray cluster through the Ray Jobs API")
+    p.add_argument("--config", required=True, help="configs/sweeps/*.yaml")
+    p.add_argument("--address", required=True, help="Ray dashboard URL, e.g. http://HEAD:8265")
+    p.add_argument("--dry-run", action="store_true", help="print the entrypoints, submit nothing")
+    p.add_argument("--set", dest="overrides", nargs="+", default=[], metavar="KEY=VALUE")
+    p.set_defaults(func=cmd_sweep_submit)
+    p = sw.add_parser("report", help="every variant's eval report in one table (sweep.md) and plot (sweep.png)")
+    p.add_argument("--config", required=True, help="configs/sweeps/*.yaml")
+    p.add_argument("--runs", help="read <runs>/<variant>/eval/report.json instead of the config's out URL")
+    p.add_argument("--out", help="folder for sweep.md and sweep.png (default: --runs or .)")
+    p.add_argument("--set", dest="overrides", nargs="+", default=[], metavar="KEY=VALUE")
+    p.set_defaults(func=cmd_sweep_report)
+
+
+def cmd_sweep_render(args: argparse.Namespace) -> int:
+    from m3ad_rl.config import load_config
+    from m3ad_rl.sweep import SweepSpec, main_render
+
+    return main_render(load_config(SweepSpec, args.config, args.overrides), args.out)
+
+
+def cmd_sweep_submit(args: argparse.Namespace) -> int:
+    from m3ad_rl.config import load_config
+    from m3ad_rl.sweep import SweepSpec, entrypoint, expand, submit
+
+    spec = load_config(SweepSpec, args.config, args.overrides)
+    if args.dry_run:
+        for job in expand(spec):
+            print(f"{job.variant}: {entrypoint(spec, job, config_dir='.')}")
+    for sid in submit(spec, args.address, dry_run=args.dry_run):
+        print(sid)
+    return 0
+
+
+def cmd_sweep_report(args: argparse.Namespace) -> int:
+    from m3ad_rl.config import load_config
+    from m3ad_rl.sweep import SweepSpec, report
+
+    table, missing = report(load_config(SweepSpec, args.config, args.overrides), args.runs, args.out)
+    print(table)
+    if missing:
+        print(f"no report yet for: {', '.join(missing)}", file=sys.stderr)
+    return EXIT_SKIPPED if missing else 0
 
 
 def _add_serve_commands(sub) -> None:
@@ -476,13 +530,9 @@ def cmd_eval_run(args: argparse.Namespace) -> int:
     from m3ad_rl.evaluation import EvalRunConfig, run
     from m3ad_rl.report import print_report
 
-    base = [
-        f"model={args.model}",
-        f"engine={args.engine}",
-        f"dataset={args.dataset}",
-        f"out={args.out}",
-        f"workers={args.workers}",
-    ]
+    given = {"model": args.model, "engine": args.engine, "dataset": args.dataset, "out": args.out,
+             "workers": args.workers}  # fmt: skip
+    base = [f"{k}={v}" for k, v in given.items() if v is not None]  # flags override the config file
     if args.address:
         base.append(f"address={args.address}")
     if args.exclude_source:

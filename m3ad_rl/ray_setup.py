@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 
 def worker_env() -> dict[str, str]:
     """Environment for every Ray worker: DeepSpeed's CPU accelerator when there is no GPU."""
@@ -23,5 +25,6 @@ def init_ray(address: str | None = None, num_cpus: int | None = None) -> None:
 
     if ray.is_initialized():
         return
-    kw = {} if address else {"num_cpus": num_cpus}
+    joining = address or os.environ.get("RAY_ADDRESS")  # inside a RayJob, Ray sets RAY_ADDRESS
+    kw = {} if joining else {"num_cpus": num_cpus}
     ray.init(address=address, runtime_env={"env_vars": worker_env()}, **kw)

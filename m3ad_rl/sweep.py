@@ -1,0 +1,306 @@
+"""Sweeps of RCRL reward variants on Kubernetes: one RayJob per variant, the same jobs through the
+Ray Jobs API, and one table and plot of their benchmark reports.
+
+    m3ad-rl sweep render --config configs/sweeps/presets.yaml --out runs/sweep-presets   # kubectl apply -f
+    m3ad-rl sweep submit --config configs/sweeps/presets.yaml --address http://HEAD:8265
+    m3ad-rl sweep report --config configs/sweeps/presets.yaml [--runs DIR]
+
+A variant is a reward file from ``configs/rewards/`` plus optional reward overrides, crossed with
+the ``grid`` (λ values) and the ``seeds``. Each variant trains with ``m3ad-rl train rcrl`` and then
+evaluates its model with ``m3ad-rl eval run`` in the same job, writing ``{out}/{variant}/`` and
+``{out}/{variant}/eval/report.json``.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import itertools
+import json
+import re
+import shlex
+import sys
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field
+
+LABEL_PREFIX = "m3ad.io"
+CONFIG_DIR = "/etc/m3ad"
+
+
+class Variant(BaseModel):
+    """One row of the sweep before the grid and seeds multiply it."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(..., description="Short name in job names, labels and the table (e.g. 'b', 'con1-acc0').")
+    reward: str = Field(..., description="Reward config file (configs/rewards/*.yaml), passed as --reward-config.")
+    set: dict[str, Any] = Field(default_factory=dict, description="Reward overrides, e.g. {weights.reflection: 0.5}.")
+
+
+class TemplateRef(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    path: str = Field(..., description="A RayJob YAML file or a kustomization folder (rendered by kubectl).")
+    job: str = Field("m3ad-rcrl", description="The RayJob in it whose cluster, submitter and limits are reused.")
+
+
+class SweepSpec(BaseModel):
+    """A sweep: what varies, what is fixed, where results go, and which RayJob to copy."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(..., description="Sweep name: job names m3ad-<name>-<variant>, label m3ad.io/sweep.")
+    template: TemplateRef
+    train_config: str = Field(..., description="RCRL config (configs/train/rcrl-*.yaml).")
+    eval_config: str = Field(..., description="Evaluation config (EvalRunConfig YAML).")
+    model: str = Field(..., description="The RAWS SFT model every variant starts from.")
+    data: str = Field(..., description="rl.parquet URL.")
+    bench: str = Field(..., description="Benchmark dataset URL for the evaluation.")
+    out: str = Field(..., description="fsspec URL; variant v writes {out}/{v}/ and {out}/{v}/eval/.")
+    engine: str = Field("vllm", description="Evaluation engine (hf on CPU).")
+    eval_workers: int = Field(4, ge=1)
+    seeds: list[int] = Field(default_factory=lambda: [0])
+    grid: dict[str, list[Any]] = Field(default_factory=dict, description="Reward key → values, crossed.")
+    train_set: dict[str, Any] = Field(default_factory=dict, description="Extra RCRL overrides for every variant.")
+    kueue_queue: str | None = Field(None, description="Kueue LocalQueue: label the jobs and create them suspended.")
+    variants: list[Variant]
+
+
+class Job(BaseModel):
+    """One concrete run of the sweep."""
+
+    variant: str
+    reward: str
+    seed: int
+    overrides: dict[str, Any]
+    labels: dict[str, str]
+
+
+def label_value(text: str) -> str:
+    """A valid Kubernetes label value (≤ 63 of [A-Za-z0-9._-], alphanumeric at both ends)."""
+    value = re.sub(r"[^A-Za-z0-9._-]+", "-", str(text)).strip("-._")
+    if len(value) > 63:
+        value = value[:54].rstrip("-._") + "-" + hashlib.sha1(text.encode()).hexdigest()[:8]
+    return value
+
+
+def job_name(sweep: str, variant: str, limit: int = 47) -> str:
+    """m3ad-<sweep>-<variant> as a DNS-1035 label within KubeRay's RayJob limit."""
+    name = re.sub(r"[^a-z0-9-]+", "-", f"m3ad-{sweep}-{variant}".lower()).strip("-")
+    name = re.sub(r"-+", "-", name)
+    if len(name) > limit:
+        name = name[: limit - 9].rstrip("-") + "-" + hashlib.sha1(name.encode()).hexdigest()[:8]
+    return name
+
+
+def _short(key: str, value: Any) -> str:
+    """weights.reflection=0.5 → 'reflection0.5' for variant names."""
+    return f"{key.rsplit('.', 1)[-1]}{value}"
+
+
+def expand(spec: SweepSpec) -> list[Job]:
+    """Variants × grid × seeds, in a stable order, with unique names."""
+    keys = list(spec.grid)
+    jobs, seen = [], set()
+    for v in spec.variants:
+        for values in itertools.product(*(spec.grid[k] for k in keys)):
+            for seed in spec.seeds:
+                overrides = {**v.set, **dict(zip(keys, values, strict=True))}
+                parts = [v.name, *(_short(k, x) for k, x in zip(keys, values, strict=True))]
+                if len(spec.seeds) > 1:
+                    parts.append(f"s{seed}")
+                name = label_value("-".join(parts))
+                if name in seen:
+                    raise ValueError(f"two variants are both named {name!r}; give them different names")
+                seen.add(name)
+                labels = {
+                    f"{LABEL_PREFIX}/sweep": label_value(spec.name),
+                    f"{LABEL_PREFIX}/variant": name,
+                    f"{LABEL_PREFIX}/reward": label_value(Path(v.reward).stem),
+                    f"{LABEL_PREFIX}/seed": str(seed),
+                }
+                jobs.append(Job(variant=name, reward=v.reward, seed=seed, overrides=overrides, labels=labels))
+    return jobs
+
+
+def _fmt(value: Any) -> str:
+    return json.dumps(value) if isinstance(value, (list, dict, bool)) or value is None else str(value)
+
+
+def entrypoint(spec: SweepSpec, job: Job, config_dir: str = CONFIG_DIR) -> str:
+    """train rcrl for the variant, then eval run of its model, as one shell command."""
+    out = f"{spec.out.rstrip('/')}/{job.variant}"
+    sets = ["address=auto", f"seed={job.seed}", f"model={spec.model}", f"data={spec.data}", f"out={out}"]
+    sets += [f"{k}={_fmt(v)}" for k, v in spec.train_set.items()]
+    sets += [f"reward.{k}={_fmt(v)}" for k, v in job.overrides.items()]
+    reward = f"{config_dir}/{Path(job.reward).name}"
+    train = ["m3ad-rl", "train", "rcrl", "--config", f"{config_dir}/rcrl.yaml", "--reward-config", reward,
+             "--resume", "--no-progress", "--set", *sets]  # fmt: skip
+    evaluate = ["m3ad-rl", "eval", "run", "--config", f"{config_dir}/eval.yaml", "--engine", spec.engine,
+                "--workers", str(spec.eval_workers), "--address", "auto", "--model", f"{out}/model",
+                "--dataset", spec.bench, "--out", f"{out}/eval"]  # fmt: skip
+    return f"{shlex.join(train)} && {shlex.join(evaluate)}"
+
+
+def config_files(spec: SweepSpec) -> dict[str, str]:
+    """ConfigMap key → file text: rcrl.yaml, eval.yaml and every reward file the variants use."""
+    files = {"rcrl.yaml": Path(spec.train_config).read_text(), "eval.yaml": Path(spec.eval_config).read_text()}
+    for v in spec.variants:
+        files[Path(v.reward).name] = Path(v.reward).read_text()
+    return files
+
+
+def load_template(ref: TemplateRef) -> dict:
+    """The template RayJob, from a file or a rendered kustomization."""
+    from m3ad_rl.k8s_validate import render_kustomization
+
+    path = Path(ref.path)
+    text = render_kustomization(path) if path.is_dir() else path.read_text()
+    for doc in yaml.safe_load_all(text):
+        if isinstance(doc, dict) and doc.get("kind") == "RayJob" and doc["metadata"]["name"] == ref.job:
+            return doc
+    raise ValueError(f"no RayJob named {ref.job!r} in {ref.path}")
+
+
+def _use_configmap(obj: Any, name: str) -> None:
+    """Point every configMap volume of the template at the sweep's ConfigMap."""
+    if isinstance(obj, dict):
+        if isinstance(obj.get("configMap"), dict):
+            obj["configMap"]["name"] = name
+        for v in obj.values():
+            _use_configmap(v, name)
+    elif isinstance(obj, list):
+        for v in obj:
+            _use_configmap(v, name)
+
+
+def render(spec: SweepSpec, template: dict | None = None) -> list[dict]:
+    """The sweep's ConfigMap followed by one RayJob per variant."""
+    template = template or load_template(spec.template)
+    namespace = template["metadata"].get("namespace")
+    cm_name = job_name(spec.name, "config", limit=63)
+    meta = {"name": cm_name, "labels": {f"{LABEL_PREFIX}/sweep": label_value(spec.name)}}
+    if namespace:
+        meta["namespace"] = namespace
+    docs: list[dict] = [{"apiVersion": "v1", "kind": "ConfigMap", "metadata": meta, "data": config_files(spec)}]
+    for job in expand(spec):
+        doc = copy.deepcopy(template)
+        md = doc["metadata"]
+        md["name"] = job_name(spec.name, job.variant)
+        md["labels"] = {**md.get("labels", {}), **job.labels, "app.kubernetes.io/component": "sweep"}
+        if spec.kueue_queue:
+            md["labels"]["kueue.x-k8s.io/queue-name"] = label_value(spec.kueue_queue)
+        for key in ("uid", "resourceVersion", "creationTimestamp", "annotations"):
+            md.pop(key, None)
+        doc.pop("status", None)
+        doc["spec"]["entrypoint"] = entrypoint(spec, job)
+        doc["spec"]["suspend"] = bool(spec.kueue_queue)  # variants are independent: start now, or when admitted
+        doc["spec"]["metadata"] = {k.split("/")[-1]: v for k, v in job.labels.items()}  # Ray job metadata
+        _use_configmap(doc["spec"], cm_name)
+        docs.append(doc)
+    return docs
+
+
+def write_rendered(docs: list[dict], out: str | Path) -> list[Path]:
+    """One file per object: 00-configmap.yaml, then <job-name>.yaml."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for i, doc in enumerate(docs):
+        name = "00-configmap.yaml" if doc["kind"] == "ConfigMap" else f"{doc['metadata']['name']}.yaml"
+        path = out / name
+        header = f"# Rendered by `m3ad-rl sweep render` ({i}/{len(docs) - 1}); edit the sweep config, not this file.\n"
+        path.write_text(header + "---\n" + yaml.safe_dump(doc, sort_keys=False, width=10_000))
+        paths.append(path)
+    return paths
+
+
+def submit(spec: SweepSpec, address: str, dry_run: bool = False) -> list[str]:
+    """Send every variant to a running cluster through the Ray Jobs API; returns submission ids.
+
+    The configs travel as the job's working_dir, so the entrypoints read them from ``.``.
+    """
+    import tempfile
+
+    from ray.job_submission import JobSubmissionClient
+
+    client = None if dry_run else JobSubmissionClient(address)
+    ids = []
+    with tempfile.TemporaryDirectory(prefix="m3ad-sweep-") as tmp:
+        for key, text in config_files(spec).items():
+            (Path(tmp) / key).write_text(text)
+        for job in expand(spec):
+            sid = f"{job_name(spec.name, job.variant)}-{hashlib.sha1(str(spec.out).encode()).hexdigest()[:6]}"
+            if client is not None:
+                sid = client.submit_job(
+                    entrypoint=entrypoint(spec, job, config_dir="."),
+                    submission_id=sid,
+                    runtime_env={"working_dir": tmp},
+                    metadata={k.split("/")[-1]: v for k, v in job.labels.items()},
+                )
+            ids.append(sid)
+    return ids
+
+
+def gather(spec: SweepSpec, runs: str | None = None) -> tuple[dict[str, dict], list[str]]:
+    """{variant: report.json} from {runs or out}/{variant}/eval/report.json; and the missing ones."""
+    import fsspec
+
+    base = (runs or spec.out).rstrip("/")
+    reports, missing = {}, []
+    for job in expand(spec):
+        url = f"{base}/{job.variant}/eval/report.json"
+        try:
+            with fsspec.open(url, "r") as f:
+                reports[job.variant] = json.load(f)
+        except (FileNotFoundError, json.JSONDecodeError):
+            missing.append(job.variant)
+    return reports, missing
+
+
+def plot(reports: dict[str, dict], path: str | Path) -> None:
+    """Grouped bars per variant: average accuracy, balanced accuracy, Type F1 and Loc F1."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    metrics = [("accuracy", "Acc"), ("balanced_accuracy", "Bal"), ("type_f1", "Type F1"), ("loc_f1", "Loc F1")]
+    names = list(reports)
+    fig, ax = plt.subplots(figsize=(max(6.0, 0.9 * len(names) + 2), 3.6))
+    width = 0.8 / len(metrics)
+    for i, (key, label) in enumerate(metrics):
+        xs = [j + (i - (len(metrics) - 1) / 2) * width for j in range(len(names))]
+        ax.bar(xs, [reports[n]["average"].get(key, 0.0) for n in names], width, label=label)
+    ax.set_xticks(range(len(names)), names, rotation=30, ha="right")
+    ax.set_ylim(0, 1)
+    ax.set_ylabel("benchmark average")
+    ax.legend(ncols=4, fontsize=8, loc="upper center", bbox_to_anchor=(0.5, 1.18))
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def report(spec: SweepSpec, runs: str | None = None, out: str | None = None) -> tuple[str, list[str]]:
+    """Write sweep.md (comparison table) and sweep.png into ``out``; returns (table, missing)."""
+    from m3ad_rl.sweep_eval import comparison_table
+
+    reports, missing = gather(spec, runs)
+    target = Path(out or runs or ".")
+    target.mkdir(parents=True, exist_ok=True)
+    table = comparison_table(reports) if reports else "(no reports yet)"
+    note = f"\n\nNo report yet: {', '.join(missing)}\n" if missing else "\n"
+    (target / "sweep.md").write_text(f"# Sweep {spec.name}\n\n{table}{note}")
+    if reports:
+        plot(reports, target / "sweep.png")
+    return table, missing
+
+
+def main_render(spec: SweepSpec, out: str) -> int:
+    """CLI body of `sweep render`."""
+    paths = write_rendered(render(spec), out)
+    print(f"wrote {len(paths) - 1} RayJob(s) and their ConfigMap to {out}; kubectl apply -f {out}", file=sys.stderr)
+    return 0

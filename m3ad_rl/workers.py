@@ -203,7 +203,3 @@ class RolloutWorker:
         """A number that changes when the weights do (for tests and logs)."""
         return self.engine.weights_fingerprint()
 
-
-def split_rows(n_rows: int, parts: int) -> list[np.ndarray]:
-    """Row indices for ``parts`` rollout workers, prompt groups kept whole by the caller."""
-    return [a for a in np.array_split(np.arange(n_rows), parts) if len(a)]

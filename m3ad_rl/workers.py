@@ -202,4 +202,3 @@ class RolloutWorker:
     def fingerprint(self) -> float:
         """A number that changes when the weights do (for tests and logs)."""
         return self.engine.weights_fingerprint()
-

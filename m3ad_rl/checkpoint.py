@@ -24,20 +24,22 @@ def step_dir(root: str, step: int) -> str:
     return f"{root.rstrip('/')}/step_{step:06d}"
 
 
-def latest_complete(root: str) -> tuple[int, str] | None:
-    """(step, url) of the newest checkpoint whose marker exists, or None."""
+def complete_steps(root: str) -> list[int]:
+    """Steps of the checkpoints under ``root`` whose marker exists, ascending."""
     fs, path = url_to_fs(root)
     if not fs.exists(path):
-        return None
-    found = []
-    for entry in fs.ls(path, detail=False):
-        m = _STEP.search(entry.rstrip("/"))
-        if m and fs.exists(f"{entry.rstrip('/')}/{MARKER}"):
-            found.append(int(m.group(1)))
-    if not found:
-        return None
-    step = max(found)
-    return step, step_dir(root, step)
+        return []
+    return sorted(
+        int(m.group(1))
+        for e in fs.ls(path, detail=False)
+        if (m := _STEP.search(e.rstrip("/"))) and fs.exists(f"{e.rstrip('/')}/{MARKER}")
+    )
+
+
+def latest_complete(root: str) -> tuple[int, str] | None:
+    """(step, url) of the newest checkpoint whose marker exists, or None."""
+    steps = complete_steps(root)
+    return (steps[-1], step_dir(root, steps[-1])) if steps else None
 
 
 def upload(local: str | Path, url: str) -> None:
@@ -70,13 +72,8 @@ def prune(root: str, keep: int) -> list[int]:
     """Delete all but the newest ``keep`` complete checkpoints; returns the steps removed."""
     if keep <= 0:
         return []
-    fs, path = url_to_fs(root)
-    steps = sorted(
-        int(m.group(1))
-        for e in fs.ls(path, detail=False)
-        if (m := _STEP.search(e.rstrip("/"))) and fs.exists(f"{e.rstrip('/')}/{MARKER}")
-    )
-    gone = steps[:-keep]
+    gone = complete_steps(root)[:-keep]
     for s in gone:
-        fs.rm(url_to_fs(step_dir(root, s))[1], recursive=True)
+        fs, path = url_to_fs(step_dir(root, s))
+        fs.rm(path, recursive=True)
     return gone

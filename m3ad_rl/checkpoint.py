@@ -1,20 +1,23 @@
 """Checkpoints on any fsspec URL: ``{root}/step_000012/`` with a ``COMPLETE`` marker written last.
 
-A checkpoint is written to a local staging folder, copied up file by file, and only then marked
-complete, so a job killed mid-copy leaves a folder that ``latest_complete`` never returns. Old
-complete checkpoints beyond ``keep`` are deleted after the new one is marked.
+Whoever writes a file uploads it: each actor rank copies its own DeepSpeed shards from its own disk
+to the checkpoint URL, the driver writes ``trainer_state.json``, and only after every rank has
+returned does the driver write the marker, which lists every file with its size. So a job killed
+mid-copy leaves a folder without a marker, and a folder whose files no longer match the listing
+(a truncated shard, an emptied state file) is skipped: ``latest_complete`` returns the newest
+*intact* checkpoint. Old complete checkpoints beyond ``keep`` are deleted after a new one is marked.
 """
 
 from __future__ import annotations
 
 import json
 import re
-import tempfile
-from pathlib import Path
+import sys
 
 import fsspec
 from fsspec.core import url_to_fs
-from fsspec.implementations.local import LocalFileSystem
+
+from m3ad_rl import storage
 
 MARKER = "COMPLETE"
 _STEP = re.compile(r"step_(\d+)$")
@@ -24,7 +27,7 @@ def step_dir(root: str, step: int) -> str:
     return f"{root.rstrip('/')}/step_{step:06d}"
 
 
-def complete_steps(root: str) -> list[int]:
+def _marked_steps(root: str) -> list[int]:
     """Steps of the checkpoints under ``root`` whose marker exists, ascending."""
     fs, path = url_to_fs(root)
     if not fs.exists(path):
@@ -36,44 +39,74 @@ def complete_steps(root: str) -> list[int]:
     )
 
 
+def read_marker(url: str) -> dict:
+    with fsspec.open(f"{url.rstrip('/')}/{MARKER}", "r") as fh:
+        return json.load(fh)
+
+
+def damage(url: str) -> str | None:
+    """Why the checkpoint at ``url`` cannot be trusted, or None if every listed file is there whole."""
+    try:
+        meta = read_marker(url)
+    except (OSError, json.JSONDecodeError) as e:
+        return f"unreadable {MARKER} marker ({e})"
+    listed = meta.get("files")
+    if not isinstance(listed, dict):
+        return None  # a marker from before file listings: nothing to check against
+    present = storage.list_files(url)
+    for name, size in listed.items():
+        if name not in present:
+            return f"{name} is missing"
+        if present[name]["size"] != size:
+            return f"{name} has {present[name]['size']} bytes, {size} when saved"
+    return None
+
+
+def complete_steps(root: str) -> list[int]:
+    """Steps of the intact checkpoints under ``root`` (marker present, files as listed), ascending."""
+    return [s for s in _marked_steps(root) if damage(step_dir(root, s)) is None]
+
+
 def latest_complete(root: str) -> tuple[int, str] | None:
-    """(step, url) of the newest checkpoint whose marker exists, or None."""
-    steps = complete_steps(root)
-    return (steps[-1], step_dir(root, steps[-1])) if steps else None
+    """(step, url) of the newest intact checkpoint, or None; damaged newer ones are reported."""
+    for s in reversed(_marked_steps(root)):
+        url = step_dir(root, s)
+        why = damage(url)
+        if why is None:
+            return s, url
+        print(f"checkpoint {url} is damaged ({why}); trying an older one", file=sys.stderr)
+    return None
 
 
-def upload(local: str | Path, url: str) -> None:
-    """Copy a local folder's files to ``url`` (no marker)."""
-    fs, dest = url_to_fs(url)
-    local = Path(local)
-    for f in sorted(p for p in local.rglob("*") if p.is_file()):
-        target = f"{dest}/{f.relative_to(local).as_posix()}"
-        fs.makedirs(target.rsplit("/", 1)[0], exist_ok=True)
-        fs.put_file(str(f), target)
+def upload(local, url: str) -> list[str]:
+    """Copy a local folder's files to ``url`` (no marker); returns the relative names."""
+    return storage.upload_dir(local, url)
 
 
-def download(url: str, local: str | Path | None = None) -> Path:
-    """The checkpoint's files in a local folder (the folder itself when ``url`` is already local)."""
-    fs, src = url_to_fs(url)
-    if isinstance(fs, LocalFileSystem):
-        return Path(src)
-    local = Path(local or tempfile.mkdtemp(prefix="m3ad-ckpt-"))
-    fs.get(src, str(local), recursive=True)
-    return local
+def download(url: str, local, include=None):
+    """The checkpoint's files copied into the local folder ``local``; returns that folder."""
+    from pathlib import Path
+
+    storage.download_dir(url, local, include)
+    return Path(local)
 
 
-def mark_complete(url: str, meta: dict) -> None:
-    """Write the marker (with a small JSON summary) - the last file of a checkpoint."""
+def mark_complete(url: str, meta: dict, files: dict[str, int] | None = None) -> None:
+    """Write the marker - the last file of a checkpoint - listing ``files`` ({relative name: size}).
+
+    Without ``files`` the listing is read back from storage, which only proves the files exist.
+    """
+    if files is None:
+        files = {k: v["size"] for k, v in storage.list_files(url).items() if k != MARKER}
     with fsspec.open(f"{url.rstrip('/')}/{MARKER}", "w") as fh:
-        json.dump(meta, fh)
+        json.dump({**meta, "files": files}, fh)
 
 
 def prune(root: str, keep: int) -> list[int]:
     """Delete all but the newest ``keep`` complete checkpoints; returns the steps removed."""
     if keep <= 0:
         return []
-    gone = complete_steps(root)[:-keep]
+    gone = _marked_steps(root)[:-keep]
     for s in gone:
-        fs, path = url_to_fs(step_dir(root, s))
-        fs.rm(path, recursive=True)
+        storage.remove(step_dir(root, s))
     return gone

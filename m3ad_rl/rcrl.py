@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import random
-import tempfile
 import time
 from pathlib import Path
 from typing import Literal
@@ -25,6 +24,7 @@ import numpy as np
 import pyarrow.parquet as pq
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from m3ad_rl import storage as storage
 from m3ad_rl.algorithms import GRPOConfig
 from m3ad_rl.deepspeed_setup import OptimConfig
 from m3ad_rl.engines.base import SamplingParams
@@ -174,6 +174,9 @@ class RCRLTrainer:
     """setup() → fit() → cleanup(); one method per phase."""
 
     def __init__(self, cfg: RCRLConfig, resume: bool = False, progress: bool = True):
+        # Workers on other nodes (and in other folders) must see the same locations.
+        cfg = cfg.model_copy(update={"model": storage.absolute_model(cfg.model), "data": storage.absolute(cfg.data),
+                                     "out": storage.absolute(cfg.out)})  # fmt: skip
         self.cfg, self.resume, self.progress = cfg, resume, progress
         self.step = 0
 
@@ -391,19 +394,23 @@ class RCRLTrainer:
 
     # ---- checkpoints -------------------------------------------------------------------------
     def save_checkpoint(self) -> str:
+        """Each actor rank uploads its own shards; the driver adds its state, then the marker."""
         from m3ad_rl import checkpoint as ck
 
         url = ck.step_dir(self.cfg.checkpoint_root, self.step)
+        storage.remove(url)  # a half-written folder of an earlier, killed attempt at this step
         state = {
             "step": self.step, "data_position": self.step * self.cfg.batch_prompts, "seed": self.cfg.seed,
             "reward_config": self.cfg.reward.model_dump(mode="json"),
             "rng": {"numpy": _jsonable(np.random.get_state()), "python": _jsonable(random.getstate())},
         }  # fmt: skip
-        with tempfile.TemporaryDirectory(prefix="m3ad-ckpt-") as tmp:
-            self.actor.save_checkpoint(f"{tmp}/actor", "actor", {"step": self.step})
-            Path(tmp, "trainer_state.json").write_text(json.dumps(state))
-            ck.upload(tmp, url)
-        ck.mark_complete(url, {"step": self.step, "time": time.time()})
+        files: dict[str, int] = {}
+        for rank_files in self.actor.save_checkpoint(f"{url}/actor", "actor", {"step": self.step}):
+            files.update({f"actor/{k}": v for k, v in rank_files.items()})
+        text = json.dumps(state)
+        storage.write_text(f"{url}/trainer_state.json", text)
+        files["trainer_state.json"] = len(text.encode())
+        ck.mark_complete(url, {"step": self.step, "time": time.time(), "ranks": self.cfg.actor.workers}, files)
         ck.prune(self.cfg.checkpoint_root, self.cfg.checkpoint.keep)
         return url
 
@@ -417,22 +424,17 @@ class RCRLTrainer:
             print(f"--resume: no complete checkpoint under {self.cfg.checkpoint_root}; starting at step 1")
             return 0
         _, url = found
-        local = ck.download(url)
-        self.actor.load_checkpoint(str(local / "actor"), "actor")
-        state = json.loads((local / "trainer_state.json").read_text())
+        self.actor.load_checkpoint(f"{url}/actor", "actor")  # every rank downloads what it needs itself
+        state = json.loads(storage.read_text(f"{url}/trainer_state.json"))
         if state["reward_config"] != self.cfg.reward.model_dump(mode="json"):
             print("warning: the reward config differs from the checkpoint's; using this run's")
         self.step = int(state["step"])
         return self.step
 
     def export_model(self) -> str:
-        """The final actor as an HF model folder at ``{out}/model`` (for `m3ad-rl eval run`)."""
-        from m3ad_rl import checkpoint as ck
-
+        """The final actor as an HF model folder at ``{out}/model`` (rank 0 uploads it)."""
         url = f"{self.cfg.out.rstrip('/')}/model"
-        with tempfile.TemporaryDirectory(prefix="m3ad-model-") as tmp:
-            self.actor.save_model(tmp)
-            ck.upload(tmp, url)
+        self.actor.save_model(url)
         return url
 
     def cleanup(self) -> None:

@@ -184,15 +184,14 @@ def _report_checkpoint(engine, metrics: dict, step: int) -> None:
 
 
 def _save_model(engine, processor, cfg: SFTConfig, rank: int) -> None:
-    from m3ad_rl import checkpoint as ck
+    from m3ad_rl import storage
     from m3ad_rl.deepspeed_setup import full_state_dict
 
     sd = full_state_dict(engine)  # collective under ZeRO-3
-    if rank == 0:
-        with tempfile.TemporaryDirectory(prefix="m3ad-model-") as d:
-            engine.module.save_pretrained(d, state_dict=sd)
-            processor.save_pretrained(d)
-            ck.upload(d, f"{cfg.out.rstrip('/')}/model")
+    if rank == 0:  # written on this worker's disk, uploaded by this worker
+        with storage.staged_dir(f"{cfg.out.rstrip('/')}/model", clear=True) as d:
+            engine.module.save_pretrained(str(d), state_dict=sd)
+            processor.save_pretrained(str(d))
 
 
 def _storage(out: str):
@@ -213,8 +212,12 @@ def run(cfg: SFTConfig, resume: bool = False) -> dict:
     from ray.train import CheckpointConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
+    from m3ad_rl import storage
     from m3ad_rl.ray_setup import init_ray
 
+    # Ray Train workers run in their own folders (and on other nodes): no relative paths.
+    cfg = cfg.model_copy(update={"model": storage.absolute_model(cfg.model), "data": storage.absolute(cfg.data),
+                                 "out": storage.absolute(cfg.out)})  # fmt: skip
     rows = _rows(cfg.data)
     steps = total_steps(len(rows), cfg)
     if steps < 1:

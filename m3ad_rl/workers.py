@@ -15,6 +15,7 @@ cross the wire as pixel tensors. The reference policy is either colocated in the
 from __future__ import annotations
 
 import os
+import tempfile
 import time
 from pathlib import Path
 
@@ -25,6 +26,7 @@ from verl import DataProto
 from verl.single_controller.base import Worker
 from verl.single_controller.base.decorator import Dispatch, register
 
+from m3ad_rl import storage
 from m3ad_rl.actor import build_batch, response_log_probs
 from m3ad_rl.algorithms import GRPOConfig, grpo_loss
 from m3ad_rl.deepspeed_setup import OptimConfig, full_state_dict, init_distributed, make_engine
@@ -33,9 +35,12 @@ from m3ad_rl.weights import pack_state, unpack_state
 
 
 def load_policy(path: str, bf16: bool = False):
-    """(model, processor) from an HF model folder."""
+    """(model, processor) from a model reference (folder, hub id, ``hf://``, any storage URL)."""
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
+    from m3ad_rl.storage import local_model
+
+    path = local_model(path)
     dtype = torch.bfloat16 if bf16 else torch.float32
     return AutoModelForImageTextToText.from_pretrained(path, dtype=dtype), AutoProcessor.from_pretrained(path)
 
@@ -157,24 +162,39 @@ class PolicyWorker(Worker):
         return pack_state(sd) if self.rank == 0 else None
 
     @register(dispatch_mode=Dispatch.ONE_TO_ALL)
-    def save_checkpoint(self, local_dir: str, tag: str, client_state: dict) -> list[str]:
-        """DeepSpeed checkpoint (weights, optimiser, scheduler) of this rank; returns the files written."""
-        self.engine.save_checkpoint(local_dir, tag=tag, client_state=client_state, save_latest=False)
-        root = Path(local_dir)
-        return [str(p.relative_to(root)) for p in root.rglob("*") if p.is_file()]
+    def save_checkpoint(self, url: str, tag: str, client_state: dict) -> dict[str, int]:
+        """This rank's DeepSpeed files (weights, optimiser, scheduler), written on its own disk and
+        uploaded by this rank to ``url``; returns {relative name: size} of what it uploaded."""
+        with tempfile.TemporaryDirectory(prefix="m3ad-ckpt-") as tmp:
+            self.engine.save_checkpoint(tmp, tag=tag, client_state=client_state, save_latest=False)
+            root = Path(tmp)
+            files = {p.relative_to(root).as_posix(): p.stat().st_size for p in root.rglob("*") if p.is_file()}
+            storage.upload_dir(tmp, url)
+        return files
 
     @register(dispatch_mode=Dispatch.ONE_TO_ALL)
-    def load_checkpoint(self, local_dir: str, tag: str) -> dict:
-        _, client_state = self.engine.load_checkpoint(local_dir, tag=tag)
+    def load_checkpoint(self, url: str, tag: str) -> dict:
+        """Download what this rank reads of the checkpoint at ``url`` to its own disk, then load it."""
+        stage3 = self.engine.zero_optimization_stage() == 3
+        mine = f"zero_pp_rank_{self.rank}_"
+
+        def needed(name: str) -> bool:  # ZeRO-3 reads only its own partition; ZeRO-1/2 read every rank's
+            return not stage3 or "zero_pp_rank_" not in name or mine in name
+
+        with tempfile.TemporaryDirectory(prefix="m3ad-ckpt-") as tmp:
+            if not storage.download_dir(url, tmp, needed):
+                raise FileNotFoundError(f"{url}: no checkpoint files")
+            _, client_state = self.engine.load_checkpoint(tmp, tag=tag)
         return client_state or {}
 
     @register(dispatch_mode=Dispatch.ONE_TO_ALL)
-    def save_model(self, local_dir: str) -> None:
-        """An HF model folder (weights + processor) of the current actor, written by rank 0."""
-        sd = full_state_dict(self.engine)
+    def save_model(self, url: str) -> None:
+        """The current actor as an HF model folder (weights + processor) at ``url``, uploaded by rank 0."""
+        sd = full_state_dict(self.engine)  # collective under ZeRO-3
         if self.rank == 0:
-            self.engine.module.save_pretrained(local_dir, state_dict=sd)
-            self.processor.save_pretrained(local_dir)
+            with storage.staged_dir(url, clear=True) as d:
+                self.engine.module.save_pretrained(str(d), state_dict=sd)
+                self.processor.save_pretrained(str(d))
 
 
 @ray.remote

@@ -46,6 +46,9 @@ class HFEngine:
         import torch
         from transformers import AutoModelForImageTextToText, AutoProcessor
 
+        from m3ad_rl.storage import local_model
+
+        model = local_model(model)
         self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         if dtype == "auto":
             dtype = "bfloat16" if self.device.startswith("cuda") else "float32"

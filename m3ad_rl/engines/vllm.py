@@ -33,6 +33,9 @@ class VLLMEngine:
         import vllm
         from transformers import AutoProcessor
 
+        from m3ad_rl.storage import local_model
+
+        model = local_model(model)
         kwargs: dict[str, Any] = {}
         if not _has_cuda():
             kwargs.update(cpu_defaults())

@@ -47,7 +47,7 @@ def eval_images_per_s(model: str, dataset: str, workers: int, max_new_tokens: in
                             sampling={"n": 1, "temperature": 0.0, "max_new_tokens": max_new_tokens,
                                       "logprobs": False})  # fmt: skip
         t0 = time.perf_counter()
-        preds = predict(cfg)
+        preds = predict(cfg, Path(out))
         dt = time.perf_counter() - t0
         n = len(preds.read_text().splitlines())
         return n / dt, dt

@@ -10,10 +10,13 @@ statement of how far the numbers are from chance), ``reflection.png`` and ``iou_
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import sys
+import tempfile
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, Literal
 
@@ -120,13 +123,31 @@ def _read(uri: str | None) -> bytes:
     return read_uri(uri or "")
 
 
-def predict(cfg: EvalRunConfig) -> Path:
-    """Run the engines over the benchmark; returns the predictions file."""
+@contextlib.contextmanager
+def workspace(out: str) -> Iterator[tuple[Path, Callable[[], None]]]:
+    """(local folder, publish) for ``out``: the folder itself if local; for a storage URL a local copy
+    (holding the predictions made so far, for resuming) whose files ``publish`` uploads - called
+    as predictions come in, and always at the end, so a killed run loses little."""
+    from m3ad_rl import storage
+
+    if storage.is_local(out):
+        path = storage.local_path(out)
+        path.mkdir(parents=True, exist_ok=True)
+        yield path, lambda: None
+        return
+    with tempfile.TemporaryDirectory(prefix="m3ad-eval-") as tmp:
+        storage.download_dir(out, tmp, include=lambda name: name == "predictions.jsonl")
+        try:
+            yield Path(tmp), lambda: storage.upload_dir(tmp, out)
+        finally:
+            storage.upload_dir(tmp, out)
+
+
+def predict(cfg: EvalRunConfig, out: Path, publish: Callable[[], None] = lambda: None) -> Path:
+    """Run the engines over the benchmark into ``out/predictions.jsonl``; returns that file."""
     import ray
     from tqdm import tqdm
 
-    out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
     preds = out / "predictions.jsonl"
     skip = done_ids(preds)
     records = _records(cfg, skip)
@@ -150,7 +171,7 @@ def predict(cfg: EvalRunConfig) -> Path:
         num_gpus=gpus,
         num_cpus=1 if gpus == 0 else 0.5,
     )
-    t0 = time.perf_counter()
+    t0 = last_publish = time.perf_counter()
     with preds.open("a") as fh, tqdm(total=len(records), desc="eval", unit="img", file=sys.stderr) as bar:
         for row in mapped.iter_rows():
             gt = json.loads(row["ground_truth"])
@@ -167,13 +188,16 @@ def predict(cfg: EvalRunConfig) -> Path:
                 + "\n"
             )
             fh.flush()
+            if time.perf_counter() - last_publish > 30:
+                publish()
+                last_publish = time.perf_counter()
             bar.update()
             bar.set_postfix(img_s=f"{bar.n / (time.perf_counter() - t0):.2f}")
     return preds
 
 
-def score(cfg: EvalRunConfig, preds: Path) -> dict:
-    """Score predictions and write report.json, report.md and the plots."""
+def score(cfg: EvalRunConfig, preds: Path, out: Path | None = None) -> dict:
+    """Score predictions and write report.json, report.md and the plots into ``out`` (default: beside them)."""
     from m3ad_rl.jsonl import LineErrors, read_records
     from m3ad_rl.labels import GroundTruth
     from m3ad_rl.metrics import Prediction, evaluate
@@ -197,7 +221,7 @@ def score(cfg: EvalRunConfig, preds: Path) -> dict:
         "readable_answers": readable / max(1, len(rows)),
     }
     report["verdict"] = chance_statement(report, readable, len(rows))
-    out = Path(cfg.out)
+    out = out or preds.parent
     (out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
     header = f"# M3-AD-Bench: {cfg.model} ({cfg.engine})\n\n{report['verdict']}\n\n"
     (out / "report.md").write_text(header + markdown_report(report))
@@ -230,5 +254,10 @@ def chance_statement(report: dict, readable: int, n: int) -> str:
 
 
 def run(cfg: EvalRunConfig) -> dict:
-    """Predict (resumably) and score."""
-    return score(cfg, predict(cfg))
+    """Predict (resumably) and score; ``cfg.out`` may be any storage URL."""
+    from m3ad_rl import storage
+
+    # the engine actors may run on other nodes and in other folders
+    cfg = cfg.model_copy(update={"model": storage.absolute_model(cfg.model), "dataset": storage.absolute(cfg.dataset)})
+    with workspace(cfg.out) as (out, publish):
+        return score(cfg, predict(cfg, out, publish), out)

@@ -154,7 +154,7 @@ class LocalCluster:
         env.update({
             "HOME": "/tmp/home",  # private to the node, like a pod's filesystem
             # DeepSpeed's compiled CPU ops are part of the image in a real pod: share the host's build.
-            "TORCH_EXTENSIONS_DIR": os.environ.get("TORCH_EXTENSIONS_DIR", str(Path.home() / ".cache/torch_extensions")),
+            "TORCH_EXTENSIONS_DIR": os.environ.get("TORCH_EXTENSIONS_DIR", f"{Path.home()}/.cache/torch_extensions"),
             "RAY_USAGE_STATS_ENABLED": "0", "TOKENIZERS_PARALLELISM": "false", "PYTHONUNBUFFERED": "1",
         })  # fmt: skip
         env.update(self.env)

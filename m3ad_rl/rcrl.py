@@ -47,6 +47,7 @@ class ActorConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     workers: int = Field(1, ge=1, description="Data-parallel DeepSpeed ranks.")
+    nodes: int = Field(1, ge=1, description="Spread the ranks over this many nodes (workers/nodes per node).")
     threads: int = Field(1, ge=1, description="torch threads per rank (CPU).")
     use_gpu: bool = Field(False, description="One GPU per rank.")
     micro_batch_rows: int = Field(4, ge=1, description="Rows (prompt + response) per forward pass.")
@@ -100,6 +101,8 @@ class RCRLConfig(BaseModel):
     @model_validator(mode="after")
     def _divisible(self) -> RCRLConfig:
         rows = self.batch_prompts * self.rollout.sampling.n
+        if self.actor.workers % self.actor.nodes:
+            raise ValueError(f"actor.workers={self.actor.workers} must be a multiple of actor.nodes={self.actor.nodes}")
         if rows % self.actor.workers:
             raise ValueError(
                 f"batch_prompts × rollout.sampling.n = {rows} rows must divide among actor.workers="
@@ -215,7 +218,9 @@ class RCRLTrainer:
         }  # fmt: skip
 
         def group(role: str):
-            pool = RayResourcePool([a.workers], use_gpu=a.use_gpu, max_colocate_count=1)
+            pool = RayResourcePool([a.workers // a.nodes] * a.nodes, use_gpu=a.use_gpu, max_colocate_count=1)
+            if a.nodes > 1:
+                pool.pgs = _node_placement_groups(a.workers // a.nodes, a.nodes, a.use_gpu, role)
             return RayWorkerGroup(pool, RayClassWithInitArgs(cls=ray.remote(PolicyWorker), cfg=wcfg, role=role))
 
         self.actor = group("actor_ref" if cfg.ref.colocate else "actor")
@@ -447,6 +452,28 @@ class RCRLTrainer:
             serve.delete(f"rewards-{Path(self.cfg.out).name}")
         for w in getattr(self, "rollout", []):
             ray.kill(w)
+
+
+def _node_placement_groups(per_node: int, nodes: int, use_gpu: bool, role: str) -> list:
+    """One STRICT_PACK placement group per node, each aimed at a different node (verl's pool would let
+    Ray put them all on one), so the ranks really are spread: ``actor.nodes``."""
+    import ray
+    from ray.util.placement_group import placement_group
+
+    bundle = {"CPU": 1, **({"GPU": 1} if use_gpu else {})}
+    fits = [
+        n["NodeID"] for n in ray.nodes()
+        if n["Alive"] and all(n["Resources"].get(k, 0) >= v * per_node for k, v in bundle.items())
+    ]  # fmt: skip
+    if len(fits) < nodes:
+        raise RuntimeError(f"actor.nodes={nodes}, but only {len(fits)} node(s) have room for {per_node} rank(s)")
+    pgs = [
+        placement_group([dict(bundle) for _ in range(per_node)], strategy="STRICT_PACK", name=f"m3ad-{role}-{i}",
+                        _soft_target_node_id=node)
+        for i, node in enumerate(fits[:nodes])
+    ]  # fmt: skip
+    ray.get([pg.ready() for pg in pgs])
+    return pgs
 
 
 def _jsonable(state) -> list:

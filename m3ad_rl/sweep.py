@@ -285,17 +285,17 @@ def plot(reports: dict[str, dict], path: str | Path) -> None:
 
 
 def report(spec: SweepSpec, runs: str | None = None, out: str | None = None) -> tuple[str, list[str]]:
-    """Write sweep.md (comparison table) and sweep.png into ``out``; returns (table, missing)."""
+    """Write sweep.md (comparison table) and sweep.png into ``out`` (any storage URL); returns (table, missing)."""
+    from m3ad_rl.storage import staged_dir
     from m3ad_rl.sweep_eval import comparison_table
 
     reports, missing = gather(spec, runs)
-    target = Path(out or runs or ".")
-    target.mkdir(parents=True, exist_ok=True)
     table = comparison_table(reports) if reports else "(no reports yet)"
     note = f"\n\nNo report yet: {', '.join(missing)}\n" if missing else "\n"
-    (target / "sweep.md").write_text(f"# Sweep {spec.name}\n\n{table}{note}")
-    if reports:
-        plot(reports, target / "sweep.png")
+    with staged_dir(out or runs or ".") as target:
+        (target / "sweep.md").write_text(f"# Sweep {spec.name}\n\n{table}{note}")
+        if reports:
+            plot(reports, target / "sweep.png")
     return table, missing
 
 

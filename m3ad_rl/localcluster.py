@@ -175,14 +175,12 @@ class LocalCluster:
 
     def _start_node(self, name: str, head: bool = False, argv: list[str] | None = None) -> Node:
         argv = argv or self._ray_argv(head)
-        mounts = [
-            "mount -t tmpfs -o size=8g tmpfs /tmp",
-            "mount -t tmpfs -o size=2g tmpfs /dev/shm",
-            "mkdir -p /tmp/home",
-        ]
-        if self.config_dir is not None:
+        mounts = []
+        if self.config_dir is not None:  # first: the source may itself be under /tmp
             Path(CONFIG_MOUNT).mkdir(parents=True, exist_ok=True)
             mounts.append(f"mount --bind -o ro {shlex.quote(str(Path(self.config_dir).absolute()))} {CONFIG_MOUNT}")
+        mounts += ["mount -t tmpfs -o size=8g tmpfs /tmp", "mount -t tmpfs -o size=2g tmpfs /dev/shm"]
+        mounts.append("mkdir -p /tmp/home")
         script = " && ".join([*mounts, f"exec {shlex.join(argv)}"])
         log = self.root / f"{name}.log"
         proc = subprocess.Popen(

@@ -1,0 +1,271 @@
+"""The dev overlay's RayJobs on a cluster laid out like KubeRay's, with everything in S3.
+
+A Ray head with 0 CPUs (where every job's driver runs), two worker nodes each in its own mount
+namespace (private /tmp, /dev/shm and home: no shared disk), the ConfigMap mounted at /etc/m3ad on
+every node, and a real S3 API (moto) on 127.0.0.1. The entrypoints are the manifests' own, sent
+through the Ray Jobs API as a RayJob's submitter sends them; only the ConfigMap's run lengths are
+shrunk. Faults: SIGKILL of the RCRL driver, then the RayJob's retry; SIGKILL of a worker node's
+raylet, then the retry once the node is back.
+
+Slow (about 15 minutes on 2 cores): ``pytest -m "not multinode"`` skips it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shlex
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+DEV = ROOT / "manifests" / "overlays" / "dev"
+BUCKET = "s3://m3ad-dev"
+
+pytestmark = [
+    pytest.mark.multinode,
+    pytest.mark.slow,
+    pytest.mark.timeout(3600),
+    pytest.mark.skipif(os.geteuid() != 0, reason="private mount namespaces need root"),
+]
+
+# The ConfigMap's configs, shrunk in size only (steps, counts), never in kind.
+SHRINK = {
+    "sft.yaml": {"max_steps": 48, "checkpoint": {"every": 24, "keep": 2}},
+    "rcrl.yaml": {"steps": 6, "batch_prompts": 4, "checkpoint": {"every": 2, "keep": 3},
+                  "actor": {"workers": 2, "nodes": 2, "micro_batch_rows": 8},
+                  "rollout": {"sampling": {"max_new_tokens": 96}}},
+    "eval.yaml": {"sampling": {"max_new_tokens": 96}},
+}  # fmt: skip
+
+
+def _merge(base: dict, over: dict) -> dict:
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = _merge(out.get(k) or {}, v) if isinstance(v, dict) else v
+    return out
+
+
+def rendered_jobs() -> dict[str, str]:
+    """RayJob name → entrypoint, from `kubectl kustomize manifests/overlays/dev`."""
+    from m3ad_rl.k8s_validate import render_kustomization
+
+    docs = [d for d in yaml.safe_load_all(render_kustomization(DEV)) if isinstance(d, dict)]
+    jobs = {d["metadata"]["name"]: " ".join(d["spec"]["entrypoint"].split()) for d in docs if d["kind"] == "RayJob"}
+    return {k: v.replace("/mnt/runs", BUCKET) for k, v in jobs.items()}  # TEMP until the overlay moves
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
+    from m3ad_rl.localcluster import LocalCluster
+
+    configs = tmp_path_factory.mktemp("configmap")
+    for f in sorted((DEV / "config").glob("*.yaml")):
+        cfg = yaml.safe_load(f.read_text()) or {}
+        (configs / f.name).write_text(yaml.safe_dump(_merge(cfg, SHRINK.get(f.name, {}))))
+    c = LocalCluster(tmp_path_factory.mktemp("cluster"), workers=2, cpus=4, config_dir=configs)
+    c.up()
+    os.environ.update(c.client_env())  # this process reads the results from the same S3
+    try:
+        yield c
+    finally:
+        c.down()
+        for k in c.client_env():
+            os.environ.pop(k, None)
+        for n in c.root.glob("*.log"):
+            print(f"--- {n.name} (tail)\n{n.read_text()[-1500:]}", file=sys.stderr)
+
+
+class Jobs:
+    """The Ray Jobs API, as a RayJob's submitter uses it."""
+
+    def __init__(self, cluster):
+        from ray.job_submission import JobSubmissionClient
+
+        self.client = JobSubmissionClient(cluster.dashboard_url)
+
+    def submit(self, entrypoint: str) -> str:
+        return self.client.submit_job(entrypoint=entrypoint)
+
+    def wait(self, sid: str, timeout: float = 1200, until=("SUCCEEDED", "FAILED", "STOPPED")) -> str:
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            status = str(self.client.get_job_status(sid)).split(".")[-1]
+            if status in until:
+                return status
+            time.sleep(2)
+        raise TimeoutError(f"job {sid} still not in {until} after {timeout} s")
+
+    def run(self, entrypoint: str, timeout: float = 1200) -> str:
+        sid = self.submit(entrypoint)
+        status = self.wait(sid, timeout)
+        logs = self.client.get_job_logs(sid)
+        assert status == "SUCCEEDED", f"{entrypoint}\n{status}\n{logs[-6000:]}"
+        return logs
+
+    def logs(self, sid: str) -> str:
+        return self.client.get_job_logs(sid)
+
+    def driver_pid(self, sid: str) -> int:
+        deadline = time.time() + 120
+        while time.time() < deadline:
+            info = self.client.get_job_info(sid).driver_info
+            if info is not None and info.pid:
+                return int(info.pid)
+            time.sleep(1)
+        raise TimeoutError(f"job {sid} has no driver yet")
+
+
+def s3():
+    import s3fs
+
+    s3fs.S3FileSystem.clear_instance_cache()
+    return s3fs.S3FileSystem()
+
+
+def wait_for(url: str, timeout: float = 900) -> None:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if s3().exists(url):
+            return
+        time.sleep(0.2)
+    raise TimeoutError(f"{url} did not appear in {timeout} s")
+
+
+def metrics(url: str) -> list[dict]:
+    with s3().open(url, "r") as fh:
+        return [json.loads(line) for line in fh if line.strip()]
+
+
+def comparable(row: dict) -> dict:
+    return {k: round(v, 5) for k, v in row.items() if not k.startswith("timing/") and isinstance(v, float)}
+
+
+def with_sets(entrypoint: str, **sets: str) -> str:
+    """The same entrypoint with extra ``--set`` values (RCRL and SFT take several after one --set)."""
+    argv = shlex.split(entrypoint)
+    i = argv.index("--set") + 1
+    argv[i:i] = [f"{k}={v}" for k, v in sets.items()]
+    return shlex.join(argv)
+
+
+def test_dev_pipeline_on_multinode_cluster_with_s3(cluster):
+    jobs = Jobs(cluster)
+    entry = rendered_jobs()
+    for name in ("m3ad-prepare", "m3ad-sft", "m3ad-rcrl", "m3ad-eval"):
+        assert BUCKET in entry[name] and "/mnt/" not in entry[name], f"{name} does not use object storage"
+
+    # prepare → sft: every input and output in S3, nothing on a shared disk
+    jobs.run(entry["m3ad-prepare"])
+    fs = s3()
+    assert fs.exists(f"{BUCKET}/ft/rl.parquet") and fs.exists(f"{BUCKET}/models/tiny/config.json")
+    jobs.run(entry["m3ad-sft"])
+    assert fs.exists(f"{BUCKET}/sft/model/model.safetensors")
+
+    # RCRL, uninterrupted (the reference), then the manifest's own job killed and retried
+    ref_out = f"{BUCKET}/rcrl-uninterrupted"
+    jobs.run(with_sets(entry["m3ad-rcrl"], out=ref_out))
+    sid = jobs.submit(entry["m3ad-rcrl"])
+    pid = jobs.driver_pid(sid)
+    wait_for(f"{BUCKET}/rcrl/checkpoints/step_000002/COMPLETE")
+    os.kill(pid, signal.SIGKILL)  # mid-run: the driver dies, its actors with it
+    assert jobs.wait(sid) == "FAILED"
+    logs = jobs.run(entry["m3ad-rcrl"])  # the RayJob's retry: same entrypoint, which has --resume
+    resumed = re.search(r"resumed from step (\d+)", logs)
+    assert resumed and int(resumed.group(1)) in (2, 4), logs[-3000:]  # killed before the end
+    resumed = int(resumed.group(1))
+
+    # the final checkpoint: every rank's shards uploaded by that rank, the marker listing them
+    ckpt = f"{BUCKET}/rcrl/checkpoints/step_000006"
+    names = sorted(p.split("step_000006/")[1] for p in fs.find(ckpt))
+    print("checkpoint listing:", *names, sep="\n  ")
+    listed = json.loads(fs.cat(f"{ckpt}/COMPLETE"))["files"]
+    assert {n for n in names if n != "COMPLETE"} == set(listed)
+    for rank in (0, 1):
+        assert any(f"zero_pp_rank_{rank}_" in n for n in listed), f"rank {rank}'s optimiser shard is missing"
+    assert "trainer_state.json" in listed and any("mp_rank_00_model_states" in n for n in listed)
+
+    # the resumed run ends exactly where the uninterrupted one does, and the policy moved before the kill
+    got, want = metrics(f"{BUCKET}/rcrl/metrics.jsonl"), metrics(f"{ref_out}/metrics.jsonl")
+    assert [r["step"] for r in got] == [1, 2, 3, 4, 5, 6]
+    assert [comparable(r) for r in got] == [comparable(r) for r in want]
+    moved = _weight_change(f"{BUCKET}/rcrl/checkpoints/step_{resumed:06d}", f"{BUCKET}/sft/model")
+    assert moved > 0, "the actor's weights at step 2 equal the SFT model's: the resume proves nothing"
+    assert fs.exists(f"{BUCKET}/rcrl/model/model.safetensors")
+
+    # evaluation of the RCRL model: predictions and report written to S3 by a driver on the head
+    jobs.run(entry["m3ad-eval"])
+    report = json.loads(fs.cat(f"{BUCKET}/eval-rcrl/report.json"))
+    assert report["run"]["n"] > 0 and fs.exists(f"{BUCKET}/eval-rcrl/predictions.jsonl")
+
+
+def _weight_change(checkpoint: str, model: str) -> float:
+    """Largest |Δ| between the checkpoint's actor weights and the model's (downloaded here)."""
+    import tempfile
+
+    import torch
+    from safetensors.torch import load_file
+
+    from m3ad_rl import storage
+
+    with tempfile.TemporaryDirectory() as tmp:
+        storage.download_dir(checkpoint, tmp, include=lambda n: "mp_rank_00_model_states" in n)
+        states = next(Path(tmp).rglob("mp_rank_00_model_states.pt"))
+        ckpt = torch.load(states, map_location="cpu", weights_only=False)["module"]
+        base = load_file(Path(storage.local_model(model)) / "model.safetensors")
+    common = [k for k in ckpt if k in base]
+    assert common, "no weight names in common"
+    return max(float((ckpt[k].float() - base[k].float()).abs().max()) for k in common)
+
+
+def test_lost_worker_node_fails_clearly_and_retry_resumes(cluster):
+    """A worker node's raylet dies mid-run: the job fails with a one-line reason; the retry resumes."""
+    jobs = Jobs(cluster)
+    entry = with_sets(rendered_jobs()["m3ad-rcrl"], out=f"{BUCKET}/rcrl-node-loss", steps="3",
+                      **{"checkpoint.every": "1"})  # fmt: skip
+    if not s3().exists(f"{BUCKET}/sft/model/config.json"):
+        pytest.skip("needs the pipeline test's SFT model")
+    sid = jobs.submit(entry)
+    wait_for(f"{BUCKET}/rcrl-node-loss/checkpoints/step_000001/COMPLETE")
+    cluster.kill_raylet(1)
+    assert jobs.wait(sid, timeout=600) == "FAILED"
+    logs = jobs.logs(sid)
+    assert "a Ray worker or node was lost" in logs and "Traceback" not in logs.split("a Ray worker")[-1], logs[-3000:]
+    cluster.restart_worker(1)
+    cluster.wait_nodes(3)
+    logs = jobs.run(entry)
+    assert "resumed from step" in logs, logs[-3000:]
+
+
+def test_sweep_submit_and_report_on_s3(cluster, tmp_path):
+    """The presets (a)-(d) sweep through `m3ad-rl sweep submit`, then `sweep report` from S3."""
+    if not s3().exists(f"{BUCKET}/sft/model/config.json"):
+        pytest.skip("needs the pipeline test's SFT model")
+    from m3ad_rl.config import load_config
+    from m3ad_rl.sweep import SweepSpec, submit
+
+    spec = load_config(SweepSpec, str(ROOT / "configs/sweeps/presets-dev.yaml"),
+                       ["train_set.steps=1", "eval_workers=1"])  # fmt: skip
+    old = os.getcwd()
+    os.chdir(ROOT)  # the sweep's config files are relative to the repository
+    try:
+        ids = submit(spec, cluster.dashboard_url)
+    finally:
+        os.chdir(old)
+    jobs = Jobs(cluster)
+    for sid in ids:
+        status = jobs.wait(sid, timeout=1500)
+        assert status == "SUCCEEDED", jobs.logs(sid)[-4000:]
+    out = subprocess.run(
+        ["m3ad-rl", "sweep", "report", "--config", "configs/sweeps/presets-dev.yaml", "--runs", spec.out],
+        cwd=ROOT, capture_output=True, text=True, env=os.environ,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    assert s3().exists(f"{spec.out}/sweep.md") and s3().exists(f"{spec.out}/sweep.png")

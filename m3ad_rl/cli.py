@@ -15,6 +15,7 @@ from pathlib import Path
 
 EXIT_USAGE = 2
 EXIT_SKIPPED = 3
+EXIT_LOST_WORKER = 4  # a node or worker died: rerun with --resume once the cluster is whole
 
 
 def _add_config_args(p: argparse.ArgumentParser) -> None:
@@ -64,6 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_serve_commands(sub)
     _add_train_commands(sub)
     _add_sweep_commands(sub)
+    _add_k8s_commands(sub)
 
     model = sub.add_parser("model", help="models").add_subparsers(dest="cmd", required=True)
     p = model.add_parser("tiny", help="build the tiny offline Qwen3-VL (random weights, real architecture)")
@@ -76,6 +78,19 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=cmd_model_tiny)
+
+    cl = sub.add_parser("cluster", help="a local Ray cluster laid out like KubeRay's").add_subparsers(
+        dest="cmd", required=True
+    )
+    p = cl.add_parser("up", help="0-CPU head, worker nodes in private mount namespaces, an S3 API (root only)")
+    p.add_argument("--dir", required=True, help="logs and cluster.json go here")
+    p.add_argument("--workers", type=int, default=2, help="worker nodes")
+    p.add_argument("--cpus", type=int, default=4, help="logical CPUs per worker node")
+    p.add_argument("--config-dir", help="mounted read-only at /etc/m3ad on every node (the ConfigMap)")
+    p.set_defaults(func=cmd_cluster_up)
+    p = cl.add_parser("down", help="stop what `cluster up` started")
+    p.add_argument("--dir", required=True)
+    p.set_defaults(func=cmd_cluster_down)
 
     p = sub.add_parser("taxonomy", help="list the anomaly taxonomy or map free text onto it")
     p.add_argument("--lookup", nargs="+", metavar="TEXT", help="texts to map onto the taxonomy")
@@ -210,6 +225,38 @@ def cmd_sweep_report(args: argparse.Namespace) -> int:
     return EXIT_SKIPPED if missing else 0
 
 
+def _add_k8s_commands(sub) -> None:
+    k8s = sub.add_parser("k8s", help="Kubernetes: check manifests offline, run the RayJob stages in order")
+    kc = k8s.add_subparsers(dest="cmd", required=True)
+    p = kc.add_parser("validate", help="KubeRay schemas and rules for files, folders or kustomizations")
+    p.add_argument("paths", nargs="+", metavar="PATH", help="e.g. manifests/ or runs/sweep-presets")
+    p.add_argument("--strict", action="store_true", help="also report checks that cannot be made (missing ConfigMap)")
+    p.set_defaults(func=cmd_k8s_validate)
+    p = kc.add_parser("pipeline", help="resume each suspended RayJob in order; stop at the first failure")
+    p.add_argument("--namespace", "-n", help="default: the kubeconfig context's or the pod's namespace")
+    p.add_argument("--jobs", default="m3ad-prepare,m3ad-sft,m3ad-rcrl,m3ad-eval", help="RayJob names, in order")
+    p.add_argument("--poll", type=float, default=10.0, help="seconds between status checks")
+    p.add_argument("--timeout", type=float, help="give up after this many seconds in all (default: never)")
+    p.add_argument("--queue", help="hand each stage to this Kueue LocalQueue instead of resuming it")
+    p.add_argument("--server", help="API server URL (default: in-cluster, else the kubeconfig's)")
+    p.add_argument("--token", help="bearer token (default: the service account's or the kubeconfig's)")
+    p.add_argument("--kubeconfig", help="default: $KUBECONFIG or ~/.kube/config")
+    p.set_defaults(func=cmd_k8s_pipeline)
+
+
+def cmd_k8s_validate(args: argparse.Namespace) -> int:
+    from m3ad_rl.k8s.validate import run
+
+    return run(args.paths, strict=args.strict)
+
+
+def cmd_k8s_pipeline(args: argparse.Namespace) -> int:
+    from m3ad_rl.k8s.pipeline import main as pipeline
+
+    jobs = [j.strip() for j in args.jobs.split(",") if j.strip()]
+    return pipeline(args.namespace, jobs, args.poll, args.timeout, args.queue, args.server, args.token, args.kubeconfig)
+
+
 def _add_serve_commands(sub) -> None:
     from m3ad_rl.engines import ENGINES
 
@@ -241,8 +288,30 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"m3ad-rl: config error:\n{e}", file=sys.stderr)
         return EXIT_USAGE
     except FileNotFoundError as e:
-        print(f"m3ad-rl: {e.strerror}: {e.filename}", file=sys.stderr)
+        print(f"m3ad-rl: {e.strerror}: {e.filename}" if e.filename else f"m3ad-rl: {e}", file=sys.stderr)
         return EXIT_USAGE
+    except Exception as e:
+        if not _lost_worker(e):
+            raise
+        print(f"m3ad-rl: a Ray worker or node was lost ({type(e).__name__}); nothing after the last complete "
+              "checkpoint was kept. Run the same command with --resume once the cluster has its nodes back "
+              "(a RayJob's retry does this).", file=sys.stderr)  # fmt: skip
+        return EXIT_LOST_WORKER
+
+
+def _lost_worker(e: BaseException) -> bool:
+    """A dead actor, node or object owner anywhere in the exception's chain (Ray wraps them)."""
+    try:
+        from ray import exceptions as rex
+    except ImportError:
+        return False
+    lost = (rex.RayActorError, rex.NodeDiedError, rex.OwnerDiedError, rex.ObjectLostError, rex.WorkerCrashedError)
+    seen = 0
+    while e is not None and seen < 10:
+        if isinstance(e, lost) or "RayActorError" in type(e).__name__ or "ActorDiedError" in type(e).__name__:
+            return True
+        e, seen = (e.__cause__ or getattr(e, "cause", None) or e.__context__), seen + 1
+    return False
 
 
 def cmd_train_rcrl(args: argparse.Namespace) -> int:
@@ -516,12 +585,26 @@ def cmd_data_gallery(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_cluster_up(args: argparse.Namespace) -> int:
+    from m3ad_rl.localcluster import up_cli
+
+    return up_cli(args.dir, args.workers, args.cpus, args.config_dir)
+
+
+def cmd_cluster_down(args: argparse.Namespace) -> int:
+    from m3ad_rl.localcluster import down_cli
+
+    return down_cli(args.dir)
+
+
 def cmd_model_tiny(args: argparse.Namespace) -> int:
     from m3ad_rl.models.tiny import TinySpec, build_tiny
+    from m3ad_rl.storage import staged_dir
 
-    out = build_tiny(args.out, TinySpec(vocab=args.vocab, seed=args.seed))
-    info = json.loads((out / "m3ad_tiny.json").read_text())
-    print(f"wrote a tiny Qwen3-VL ({info['parameters']:,} parameters, {args.vocab} vocabulary) to {out}")
+    with staged_dir(args.out, clear=True) as d:  # any storage URL
+        build_tiny(d, TinySpec(vocab=args.vocab, seed=args.seed))
+        info = json.loads((d / "m3ad_tiny.json").read_text())
+    print(f"wrote a tiny Qwen3-VL ({info['parameters']:,} parameters, {args.vocab} vocabulary) to {args.out}")
     return 0
 
 

@@ -177,6 +177,16 @@ def _use_configmap(obj: Any, name: str) -> None:
             _use_configmap(v, name)
 
 
+def _label_pods(doc: dict, labels: dict[str, str]) -> None:
+    """The variant's labels on every pod too (head, workers, submitter), so pods, their metrics and
+    logs can be selected by sweep, variant, reward and seed, not only the RayJob."""
+    from m3ad_rl.k8s.validate.kuberay import pods
+
+    for pod in pods(doc):
+        meta = pod.template.setdefault("metadata", {})
+        meta["labels"] = {**(meta.get("labels") or {}), **labels}
+
+
 def render(spec: SweepSpec, template: dict | None = None) -> list[dict]:
     """The sweep's ConfigMap followed by one RayJob per variant."""
     template = template or load_template(spec.template)
@@ -199,6 +209,7 @@ def render(spec: SweepSpec, template: dict | None = None) -> list[dict]:
         doc["spec"]["entrypoint"] = entrypoint(spec, job)
         doc["spec"]["suspend"] = bool(spec.kueue_queue)  # variants are independent: start now, or when admitted
         doc["spec"]["metadata"] = {k.split("/")[-1]: v for k, v in job.labels.items()}  # Ray job metadata
+        _label_pods(doc, job.labels)
         _use_configmap(doc["spec"], cm_name)
         docs.append(doc)
     return docs

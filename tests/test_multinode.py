@@ -16,7 +16,6 @@ import json
 import os
 import re
 import shlex
-import signal
 import subprocess
 import sys
 import time
@@ -58,8 +57,7 @@ def rendered_jobs() -> dict[str, str]:
     from m3ad_rl.k8s_validate import render_kustomization
 
     docs = [d for d in yaml.safe_load_all(render_kustomization(DEV)) if isinstance(d, dict)]
-    jobs = {d["metadata"]["name"]: " ".join(d["spec"]["entrypoint"].split()) for d in docs if d["kind"] == "RayJob"}
-    return {k: v.replace("/mnt/runs", BUCKET) for k, v in jobs.items()}  # TEMP until the overlay moves
+    return {d["metadata"]["name"]: " ".join(d["spec"]["entrypoint"].split()) for d in docs if d["kind"] == "RayJob"}
 
 
 @pytest.fixture(scope="module")
@@ -123,6 +121,21 @@ class Jobs:
         raise TimeoutError(f"job {sid} has no driver yet")
 
 
+def kill_entrypoint(entrypoint: str) -> list[int]:
+    """SIGKILL every process running exactly this entrypoint (the shell Ray starts and the driver in it)."""
+    import psutil
+
+    want = shlex.split(entrypoint)[1:]
+    pids = []
+    for p in psutil.process_iter(["cmdline"]):
+        cmd = p.info["cmdline"] or []
+        if (any(c.endswith("m3ad-rl") for c in cmd[:2]) and cmd[-len(want) :] == want) or entrypoint in " ".join(cmd):
+            p.kill()
+            pids.append(p.pid)
+    assert pids, f"no process runs {entrypoint}"
+    return pids
+
+
 def s3():
     import s3fs
 
@@ -173,10 +186,11 @@ def test_dev_pipeline_on_multinode_cluster_with_s3(cluster):
     ref_out = f"{BUCKET}/rcrl-uninterrupted"
     jobs.run(with_sets(entry["m3ad-rcrl"], out=ref_out))
     sid = jobs.submit(entry["m3ad-rcrl"])
-    pid = jobs.driver_pid(sid)
+    jobs.driver_pid(sid)
     wait_for(f"{BUCKET}/rcrl/checkpoints/step_000002/COMPLETE")
-    os.kill(pid, signal.SIGKILL)  # mid-run: the driver dies, its actors with it
-    assert jobs.wait(sid) == "FAILED"
+    killed = kill_entrypoint(entry["m3ad-rcrl"])  # mid-run: the driver dies, its actors with it
+    assert jobs.wait(sid) == "FAILED", jobs.logs(sid)[-3000:]
+    print(f"killed the RCRL driver {killed}; its log ends:\n{jobs.logs(sid)[-1500:]}")
     logs = jobs.run(entry["m3ad-rcrl"])  # the RayJob's retry: same entrypoint, which has --resume
     resumed = re.search(r"resumed from step (\d+)", logs)
     assert resumed and int(resumed.group(1)) in (2, 4), logs[-3000:]  # killed before the end

@@ -1,0 +1,86 @@
+"""Reading manifests: files, folders and kustomizations, rendered as ``kubectl apply -k`` would."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+import yaml
+
+CRDS_ENV = "M3AD_KUBERAY_CRDS"
+RENDERED = " (kustomize)"  # the source suffix of a rendered kustomization
+SHIPPED_CRDS = Path(__file__).resolve().parents[2] / "resources" / "kuberay-crds"
+
+
+def crd_dir() -> Path | None:
+    """The KubeRay CRDs: ``$M3AD_KUBERAY_CRDS`` if set, else the copies shipped in the package."""
+    path = Path(os.environ.get(CRDS_ENV) or SHIPPED_CRDS)
+    return path if (path / "ray.io_rayjobs.yaml").exists() else None
+
+
+def kustomize_roots(path: Path) -> list[Path]:
+    """Kustomizations under ``path`` meant to be applied: every ``kind: Kustomization`` that no other
+    kustomization there includes (so overlays, not their base; never a ``kind: Component``)."""
+    found = {p.parent.resolve(): p.parent for p in path.rglob("kustomization.yaml")}
+    included, components = set(), set()
+    for folder in found:
+        k = yaml.safe_load((folder / "kustomization.yaml").read_text()) or {}
+        if k.get("kind") == "Component":
+            components.add(folder)
+        for ref in [*(k.get("resources") or []), *(k.get("components") or [])]:
+            included.add((folder / ref).resolve())
+    return sorted(found[f] for f in found if f not in included and f not in components)
+
+
+def kustomize_command() -> list[str] | None:
+    """``kubectl kustomize``, else a standalone ``kustomize build``, else None."""
+    if kubectl := shutil.which("kubectl"):
+        return [kubectl, "kustomize"]
+    if kustomize := shutil.which("kustomize"):
+        return [kustomize, "build"]
+    return None
+
+
+def render_kustomization(path: Path) -> str:
+    """The kustomization rendered; RuntimeError with the tool's message on failure."""
+    cmd = kustomize_command()
+    if cmd is None:
+        raise RuntimeError("neither kubectl nor kustomize found: install one, or validate raw files")
+    res = subprocess.run([*cmd, str(path)], capture_output=True, text=True, timeout=120)
+    if res.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd[1:])} {path} failed: {res.stderr.strip()}")
+    return res.stdout
+
+
+def load_documents(paths: Iterable[str | Path]) -> Iterator[tuple[str, dict]]:
+    """(source, document) for every object: each kustomization rendered, other YAML read as is.
+
+    Files inside a kustomization (patches, config files) are not documents of their own; without
+    kubectl or kustomize the raw files are read instead (ConfigMap payloads under ``config/`` skipped).
+    """
+    for p in map(Path, paths):
+        if p.is_file():
+            yield from read_yaml_docs(p.read_text(), str(p))
+            continue
+        roots = kustomize_roots(p) if kustomize_command() else []
+        for root in roots:
+            yield from read_yaml_docs(render_kustomization(root), f"{root}{RENDERED}")
+        inside = {q.parent for q in p.rglob("kustomization.yaml")}
+        for f in sorted([*p.rglob("*.yaml"), *p.rglob("*.yml")]):
+            if not roots and f.name == "kustomization.yaml":
+                continue
+            if roots and any(f.is_relative_to(k) for k in inside):
+                continue
+            if not roots and f.parent.name == "config":
+                continue
+            yield from read_yaml_docs(f.read_text(), str(f))
+
+
+def read_yaml_docs(text: str, source: str) -> Iterator[tuple[str, dict]]:
+    """The objects (mappings with a ``kind``) of a multi-document YAML text."""
+    for doc in yaml.safe_load_all(text):
+        if isinstance(doc, dict) and "kind" in doc:
+            yield source, doc

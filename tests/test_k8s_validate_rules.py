@@ -1,0 +1,269 @@
+"""One test per validator rule (m3ad_rl/k8s/validate): start from a clean manifest, inject exactly
+that mistake, and check the finding names the field and says what to write instead."""
+
+from __future__ import annotations
+
+import copy
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from m3ad_rl.k8s import validate as kv
+from m3ad_rl.k8s.validate.load import SHIPPED_CRDS
+
+ROOT = Path(__file__).resolve().parents[1]
+MANIFESTS = ROOT / "manifests"
+RCRL = yaml.safe_load((MANIFESTS / "base" / "rayjob.rcrl.yaml").read_text())
+CLUSTER = yaml.safe_load((MANIFESTS / "base" / "raycluster.autoscaler.yaml").read_text())
+CONFIGMAP = {"m3ad-config": {f.name for f in (MANIFESTS / "base" / "config").glob("*.yaml")}}
+RCS = "spec.rayClusterSpec"
+HEAD = f"{RCS}.headGroupSpec.template.spec"
+ROLLOUT = f"{RCS}.workerGroupSpecs[0]"
+ROLLOUT_C0 = f"{ROLLOUT}.template.spec.containers[0]"
+
+
+def rcrl() -> dict:
+    return copy.deepcopy(RCRL)
+
+
+def spec_at(doc: dict, dotted: str):
+    """The object at a dotted path like ``spec.rayClusterSpec.workerGroupSpecs[0].template``."""
+    target = doc
+    for part in dotted.replace("[", ".").replace("]", "").split("."):
+        target = target[int(part)] if part.isdigit() else target[part]
+    return target
+
+
+def findings(doc: dict, **kw) -> list[kv.Finding]:
+    return kv.validate_document(doc, "test.yaml", **kw)
+
+
+def assert_finding(doc: dict, path: str, *words: str, **kw) -> str:
+    """The one finding at exactly ``path``, whose message has every word; returns it as printed."""
+    found = findings(doc, **kw)
+    hits = [f for f in found if f.path == path and all(w in f.message for w in words)]
+    assert hits, f"no finding at {path} with {words}; got:\n" + "\n".join(map(str, found))
+    return str(hits[0])
+
+
+@pytest.mark.parametrize("doc", [RCRL, CLUSTER], ids=["rayjob", "raycluster"])
+def test_the_clean_manifests_have_no_findings(doc):
+    assert findings(copy.deepcopy(doc), configmaps=CONFIGMAP, strict=True) == []
+
+
+def test_the_shipped_crds_are_used_by_default(monkeypatch):
+    """The validator needs nothing outside the package (no ../shared); the env var still overrides."""
+    monkeypatch.delenv(kv.CRDS_ENV, raising=False)
+    assert kv.crd_dir() == SHIPPED_CRDS
+    assert {f.name for f in SHIPPED_CRDS.glob("ray.io_*.yaml")} == {
+        "ray.io_rayclusters.yaml", "ray.io_rayjobs.yaml", "ray.io_rayservices.yaml"
+    }  # fmt: skip
+    monkeypatch.setenv(kv.CRDS_ENV, "/nowhere")
+    assert kv.crd_dir() is None
+
+
+# --- GPUs -------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("hint", ["name", "num-gpus", "requests"])
+def test_gpu_group_without_gpu_limit(hint):
+    doc = rcrl()
+    group, res = spec_at(doc, ROLLOUT), spec_at(doc, f"{ROLLOUT_C0}.resources")
+    del res["limits"]["nvidia.com/gpu"]
+    if hint != "requests":
+        del res["requests"]["nvidia.com/gpu"]
+    if hint == "name":
+        group["groupName"] = "gpu-rollout"
+    if hint == "num-gpus":
+        group["rayStartParams"] = {"num-gpus": "1"}
+    line = assert_finding(doc, f"{ROLLOUT_C0}.resources.limits", "implies GPUs", 'add limits: {nvidia.com/gpu: "1"}')
+    print(line)
+
+
+def test_num_gpus_differs_from_the_gpu_limit():
+    doc = rcrl()
+    spec_at(doc, ROLLOUT)["rayStartParams"] = {"num-gpus": "2"}
+    print(assert_finding(doc, f"{ROLLOUT}.rayStartParams.num-gpus", "limit is 1", "make them equal"))
+
+
+# --- RayJob cluster choice ----------------------------------------------------------------------
+
+
+def test_cluster_selector_together_with_a_cluster_spec():
+    doc = rcrl()
+    doc["spec"]["clusterSelector"] = {"ray.io/cluster": "m3ad-cluster"}
+    doc["spec"]["suspend"], doc["spec"]["backoffLimit"] = False, 0
+    print(assert_finding(doc, "spec.clusterSelector", "ignores rayClusterSpec", "keep only one"))
+
+
+def test_cluster_selector_without_the_cluster_key():
+    doc = rcrl()
+    del doc["spec"]["rayClusterSpec"]
+    doc["spec"]["clusterSelector"] = {"app": "m3ad-cluster"}
+    doc["spec"]["suspend"], doc["spec"]["backoffLimit"] = False, 0
+    print(assert_finding(doc, "spec.clusterSelector", "needs the key ray.io/cluster"))
+
+
+# --- images, resources -----------------------------------------------------------------------------
+
+
+def test_ray_image_version_differs_from_ray_version():
+    doc = rcrl()
+    spec_at(doc, HEAD)["containers"][0]["image"] = "rayproject/ray:2.41.0-py311"
+    line = assert_finding(
+        doc, f"{HEAD}.containers[0].image", "runs Ray 2.41.0", "rayVersion is '2.60.0'", "2.60.0-py311"
+    )
+    print(line)
+
+
+@pytest.mark.parametrize(
+    ("resource", "asked", "limit"),
+    [("cpu", "12", "11500m"), ("memory", "120Gi", "100G"), ("ephemeral-storage", "50Gi", "2e3"),
+     ("nvidia.com/gpu", "2", "1")],
+)  # fmt: skip
+def test_limit_below_request(resource, asked, limit):
+    doc = rcrl()
+    res = spec_at(doc, f"{ROLLOUT_C0}.resources")
+    res["requests"][resource], res["limits"][resource] = asked, limit
+    path = f"{ROLLOUT_C0}.resources.limits.{resource}"
+    print(assert_finding(doc, path, f"limit {limit} is below the request {asked}", f"at least {asked}"))
+
+
+def test_quantities_parse_like_kubernetes():
+    q = kv.parse_quantity
+    assert q("500m") < q("1") < q("1G") < q("1Gi") < q("2e9")
+    assert q("1.5") == q("1500m") and q(4) == q("4") and q("1Ki") == 1024
+    assert q("one") is None and q(None) is None and q(True) is None
+
+
+def test_ray_container_without_a_memory_limit():
+    doc = rcrl()
+    del spec_at(doc, HEAD)["containers"][0]["resources"]["limits"]["memory"]
+    print(assert_finding(doc, f"{HEAD}.containers[0].resources.limits.memory", "Ray containers need a memory limit"))
+
+
+# --- volumes, config files --------------------------------------------------------------------------
+
+
+def test_volume_mount_naming_no_volume():
+    doc = rcrl()
+    spec_at(doc, ROLLOUT_C0)["volumeMounts"].append({"name": "runs", "mountPath": "/mnt/runs"})
+    print(assert_finding(doc, f"{ROLLOUT_C0}.volumeMounts[3].name", "'runs' is not a volume", "add it under"))
+
+
+def test_entrypoint_names_a_config_the_configmap_lacks():
+    doc = rcrl()
+    doc["spec"]["entrypoint"] = doc["spec"]["entrypoint"].replace("/etc/m3ad/rcrl.yaml", "/etc/m3ad/rcrl-4b.yaml")
+    line = assert_finding(doc, "spec.entrypoint", "no key 'rcrl-4b.yaml'", "add the file", configmaps=CONFIGMAP)
+    print(line)
+
+
+def test_entrypoint_configs_without_the_configmap_are_checked_only_when_strict():
+    doc = rcrl()
+    assert [f for f in findings(doc, configmaps={}) if f.check == "config-files"] == []
+    print(assert_finding(doc, "spec.entrypoint", "not among the documents checked", configmaps={}, strict=True))
+
+
+def test_entrypoint_configs_checked_against_a_configmap_in_the_same_files(tmp_path):
+    doc = rcrl()
+    doc["spec"]["entrypoint"] += " /etc/m3ad/missing.yaml"
+    cm = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "m3ad-config"},
+          "data": {k: "{}" for k in CONFIGMAP["m3ad-config"]}}  # fmt: skip
+    (tmp_path / "job.yaml").write_text(yaml.safe_dump(doc))
+    (tmp_path / "cm.yaml").write_text(yaml.safe_dump(cm))
+    found = [f for f in kv.validate_paths([tmp_path]) if f.check == "config-files"]
+    assert [f.path for f in found] == ["spec.entrypoint"] and "'missing.yaml'" in found[0].message
+
+
+# --- security -----------------------------------------------------------------------------------------
+
+
+def test_privileged_container():
+    doc = rcrl()
+    spec_at(doc, ROLLOUT_C0)["securityContext"]["privileged"] = True
+    print(assert_finding(doc, f"{ROLLOUT_C0}.securityContext.privileged", "remove privileged: true"))
+
+
+def test_host_network():
+    doc = rcrl()
+    spec_at(doc, f"{ROLLOUT}.template.spec")["hostNetwork"] = True
+    print(assert_finding(doc, f"{ROLLOUT}.template.spec.hostNetwork", "remove it"))
+
+
+def test_host_path_volume():
+    doc = rcrl()
+    spec_at(doc, f"{ROLLOUT}.template.spec")["volumes"].append({"name": "host", "hostPath": {"path": "/data"}})
+    print(assert_finding(doc, f"{ROLLOUT}.template.spec.volumes[3].hostPath", "use an emptyDir"))
+
+
+def test_seccomp_capabilities_and_token():
+    doc = rcrl()
+    pod = spec_at(doc, f"{ROLLOUT}.template.spec")
+    del pod["securityContext"]["seccompProfile"], pod["automountServiceAccountToken"]
+    del pod["containers"][0]["securityContext"]["capabilities"]
+    assert_finding(doc, f"{ROLLOUT}.template.spec.securityContext.seccompProfile", "{type: RuntimeDefault}")
+    assert_finding(doc, f"{ROLLOUT_C0}.securityContext.capabilities.drop", "drop: [ALL]")
+    assert_finding(doc, f"{ROLLOUT}.template.spec.automountServiceAccountToken", "false")
+
+
+def test_the_autoscaling_head_keeps_its_token():
+    """The autoscaler sidecar calls the API: its head must not turn the token off (and need not say so)."""
+    doc = copy.deepcopy(CLUSTER)
+    doc["spec"]["headGroupSpec"]["template"]["spec"]["automountServiceAccountToken"] = False
+    print(assert_finding(doc, "spec.headGroupSpec.template.spec.automountServiceAccountToken", "autoscaler"))
+
+
+def test_secret_values_only_in_a_marked_dev_secret():
+    secret = {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "s"}, "stringData": {"k": "v"}}
+    assert_finding(secret, "data", "out of band", "m3ad.io/dev-only")
+    secret["metadata"]["annotations"] = {"m3ad.io/dev-only": "true"}
+    assert [f for f in findings(secret) if f.check == "secrets"] == []
+
+
+def test_workload_pods_get_the_same_rules():
+    """Deployments and Jobs (the dev object store, the pipeline runner) are held to the pod rules."""
+    dev = yaml.safe_load_all((MANIFESTS / "overlays" / "dev" / "objectstore.yaml").read_text())
+    deployment = next(d for d in dev if d["kind"] == "Deployment")
+    assert findings(copy.deepcopy(deployment)) == []
+    deployment["spec"]["template"]["spec"]["hostNetwork"] = True
+    assert_finding(deployment, "spec.template.spec.hostNetwork", "remove it")
+
+
+def test_core_objects_are_checked_strictly():
+    policy = yaml.safe_load((MANIFESTS / "base" / "networkpolicy.yaml").read_text())
+    assert findings(copy.deepcopy(policy)) == []
+    policy["spec"]["ingres"] = policy["spec"].pop("ingress")
+    assert any(f.check == "core-schema" and "ingres" in f.message for f in findings(policy))
+
+
+# --- the command --------------------------------------------------------------------------------------
+
+
+@pytest.mark.skipif(kv.load.kustomize_command() is None, reason="kubectl or kustomize renders the overlays")
+def test_the_shipped_manifests_are_clean(capsys):
+    from m3ad_rl.cli import main
+
+    assert main(["k8s", "validate", str(MANIFESTS)]) == 0, capsys.readouterr().out
+
+
+def test_exit_codes(tmp_path, capsys):
+    from m3ad_rl.cli import main
+
+    broken = rcrl()
+    spec_at(broken, ROLLOUT_C0)["securityContext"]["privileged"] = True
+    (tmp_path / "job.yaml").write_text(yaml.safe_dump(broken))
+    assert main(["k8s", "validate", str(tmp_path / "job.yaml")]) == 1
+    assert f"RayJob/m3ad-rcrl: {ROLLOUT_C0}.securityContext.privileged" in capsys.readouterr().out
+    assert main(["k8s", "validate", str(tmp_path / "nope")]) == 2
+    with pytest.raises(SystemExit) as e:
+        main(["k8s", "validate"])
+    assert e.value.code == 2
+
+
+def test_the_old_module_name_still_runs(tmp_path):
+    (tmp_path / "job.yaml").write_text(yaml.safe_dump(rcrl()))
+    res = subprocess.run([sys.executable, "-m", "m3ad_rl.k8s_validate", str(tmp_path)], capture_output=True, text=True)
+    assert res.returncode == 0, res.stdout + res.stderr

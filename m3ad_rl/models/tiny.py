@@ -61,6 +61,7 @@ class TinySpec:
     vision_heads: int = 4
     image_min_pixels: int = 64 * 64
     image_max_pixels: int = 224 * 224
+    embed_size: int | None = None  # embedding rows; default the tokenizer's (151936 gives Qwen's lm_head cost)
     seed: int = 0
 
 
@@ -146,7 +147,7 @@ def build_model(tokenizer, spec: TinySpec):
     half = head_dim // 2  # mrope_section (temporal, height, width) must sum to head_dim / 2
     section = [half - 2 * (half // 4), half // 4, half // 4]
     ids = {t: tokenizer.convert_tokens_to_ids(t) for t in QWEN_SPECIALS}
-    vocab_size = QWEN_VOCAB_SIZE if spec.vocab == "qwen" else len(tokenizer)
+    vocab_size = spec.embed_size or (QWEN_VOCAB_SIZE if spec.vocab == "qwen" else len(tokenizer))
     config = Qwen3VLConfig(
         text_config=dict(
             vocab_size=vocab_size,

@@ -1,21 +1,27 @@
 """``m3ad-rl``: the command line. Each command is a few lines over the library.
 
-Exit codes: 0 done; 2 bad usage or config (nothing written); 3 done, but some input lines were
-reported on stderr and skipped.
+Errors a user can fix are one line, ``m3ad-rl: <what> — <what to do>`` (``--debug`` adds the
+traceback); the exit codes are listed in ``m3ad_rl/errors.py`` and README.md ("Exit codes").
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 import time
+import traceback
 from collections.abc import Sequence
 from pathlib import Path
 
-EXIT_USAGE = 2
-EXIT_SKIPPED = 3
-EXIT_LOST_WORKER = 4  # a node or worker died: rerun with --resume once the cluster is whole
+from m3ad_rl.errors import (  # the table of exit codes: m3ad_rl/errors.py
+    EXIT_DATA,
+    EXIT_INTERRUPTED,
+    EXIT_LOST_WORKER,  # a node or worker died: rerun with --resume once the cluster is whole
+    EXIT_SKIPPED,
+    EXIT_USAGE,  # noqa: F401 (callers import the codes from here)
+)
 
 
 def _add_config_args(p: argparse.ArgumentParser) -> None:
@@ -25,8 +31,29 @@ def _add_config_args(p: argparse.ArgumentParser) -> None:
     )
 
 
+def _int_at_least(minimum: int, maximum: int | None = None):
+    """An argparse type: a whole number in [minimum, maximum]; anything else is a usage error."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+        if value < minimum or (maximum is not None and value > maximum):
+            bounds = f"at least {minimum}" if maximum is None else f"between {minimum} and {maximum}"
+            raise argparse.ArgumentTypeError(f"{value} is out of range: give a number {bounds}")
+        return value
+
+    return parse
+
+
+POSITIVE = _int_at_least(1)
+PORT = _int_at_least(1, 65535)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="m3ad-rl", description=__doc__.splitlines()[0])
+    parser.add_argument("--debug", action="store_true", help="show the traceback of an error, not just its line")
     sub = parser.add_subparsers(dest="group", required=True)
 
     reward = sub.add_parser("reward", help="reward functions").add_subparsers(dest="cmd", required=True)
@@ -53,6 +80,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--exclude-source", action="append", default=[], help="leave out a source dataset")
     p.add_argument("--address", help="Ray cluster address (default: local Ray)")
     p.add_argument("--base-url", help="OpenAI-compatible endpoint (--engine openai)")
+    p.add_argument("--overwrite", action="store_true", help="replace predictions in --out made by another run")
     _add_config_args(p)
     p.set_defaults(func=cmd_eval_run)
 
@@ -108,9 +136,9 @@ def _add_data_commands(sub) -> None:
     ds = data.add_subparsers(dest="cmd", required=True)
     p = ds.add_parser("synth", help="synthetic industrial scenes with labelled defects")
     p.add_argument("--out", required=True, help="dataset URL (folder, memory://, s3://...)")
-    p.add_argument("--n", type=int, default=1000)
+    p.add_argument("--n", type=POSITIVE, default=1000, help="number of images")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--workers", type=int, default=1, help="processes (the output is the same for any number)")
+    p.add_argument("--workers", type=POSITIVE, default=1, help="processes (the output is the same for any number)")
     _add_config_args(p)
     p.set_defaults(func=cmd_data_synth)
 
@@ -118,7 +146,7 @@ def _add_data_commands(sub) -> None:
     p.add_argument("--dataset", required=True, choices=["mvtec-ad", "mvtec-loco", "visa", "real-iad", "folder"])
     p.add_argument("--root", required=True, help="the dataset's root folder")
     p.add_argument("--out", required=True, help="dataset URL")
-    p.add_argument("--scene", help="scene of a 'folder' dataset")
+    p.add_argument("--scene", help="scene of a 'folder' dataset (texture, workpiece, electronic, logical)")
     p.add_argument("--category", help="category of a 'folder' dataset")
     p.add_argument("--source", default="custom", help="source name of a 'folder' dataset")
     p.add_argument("--embed-images", action="store_true", help="store image bytes instead of their paths")
@@ -144,13 +172,14 @@ def _add_data_commands(sub) -> None:
     p = ds.add_parser("stats", help="counts per scene / category / type / split, and a plot")
     p.add_argument("--input", required=True)
     p.add_argument("--plot", help="write the counts as a PNG")
+    p.add_argument("--check-images", action="store_true", help="also decode every image; exit 5 if one does not")
     p.set_defaults(func=cmd_data_stats)
 
     p = ds.add_parser("gallery", help="contact sheet of samples with their boxes drawn")
     p.add_argument("--input", required=True)
-    p.add_argument("--out", required=True, help="PNG file")
-    p.add_argument("--n", type=int, default=36)
-    p.add_argument("--cols", type=int, default=6)
+    p.add_argument("--out", required=True, help="image file (.png or .jpg)")
+    p.add_argument("--n", type=POSITIVE, default=36, help="number of samples")
+    p.add_argument("--cols", type=POSITIVE, default=6)
     p.add_argument("--anomalous-only", action="store_true")
     p.add_argument("--seed", type=int, default=0, help="which samples to show")
     p.set_defaults(func=cmd_data_gallery)
@@ -169,6 +198,8 @@ def _add_train_commands(sub) -> None:
     p.add_argument("--set", dest="overrides", nargs="+", default=[], metavar="KEY=VALUE", help="dotted overrides")
     p.add_argument("--resume", action="store_true", help="continue from the newest complete checkpoint")
     p.add_argument("--no-progress", action="store_true", help="no progress bar (logs only)")
+    p.add_argument("--overwrite", action="store_true", help="replace a run already in out (default: refuse)")
+    p.add_argument("--force", action="store_true", help="--resume even if run-defining settings changed")
     p.set_defaults(func=cmd_train_rcrl)
 
 
@@ -265,32 +296,39 @@ def _add_serve_commands(sub) -> None:
     p.add_argument("--model", required=True, help="model folder or name, as the engine takes it")
     p.add_argument("--engine", choices=ENGINES, default="hf")
     p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--port", type=PORT, default=8000)
     p.add_argument("--served-name", help="model name clients send (default: --model as given)")
     p.set_defaults(func=cmd_serve_openai)
 
     p = serve.add_parser("rewards", help="the reward service on Ray Serve (POST /rewards/score)")
     p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, default=8000)
-    p.add_argument("--replicas", type=int, default=1)
+    p.add_argument("--port", type=PORT, default=8000)
+    p.add_argument("--replicas", type=POSITIVE, default=1)
     p.add_argument("--address", help="Ray cluster address (default: local Ray)")
     _add_config_args(p)
     p.set_defaults(func=cmd_serve_rewards)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run one command; an error a user can fix is one line on stderr and an exit code (errors.py)."""
     args = build_parser().parse_args(argv)
-    from m3ad_rl.config import ConfigError
+    from m3ad_rl.errors import explain
 
     try:
         return args.func(args)
-    except ConfigError as e:
-        print(f"m3ad-rl: config error:\n{e}", file=sys.stderr)
-        return EXIT_USAGE
-    except FileNotFoundError as e:
-        print(f"m3ad-rl: {e.strerror}: {e.filename}" if e.filename else f"m3ad-rl: {e}", file=sys.stderr)
-        return EXIT_USAGE
+    except KeyboardInterrupt:
+        if args.debug:
+            traceback.print_exc()
+        print("m3ad-rl: interrupted — nothing half-written was published; run the command again "
+              "(train: add --resume)", file=sys.stderr)  # fmt: skip
+        return EXIT_INTERRUPTED
     except Exception as e:
+        problem = explain(e)
+        if problem is not None:
+            if args.debug:
+                traceback.print_exc()
+            print(problem.line(), file=sys.stderr)
+            return problem.exit_code
         if not _lost_worker(e):
             raise
         print(f"m3ad-rl: a Ray worker or node was lost ({type(e).__name__}); nothing after the last complete "
@@ -320,7 +358,7 @@ def cmd_train_rcrl(args: argparse.Namespace) -> int:
 
     sections = {"reward": args.reward_config} if args.reward_config else None
     cfg = load_config(RCRLConfig, args.config, args.overrides, sections=sections)
-    result = run(cfg, resume=args.resume, progress=not args.no_progress)
+    result = run(cfg, resume=args.resume, progress=not args.no_progress, overwrite=args.overwrite, force=args.force)
     last = result["history"][-1] if result["history"] else {}
     print(f"RCRL done at step {cfg.steps}: reward {last.get('reward/score', float('nan')):.3f}; "
           f"metrics {cfg.out}/metrics.jsonl; model {result['model']}")  # fmt: skip
@@ -338,12 +376,18 @@ def cmd_train_sft(args: argparse.Namespace) -> int:
 
 
 def cmd_serve_rewards(args: argparse.Namespace) -> int:
-    import ray
+    import os
 
+    from m3ad_rl.guards import check_port_free
     from rewards import load_reward_config
-    from rewards.service import start
 
     cfg = load_reward_config(args.config, args.overrides)
+    if args.address is None and not os.environ.get("RAY_ADDRESS"):
+        check_port_free(args.host, args.port)  # a local Ray: Serve's proxy will listen here
+    import ray
+
+    from rewards.service import start
+
     ray.init(address=args.address, ignore_reinit_error=True, include_dashboard=False)
     print(
         f"reward service on http://{args.host}:{args.port}/rewards/score ({args.replicas} replica(s))", file=sys.stderr
@@ -353,10 +397,14 @@ def cmd_serve_rewards(args: argparse.Namespace) -> int:
 
 
 def cmd_reward_score(args: argparse.Namespace) -> int:
+    from m3ad_rl.guards import refuse_overwrite, replaced_when_done, require_file, require_output_file
     from m3ad_rl.jsonl import LineErrors, read_records, require, write_jsonl
     from m3ad_rl.labels import GroundTruth
     from rewards import RewardFunction, load_reward_config
 
+    require_file(args.input)
+    require_output_file(args.output)
+    refuse_overwrite([args.input, args.config], [args.output])
     fn = RewardFunction(load_reward_config(args.config, args.overrides))
 
     def convert(obj: dict) -> tuple[str, str, GroundTruth]:
@@ -364,8 +412,7 @@ def cmd_reward_score(args: argparse.Namespace) -> int:
 
     errors = LineErrors(args.input)
     n, total, t0 = 0, 0.0, time.perf_counter()
-    Path(args.output).parent.mkdir(parents=True, exist_ok=True)
-    with open(args.output, "wb") as out:
+    with replaced_when_done(args.output) as tmp, open(tmp, "wb") as out:
         for _, (rid, response, gt) in read_records(args.input, convert, errors):
             r = fn(response, gt)
             write_jsonl(out, {"id": rid, **r.to_dict()})
@@ -378,11 +425,17 @@ def cmd_reward_score(args: argparse.Namespace) -> int:
 
 def cmd_eval_score(args: argparse.Namespace) -> int:
     from m3ad_rl.config import load_config
+    from m3ad_rl.guards import refuse_overwrite, replaced_when_done, require_file, require_output_file
     from m3ad_rl.jsonl import LineErrors, read_records, require
     from m3ad_rl.labels import GroundTruth
-    from m3ad_rl.metrics import EvalConfig, Prediction, evaluate
+    from m3ad_rl.metrics import EvalConfig, Prediction, evaluate, unique_predictions
     from m3ad_rl.report import markdown_report, print_report
 
+    require_file(args.input)
+    require_output_file(args.output)
+    if args.markdown:
+        require_output_file(args.markdown, "--markdown")
+    refuse_overwrite([args.input, args.config], [args.output, args.markdown])
     cfg = load_config(EvalConfig, args.config, args.overrides)
 
     def convert(obj: dict) -> Prediction:
@@ -398,12 +451,14 @@ def cmd_eval_score(args: argparse.Namespace) -> int:
         )
 
     errors = LineErrors(args.input)
-    report = evaluate((p for _, p in read_records(args.input, convert, errors)), cfg)
-    report["skipped_lines"] = [n for n, _ in errors.skipped]
-    Path(args.output).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.output).write_text(json.dumps(report, indent=2) + "\n")
+    records = read_records(args.input, convert, errors)
+    report = evaluate(unique_predictions(records, errors.add, args.input), cfg)  # nothing written on a DataError
+    report["skipped_lines"] = sorted(n for n, _ in errors.skipped)
+    with replaced_when_done(args.output) as tmp:
+        tmp.write_text(json.dumps(report, indent=2) + "\n")
     if args.markdown:
-        Path(args.markdown).write_text(markdown_report(report))
+        with replaced_when_done(args.markdown) as tmp:
+            tmp.write_text(markdown_report(report))
     if report["scenes"]:
         print_report(report)
     else:
@@ -428,10 +483,13 @@ def _finish_write(report, url: str) -> int:
 def cmd_data_synth(args: argparse.Namespace) -> int:
     from m3ad_rl.config import load_config
     from m3ad_rl.data.store import DatasetWriter
-    from m3ad_rl.data.synthetic import SynthConfig, generate_parallel
+    from m3ad_rl.data.synthetic import SynthConfig, categories_for, generate_parallel
+    from m3ad_rl.guards import refuse_overwrite
 
+    refuse_overwrite([args.config], [args.out])
     cfg = load_config(SynthConfig, args.config, [*args.overrides, f"n={args.n}", f"seed={args.seed}"])
-    with DatasetWriter(args.out, check_images=False) as w, _progress(cfg.n, "synth") as bar:
+    categories_for(cfg)  # scenes and categories that leave something to draw, before anything is written
+    with DatasetWriter(args.out) as w, _progress(cfg.n, "synth") as bar:
         for sample in generate_parallel(cfg, args.workers):
             w.write(sample)
             bar.update()
@@ -440,14 +498,15 @@ def cmd_data_synth(args: argparse.Namespace) -> int:
 
 def cmd_data_import(args: argparse.Namespace) -> int:
     from m3ad_rl.data import importers
-    from m3ad_rl.data.schema import read_uri
     from m3ad_rl.data.store import DatasetWriter
+    from m3ad_rl.errors import DataError, UsageError
+    from m3ad_rl.guards import refuse_overwrite
 
+    refuse_overwrite([args.root], [args.out])
     report = importers.ImportReport()
     if args.dataset == "folder":
         if not (args.scene and args.category):
-            print("m3ad-rl: --dataset folder needs --scene and --category", file=sys.stderr)
-            return EXIT_USAGE
+            raise UsageError("--dataset folder needs --scene and --category", "add both")
         samples = importers.import_mask_folder(
             args.root, source=args.source, scene=args.scene, category=args.category, report=report
         )
@@ -458,11 +517,12 @@ def cmd_data_import(args: argparse.Namespace) -> int:
             "visa": importers.import_visa,
             "real-iad": importers.import_real_iad,
         }[args.dataset]
-        samples = fn(args.root, report=report)
+        samples = fn(args.root, report=report)  # a root not laid out as the dataset fails here
     with DatasetWriter(args.out) as w, _progress(None, f"import {args.dataset}") as bar:
         for sample in samples:
             if args.embed_images and sample.image_uri:
-                sample.image, sample.image_uri = read_uri(sample.image_uri), None
+                with contextlib.suppress(DataError):  # if not, the writer rejects it with the reason, by id
+                    sample.image, sample.image_uri = sample.image_bytes(), None
             w.write(sample)
             bar.update()
     rc = _finish_write(w.report, args.out)
@@ -472,21 +532,17 @@ def cmd_data_import(args: argparse.Namespace) -> int:
 
 def cmd_data_split(args: argparse.Namespace) -> int:
     from m3ad_rl.config import load_config
-    from m3ad_rl.data.splits import SplitConfig, assign, check_disjoint
-    from m3ad_rl.data.store import DatasetWriter, iter_samples, read_table
+    from m3ad_rl.data.splits import SplitConfig, assign, check_disjoint, check_inputs
+    from m3ad_rl.data.store import DatasetWriter, iter_samples
+    from m3ad_rl.guards import refuse_overwrite
 
+    refuse_overwrite([*args.input, args.config], [args.out])
     cfg = load_config(SplitConfig, args.config, args.overrides)
-    pairs = set()
-    for url in args.input:
-        t = read_table(url, ["scene", "category"])
-        pairs |= set(zip(t.column("scene").to_pylist(), t.column("category").to_pylist(), strict=True))
+    pairs = check_inputs(args.input)  # each dataset once, each id once; their (scene, category) pairs
     side = assign(pairs, cfg)
     check_disjoint([k for k, v in side.items() if v == "ft"], [k for k, v in side.items() if v == "bench"])
     out = args.out.rstrip("/")
-    with (
-        DatasetWriter(f"{out}/ft", check_images=False) as ft,
-        DatasetWriter(f"{out}/bench", check_images=False) as bench,
-    ):
+    with DatasetWriter(f"{out}/ft") as ft, DatasetWriter(f"{out}/bench") as bench:
         for url in args.input:
             for s in iter_samples(url):
                 s.split = side[(s.scene, s.category)]
@@ -494,34 +550,43 @@ def cmd_data_split(args: argparse.Namespace) -> int:
     for name in ("ft", "bench"):
         cats = sorted(f"{sc}/{c}" for (sc, c), v in side.items() if v == name)
         print(f"{name}: {', '.join(cats)}")
-    print(f"wrote {ft.report.rows} FT and {bench.report.rows} benchmark samples under {out}", file=sys.stderr)
-    return 0
+    rejected = len(ft.report.rejected) + len(bench.report.rejected)
+    print(
+        f"wrote {ft.report.rows} FT and {bench.report.rows} benchmark samples under {out}; rejected {rejected}",
+        file=sys.stderr,
+    )
+    return EXIT_SKIPPED if rejected else 0
 
 
 def cmd_data_build_ft(args: argparse.Namespace) -> int:
     from m3ad_rl.config import load_config
     from m3ad_rl.data import ft as ftmod
     from m3ad_rl.data.store import DatasetWriter, iter_samples
+    from m3ad_rl.errors import UsageError
+    from m3ad_rl.guards import refuse_overwrite, require_file
 
+    require_file(args.predictions, "--predictions")
+    refuse_overwrite([args.input, args.predictions, args.config], [args.out])
     cfg = load_config(ftmod.FTConfig, args.config, args.overrides)
-    preds = ftmod.read_predictions(args.predictions)
-    samples = list(iter_samples(args.input))
+    if args.captioner == "openai" and not (args.base_url and args.model):
+        raise UsageError("--captioner openai needs --base-url and --model", "add both")
+    preds = ftmod.read_predictions(args.predictions)  # a bad or conflicting line fails here, before any work
     report = ftmod.FTReport()
+    samples = list(ftmod.decodable(iter_samples(args.input), report))
     if args.captioner == "openai":
-        if not (args.base_url and args.model):
-            print("m3ad-rl: --captioner openai needs --base-url and --model", file=sys.stderr)
-            return EXIT_USAGE
         built = _caption_openai(samples, preds, cfg, args, report)
     else:
         from m3ad_rl.data.captioner_template import TemplateCaptioner
 
         built = list(ftmod.build(samples, preds, TemplateCaptioner(cfg.seed), cfg, report))
     out = args.out.rstrip("/")
-    with DatasetWriter(f"{out}/samples", check_images=False) as w:
-        w.write_all(built)
-    n_sft = ftmod.write_parquet(f"{out}/sft.parquet", (ftmod.sft_row(s, cfg) for s in built), ftmod.SFT_SCHEMA)
+    ftmod.remove_sets(out)  # never old SFT/RL sets beside new samples, even if this run is interrupted
+    with DatasetWriter(f"{out}/samples") as w:
+        kept = [s for s in built if w.write(s)]
+    report.skipped += [(r.id, "; ".join(r.reasons)) for r in w.report.rejected]
+    n_sft = ftmod.write_parquet(f"{out}/sft.parquet", (ftmod.sft_row(s, cfg) for s in kept), ftmod.SFT_SCHEMA)
     n_rl = ftmod.write_parquet(
-        f"{out}/rl.parquet", (ftmod.rl_row(s, i, cfg) for i, s in enumerate(built)), ftmod.RL_SCHEMA
+        f"{out}/rl.parquet", (ftmod.rl_row(s, i, cfg) for i, s in enumerate(kept)), ftmod.RL_SCHEMA
     )
     for sid, why in report.skipped:
         print(f"skipped {sid}: {why}", file=sys.stderr)
@@ -559,14 +624,25 @@ def _caption_openai(samples, preds, cfg, args, report) -> list:
 
 
 def cmd_data_stats(args: argparse.Namespace) -> int:
-    from m3ad_rl.data.stats import dataset_stats, plot_stats, print_stats
+    from m3ad_rl.data.stats import dataset_stats, plot_stats, print_stats, undecodable
+    from m3ad_rl.guards import refuse_overwrite, replaced_when_done, require_output_file
 
+    refuse_overwrite([args.input], [args.plot])
+    if args.plot:
+        require_output_file(args.plot, "--plot")
     stats = dataset_stats(args.input)
     print_stats(stats)
+    bad = 0
+    if args.check_images:
+        for sid, why in undecodable(args.input):
+            print(f"sample {sid!r}: {why}", file=sys.stderr)
+            bad += 1
+        print(f"images checked: {stats['n'] - bad} decode, {bad} do not", file=sys.stderr)
     if args.plot:
-        plot_stats(stats, args.plot)
+        with replaced_when_done(args.plot) as tmp:
+            plot_stats(stats, str(tmp))
         print(f"wrote {args.plot}", file=sys.stderr)
-    return 0
+    return EXIT_DATA if bad else 0
 
 
 def cmd_data_gallery(args: argparse.Namespace) -> int:
@@ -574,15 +650,28 @@ def cmd_data_gallery(args: argparse.Namespace) -> int:
 
     from m3ad_rl.data.gallery import contact_sheet
     from m3ad_rl.data.store import iter_samples
+    from m3ad_rl.errors import UsageError
+    from m3ad_rl.guards import refuse_overwrite, replaced_when_done, require_output_file
 
+    if Path(args.out).suffix.lower() not in (".png", ".jpg", ".jpeg"):
+        raise UsageError(f"--out {args.out} must end in .png or .jpg", "name the image file")
+    require_output_file(args.out, "--out")
+    refuse_overwrite([args.input], [args.out])
     pool = [s for s in iter_samples(args.input) if s.anomalous or not args.anomalous_only]
     if not pool:
-        print("m3ad-rl: no samples to show", file=sys.stderr)
-        return EXIT_USAGE
+        raise UsageError(f"no samples to show in {args.input}", "drop --anomalous-only or choose another dataset")
     chosen = random.Random(args.seed).sample(pool, min(args.n, len(pool)))
-    contact_sheet(chosen, cols=args.cols).save(args.out)
-    print(f"wrote {args.out} ({len(chosen)} samples)", file=sys.stderr)
-    return 0
+    broken: list[str] = []
+
+    def report(sample, error) -> None:
+        print(f"left out: {error.what}", file=sys.stderr)
+        broken.append(sample.id)
+
+    sheet = contact_sheet(chosen, cols=args.cols, on_error=report)
+    with replaced_when_done(args.out) as tmp:
+        sheet.save(tmp)
+    print(f"wrote {args.out} ({len(chosen) - len(broken)} samples)", file=sys.stderr)
+    return EXIT_SKIPPED if broken else 0
 
 
 def cmd_cluster_up(args: argparse.Namespace) -> int:
@@ -616,6 +705,8 @@ def cmd_eval_run(args: argparse.Namespace) -> int:
     given = {"model": args.model, "engine": args.engine, "dataset": args.dataset, "out": args.out,
              "workers": args.workers}  # fmt: skip
     base = [f"{k}={v}" for k, v in given.items() if v is not None]  # flags override the config file
+    if args.overwrite:
+        base.append("overwrite=true")
     if args.address:
         base.append(f"address={args.address}")
     if args.exclude_source:
@@ -644,7 +735,9 @@ def cmd_eval_sweep(args: argparse.Namespace) -> int:
 def cmd_serve_openai(args: argparse.Namespace) -> int:
     from m3ad_rl.engines import make_engine
     from m3ad_rl.engines.openai_server import serve
+    from m3ad_rl.guards import check_port_free
 
+    check_port_free(args.host, args.port)  # before the model is loaded, which takes a while
     engine = make_engine(args.engine, args.model)
     try:
         serve(engine, args.served_name or args.model, host=args.host, port=args.port)

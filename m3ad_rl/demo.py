@@ -95,7 +95,7 @@ def run_demo(out: Path, quick: bool = False) -> int:
     rcrl_cfg = load_config(RCRLConfig, _config("rcrl-cpu.yaml"), [
         f"model={out / 'sft/model'}", f"data={out / 'ft/rl.parquet'}", f"out={out / 'rcrl'}",
         f"steps={rcrl_steps}", f"checkpoint.every={max(rcrl_steps // 2, 1)}"])  # fmt: skip
-    rcrl = run_rcrl(rcrl_cfg)
+    rcrl = run_rcrl(rcrl_cfg, overwrite=True)  # the demo owns its folder: a rerun starts over
     times["rcrl"] = time.perf_counter() - t
 
     t = _step(console, 6, "evaluate base, SFT and RCRL models on the benchmark categories")

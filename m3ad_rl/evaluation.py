@@ -11,6 +11,7 @@ statement of how far the numbers are from chance), ``reflection.png`` and ``iou_
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import math
 import sys
@@ -42,6 +43,7 @@ class EvalRunConfig(BaseModel):
     with_types: bool = Field(False, description="List the fine types in the question.")
     address: str | None = Field(None, description="Ray cluster address (default: start or join local Ray).")
     limit: int | None = Field(None, ge=1, description="Evaluate only the first N samples.")
+    overwrite: bool = Field(False, description="Replace predictions in out made by another run (default: refuse).")
     sampling: SamplingParams = SamplingParams(n=1, temperature=0.0, max_new_tokens=512, logprobs=False)
     metrics: EvalConfig = EvalConfig()
 
@@ -95,6 +97,44 @@ def done_ids(path: Path) -> set[str]:
     return ids
 
 
+def provenance(cfg: EvalRunConfig) -> dict:
+    """What made the predictions: a resumed run must be the same (model files, dataset, engine, sampling)."""
+    from m3ad_rl import storage
+
+    model_files = None
+    if cfg.engine != "openai" and (not storage.is_local(cfg.model) or storage.local_path(cfg.model).is_dir()):
+        files = storage.list_files(cfg.model if not storage.is_local(cfg.model) else str(storage.local_path(cfg.model)))
+        model_files = hashlib.sha1(json.dumps(files, sort_keys=True).encode()).hexdigest()[:16]
+    return {
+        "model": cfg.model, "model_files": model_files, "engine": cfg.engine, "dataset": cfg.dataset,
+        "with_types": cfg.with_types, "sampling": cfg.sampling.model_dump(mode="json"),
+        "engine_kwargs": {k: v for k, v in cfg.engine_kwargs.items() if "key" not in k.lower()},
+    }  # fmt: skip
+
+
+def _check_provenance(cfg: EvalRunConfig, out: Path) -> None:
+    """Refuse to append to another run's predictions; record this run's provenance."""
+    from m3ad_rl.errors import UsageError
+
+    preds, meta = out / "predictions.jsonl", out / "run.json"
+    now = provenance(cfg)
+    has_preds = preds.exists() and preds.stat().st_size > 0
+    if has_preds and not cfg.overwrite:
+        before = json.loads(meta.read_text()) if meta.exists() else None
+        if before != now:
+            what = "; ".join(
+                f"{k}: {before.get(k)!r} there, {now[k]!r} now" for k in now if before and before.get(k) != now[k]
+            )
+            raise UsageError(
+                f"out={cfg.out} holds predictions made by another run ({what or 'no record of what made them'})",
+                "choose another --out, or pass --overwrite to replace them",
+            )
+    if cfg.overwrite:
+        for name in ("predictions.jsonl", "report.json", "report.md", "reflection.png", "iou_sweep.png"):
+            (out / name).unlink(missing_ok=True)
+    meta.write_text(json.dumps(now, indent=2) + "\n")
+
+
 def _records(cfg: EvalRunConfig, skip: set[str]) -> list[dict]:
     from m3ad_rl.data.store import iter_samples
 
@@ -136,7 +176,7 @@ def workspace(out: str) -> Iterator[tuple[Path, Callable[[], None]]]:
         yield path, lambda: None
         return
     with tempfile.TemporaryDirectory(prefix="m3ad-eval-") as tmp:
-        storage.download_dir(out, tmp, include=lambda name: name == "predictions.jsonl")
+        storage.download_dir(out, tmp, include=lambda name: name in ("predictions.jsonl", "run.json"))
         try:
             yield Path(tmp), lambda: storage.upload_dir(tmp, out)
         finally:
@@ -149,6 +189,7 @@ def predict(cfg: EvalRunConfig, out: Path, publish: Callable[[], None] = lambda:
     from tqdm import tqdm
 
     preds = out / "predictions.jsonl"
+    _check_provenance(cfg, out)
     skip = done_ids(preds)
     records = _records(cfg, skip)
     if skip:

@@ -22,6 +22,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -92,11 +93,17 @@ class LocalCluster:
         if os.geteuid() != 0 or not shutil.which("unshare"):
             raise RuntimeError("the local cluster needs root and unshare(1) for its private mount namespaces")
         self.root.mkdir(parents=True, exist_ok=True)
-        self._start_s3()
-        self._start_node("head", head=True)
-        for i in range(self.workers):
-            self._start_node(f"worker-{i}")
-        self.wait_nodes(1 + self.workers, timeout)
+        if threading.current_thread() is threading.main_thread() and signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
+            signal.signal(signal.SIGTERM, _exit_on_sigterm)  # so `finally`/fixtures stop the cluster
+        try:
+            self._start_s3()
+            self._start_node("head", head=True)
+            for i in range(self.workers):
+                self._start_node(f"worker-{i}")
+            self.wait_nodes(1 + self.workers, timeout)
+        except BaseException:
+            self.down()  # nothing half-started is left behind
+            raise
         (self.root / "cluster.json").write_text(json.dumps(self.describe(), indent=2))
         return self
 
@@ -244,6 +251,10 @@ class LocalCluster:
         _stop(old.proc)
         self.nodes[1 + worker] = self._start_node(old.name, argv=old.argv)
         self.nodes.pop()  # _start_node appended it too
+
+
+def _exit_on_sigterm(signum, frame) -> None:
+    raise SystemExit(128 + signum)
 
 
 def _stop(proc: subprocess.Popen, grace: float = 10) -> None:

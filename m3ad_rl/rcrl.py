@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import random
+import sys
 import time
 from pathlib import Path
 from typing import Literal
@@ -65,7 +66,9 @@ class RewardServiceConfig(BaseModel):
 
     url: str | None = Field(None, description="An already running service (e.g. the RayService); else deploy one.")
     replicas: int = Field(1, ge=1, description="Replicas of the deployed service.")
-    http_port: int | None = Field(None, description="Also expose the deployed service over HTTP on this port.")
+    http_port: int | None = Field(
+        None, description="Also expose the deployed service over HTTP on this port, at /rewards-<run>-<hash>."
+    )
 
 
 class CheckpointConfig(BaseModel):
@@ -176,12 +179,18 @@ def _outcome_stats(texts: list[str], gts: list[dict], parts: list[dict]) -> dict
 class RCRLTrainer:
     """setup() → fit() → cleanup(); one method per phase."""
 
-    def __init__(self, cfg: RCRLConfig, resume: bool = False, progress: bool = True):
+    def __init__(
+        self, cfg: RCRLConfig, resume: bool = False, progress: bool = True, overwrite: bool = False, force: bool = False
+    ):
         # Workers on other nodes (and in other folders) must see the same locations.
         cfg = cfg.model_copy(update={"model": storage.absolute_model(cfg.model), "data": storage.absolute(cfg.data),
                                      "out": storage.absolute(cfg.out)})  # fmt: skip
         self.cfg, self.resume, self.progress = cfg, resume, progress
+        self.overwrite, self.force = overwrite, force
         self.step = 0
+        self.reward_handle = self.tracker = None
+        self.rollout: list = []
+        self._resume_from: str | None = None
 
     # ---- setup -------------------------------------------------------------------------------
     def setup(self) -> None:
@@ -189,6 +198,7 @@ class RCRLTrainer:
         from m3ad_rl.tracking import Tracker
 
         cfg = self.cfg
+        self.preflight()
         self.data = PromptSet(cfg.data, cfg.seed)
         need = cfg.actor.workers * (1 + (not cfg.ref.colocate)) + cfg.rollout.workers + 2
         init_ray(cfg.address, cfg.num_cpus or max(need, 4))
@@ -201,6 +211,55 @@ class RCRLTrainer:
         if resumed:
             print(f"resumed from step {resumed}: continuing at step {resumed + 1} of {cfg.steps}")
         self._sync_weights()
+
+    RUN_FILES = ("checkpoints", "metrics.jsonl", "config.json", "model")
+
+    def run_settings(self) -> dict:
+        """What makes two runs the same run: a resume must match these (``--force`` accepts changes)."""
+        c = self.cfg.model_dump(mode="json")
+        return {k: c[k] for k in ("model", "data", "seed", "batch_prompts", "grpo", "reward")} | {
+            "sampling": c["rollout"]["sampling"], "actor.workers": c["actor"]["workers"], "optim": c["actor"]["optim"],
+        }  # fmt: skip
+
+    def preflight(self) -> None:
+        """Everything that can be checked before Ray and DeepSpeed start (seconds, not a minute)."""
+        from m3ad_rl import checkpoint as ck
+        from m3ad_rl import preflight as pf
+        from m3ad_rl.errors import UsageError
+
+        cfg = self.cfg
+        pf.check_model(cfg.model)
+        pf.check_parquet(cfg.data, "rl")
+        pf.check_writable(cfg.out)
+        if not self.resume:
+            used = pf.existing_run(cfg.out, self.RUN_FILES) + (
+                ["checkpoints"] if cfg.checkpoint.dir and storage.exists(cfg.checkpoint_root) else []
+            )
+            if used and not self.overwrite:
+                raise UsageError(
+                    f"out={cfg.out} already holds a run ({', '.join(sorted(set(used)))})",
+                    "continue it with --resume, start over with --overwrite, or choose another out",
+                )
+            for name in used:
+                storage.remove(storage.join(cfg.out, name))
+            if used:
+                storage.remove(cfg.checkpoint_root)
+            return
+        found = ck.latest_complete(cfg.checkpoint_root)
+        if found is None:
+            return
+        step, url = found
+        state = json.loads(storage.read_text(f"{url}/trainer_state.json"))
+        if step >= cfg.steps:
+            raise UsageError(f"out={cfg.out}: the run is finished (checkpoint at step {step} of steps={cfg.steps})",
+                             "raise steps to train further, or choose another out")  # fmt: skip
+        changed = pf.differing(state.get("settings", {}), self.run_settings()) if "settings" in state else []
+        if changed and not self.force:
+            raise UsageError(f"--resume: {url} is another run's checkpoint ({'; '.join(changed[:4])})",
+                             "use the checkpoint's settings, another out, or --force to accept the change")  # fmt: skip
+        if changed:
+            print(f"warning: resuming with changed settings: {'; '.join(changed)}", file=sys.stderr)
+        self._resume_from = url
 
     def _setup_actor(self) -> None:
         import ray
@@ -251,9 +310,16 @@ class RCRLTrainer:
             return
         http = {"host": "127.0.0.1", "port": sc.http_port} if sc.http_port else {"location": "NoServer"}
         serve.start(http_options=http)
+        # one application per run, on its own route: runs of a sweep share the cluster's Serve instance
         self.reward_handle = serve.run(
-            build_app(self.cfg.reward, sc.replicas), name=f"rewards-{Path(self.cfg.out).name}", route_prefix="/rewards"
+            build_app(self.cfg.reward, sc.replicas), name=self.reward_app, route_prefix=f"/{self.reward_app}"
         )
+
+    @property
+    def reward_app(self) -> str:
+        import hashlib
+
+        return f"rewards-{Path(self.cfg.out).name}-{hashlib.sha1(self.cfg.out.encode()).hexdigest()[:6]}"
 
     def _write_config(self) -> None:
         import fsspec
@@ -406,7 +472,7 @@ class RCRLTrainer:
         storage.remove(url)  # a half-written folder of an earlier, killed attempt at this step
         state = {
             "step": self.step, "data_position": self.step * self.cfg.batch_prompts, "seed": self.cfg.seed,
-            "reward_config": self.cfg.reward.model_dump(mode="json"),
+            "reward_config": self.cfg.reward.model_dump(mode="json"), "settings": self.run_settings(),
             "rng": {"numpy": _jsonable(np.random.get_state()), "python": _jsonable(random.getstate())},
         }  # fmt: skip
         files: dict[str, int] = {}
@@ -420,19 +486,14 @@ class RCRLTrainer:
         return url
 
     def _maybe_resume(self) -> int:
-        from m3ad_rl import checkpoint as ck
-
-        if not self.resume:
+        """Load the checkpoint ``preflight`` chose: every rank downloads what it needs itself."""
+        if not self.resume or self._resume_from is None:
+            if self.resume:
+                print(f"--resume: no complete checkpoint under {self.cfg.checkpoint_root}; starting at step 1")
             return 0
-        found = ck.latest_complete(self.cfg.checkpoint_root)
-        if found is None:
-            print(f"--resume: no complete checkpoint under {self.cfg.checkpoint_root}; starting at step 1")
-            return 0
-        _, url = found
-        self.actor.load_checkpoint(f"{url}/actor", "actor")  # every rank downloads what it needs itself
+        url = self._resume_from
+        self.actor.load_checkpoint(f"{url}/actor", "actor")
         state = json.loads(storage.read_text(f"{url}/trainer_state.json"))
-        if state["reward_config"] != self.cfg.reward.model_dump(mode="json"):
-            print("warning: the reward config differs from the checkpoint's; using this run's")
         self.step = int(state["step"])
         return self.step
 
@@ -443,14 +504,16 @@ class RCRLTrainer:
         return url
 
     def cleanup(self) -> None:
+        """Release what setup got this far (a failed setup must surface its own error, not cleanup's)."""
         import ray
-        from ray import serve
 
-        if getattr(self, "tracker", None) is not None:
+        if self.tracker is not None:
             self.tracker.close()
         if self.reward_handle is not None:
-            serve.delete(f"rewards-{Path(self.cfg.out).name}")
-        for w in getattr(self, "rollout", []):
+            from ray import serve
+
+            serve.delete(self.reward_app)
+        for w in self.rollout:
             ray.kill(w)
 
 
@@ -480,9 +543,11 @@ def _jsonable(state) -> list:
     return [s.tolist() if isinstance(s, np.ndarray) else _jsonable(s) if isinstance(s, tuple) else s for s in state]
 
 
-def run(cfg: RCRLConfig, resume: bool = False, progress: bool = True) -> dict:
+def run(
+    cfg: RCRLConfig, resume: bool = False, progress: bool = True, overwrite: bool = False, force: bool = False
+) -> dict:
     """The whole run; returns {"history": [...], "model": url}."""
-    trainer = RCRLTrainer(cfg, resume=resume, progress=progress)
+    trainer = RCRLTrainer(cfg, resume=resume, progress=progress, overwrite=overwrite, force=force)
     try:
         trainer.setup()
         history = trainer.fit()

@@ -86,3 +86,38 @@ def test_baseline_sweep_table(setup, tmp_path):
         }
     }
     assert comparison_table(fake).splitlines()[2] == "| m | 50.0 | 25.0 | 50.0 | 25.0 | 0.100 | 0.200 |"
+
+
+def test_eval_run_refuses_another_models_predictions(setup, tiny_model, capsys, tmp_path):
+    """An --out holding another model's predictions is not "resumed": the run names the difference."""
+    import shutil
+
+    out = tmp_path / "run"
+    other = tmp_path / "other-model"
+    shutil.copytree(tiny_model, other)
+    (other / "generation_config.json").write_text('{"max_length": 7}')  # different files: a different model
+    argv = ["eval", "run", "--engine", "hf", "--dataset", str(setup / "bench"), "--out", str(out), "--set",
+            "sampling.max_new_tokens=8", "limit=4"]  # fmt: skip
+    assert main([*argv, "--model", str(setup / "tiny")]) == 0
+    capsys.readouterr()
+    assert main([*argv, "--model", str(other)]) == 2
+    err = capsys.readouterr().err
+    assert "holds predictions made by another run" in err and "model:" in err and "--overwrite" in err
+    assert main([*argv, "--model", str(other), "--overwrite"]) == 0
+    assert json.loads((out / "run.json").read_text())["model"] == str(other)
+
+
+def test_eval_run_writes_to_a_storage_url_and_resumes_there(setup, capsys):
+    """--out on object storage (memory:// here): predictions, run.json and the report land there."""
+    import fsspec
+
+    url = "memory://evalbucket/runs/eval"
+    argv = ["eval", "run", "--model", str(setup / "tiny"), "--engine", "hf", "--dataset", str(setup / "bench"),
+            "--out", url, "--set", "sampling.max_new_tokens=8", "limit=4"]  # fmt: skip
+    assert main(argv) == 0
+    fs = fsspec.filesystem("memory")
+    names = {p.rsplit("/", 1)[-1] for p in fs.find("/evalbucket/runs/eval")}
+    assert {"predictions.jsonl", "run.json", "report.json", "report.md"} <= names
+    capsys.readouterr()
+    assert main(argv) == 0  # same run again: nothing left to predict
+    assert len(fs.cat("/evalbucket/runs/eval/predictions.jsonl").splitlines()) == 4

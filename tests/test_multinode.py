@@ -162,9 +162,11 @@ def comparable(row: dict) -> dict:
 
 
 def with_sets(entrypoint: str, **sets: str) -> str:
-    """The same entrypoint with extra ``--set`` values (RCRL and SFT take several after one --set)."""
+    """The same entrypoint with extra ``--set`` values after its own (the last value of a key wins)."""
     argv = shlex.split(entrypoint)
     i = argv.index("--set") + 1
+    while i < len(argv) and not argv[i].startswith("--"):
+        i += 1
     argv[i:i] = [f"{k}={v}" for k, v in sets.items()]
     return shlex.join(argv)
 

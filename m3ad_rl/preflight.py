@@ -1,0 +1,105 @@
+"""Checks a training job makes before it starts Ray and DeepSpeed, so a mistake costs seconds.
+
+- the model reference points at a model (a local folder or storage URL with ``config.json``);
+- the data is the right kind of Parquet set (an SFT set given to RCRL, or the reverse, is named);
+- the output location is writable, and does not already hold another run (unless asked to
+  continue it with ``--resume`` or to replace it with ``--overwrite``);
+- a resumed run is the same run: its run-defining settings equal the checkpoint's, and it is not
+  already finished.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import uuid
+
+from m3ad_rl import storage
+from m3ad_rl.errors import DataError, UsageError
+
+RL_COLUMNS = {"prompt", "images", "reward_model", "extra_info"}
+SFT_COLUMNS = {"messages", "images"}
+KINDS = {
+    "rl": (RL_COLUMNS, "an RL set (rl.parquet from `m3ad-rl data build-ft`)"),
+    "sft": (SFT_COLUMNS, "an SFT set (sft.parquet from `m3ad-rl data build-ft`)"),
+}
+
+
+def check_model(ref: str, key: str = "model") -> None:
+    """A local folder or storage URL must hold ``config.json``; hub ids and ``hf://`` are checked at load."""
+    ref = str(ref)
+    if ref.startswith(storage.HF_SCHEME):
+        storage.split_hf(ref)
+        return
+    if storage.is_local(ref):
+        path = storage.local_path(ref)
+        if path.is_dir() and not (path / "config.json").exists():
+            raise UsageError(f"{key}={ref} is a folder but not a model (no config.json)",
+                             "point it at an HF model folder, e.g. runs/sft/model")  # fmt: skip
+        if not path.exists() and (ref.count("/") != 1 or ref.startswith((".", "/", "~"))):
+            raise UsageError(f"{key}={ref}: no such model folder", "check the path (or give a hub id ORG/NAME)")
+        return
+    try:
+        files = storage.list_files(ref)
+    except OSError as e:
+        raise UsageError(f"{key}={ref}: cannot list it ({e})", "check the URL and the storage credentials") from e
+    if "config.json" not in files:
+        raise UsageError(f"{key}={ref}: no model there (no config.json)", "check the URL")
+
+
+def check_parquet(url: str, kind: str, key: str = "data") -> int:
+    """The Parquet file at ``url`` is a set of ``kind`` ("rl" | "sft"); returns its row count."""
+    import fsspec
+    import pyarrow.parquet as pq
+
+    need, what = KINDS[kind]
+    try:
+        with fsspec.open(url, "rb") as fh:
+            meta = pq.read_metadata(fh)
+    except FileNotFoundError:
+        raise UsageError(f"{key}={url}: no such file", f"give {what}") from None
+    except IsADirectoryError:
+        raise UsageError(f"{key}={url} is a folder", f"give {what}, a .parquet file") from None
+    except Exception as e:  # pyarrow raises its own error types for a damaged or non-Parquet file
+        raise DataError(f"{key}={url} is not a readable Parquet file ({type(e).__name__}: {e})",
+                        f"give {what}") from None  # fmt: skip
+    cols = set(meta.schema.names)
+    if not need <= cols:
+        other = next((w for k, (c, w) in KINDS.items() if k != kind and c <= cols), None)
+        hint = f"it looks like {other}" if other else f"it lacks the columns {sorted(need - cols)}"
+        raise UsageError(f"{key}={url} is not {what}: {hint}", f"give {what}")
+    if meta.num_rows == 0:
+        raise DataError(f"{key}={url} has no rows", "rebuild it with `m3ad-rl data build-ft`")
+    return meta.num_rows
+
+
+def check_writable(out: str, key: str = "out") -> None:
+    """Write and delete a small file under ``out`` (creates it if needed)."""
+    probe = storage.join(out, f".m3ad-write-test-{uuid.uuid4().hex[:8]}")
+    try:
+        storage.write_text(probe, "ok")
+        storage.remove(probe)
+    except (OSError, PermissionError) as e:
+        raise UsageError(f"{key}={out} is not writable ({e})", "choose another output location") from e
+
+
+def identity(settings: dict) -> str:
+    """A short hash of the run-defining settings (stored in every checkpoint)."""
+    return hashlib.sha1(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def differing(saved: dict, now: dict, prefix: str = "") -> list[str]:
+    """Dotted keys whose values differ between two nested settings dicts."""
+    out = []
+    for k in sorted(set(saved) | set(now)):
+        a, b = saved.get(k), now.get(k)
+        if isinstance(a, dict) and isinstance(b, dict):
+            out += differing(a, b, f"{prefix}{k}.")
+        elif a != b:
+            out.append(f"{prefix}{k}: {a!r} in the checkpoint, {b!r} now")
+    return out
+
+
+def existing_run(out: str, markers: tuple[str, ...]) -> list[str]:
+    """Which of a run's files (relative to ``out``) already exist there."""
+    return [m for m in markers if storage.exists(storage.join(out, m))]

@@ -1,0 +1,90 @@
+"""RCRL refuses mistakes before Ray starts: wrong data kind, missing model, a used output, resuming a
+finished or a different run. Each case is a few milliseconds, not a minute of start-up."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from m3ad_rl import checkpoint as ck
+from m3ad_rl.cli import main
+from m3ad_rl.errors import UsageError
+from m3ad_rl.rcrl import RCRLConfig, RCRLTrainer
+
+
+@pytest.fixture
+def files(tmp_path: Path) -> dict[str, Path]:
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "config.json").write_text("{}")
+    rl = tmp_path / "rl.parquet"
+    pq.write_table(pa.table({"prompt": ["p"], "images": ["i"], "reward_model": ["r"], "extra_info": ["e"]}), rl)
+    sft = tmp_path / "sft.parquet"
+    pq.write_table(pa.table({"id": ["a"], "messages": ["m"], "images": ["i"]}), sft)
+    return {"model": model, "rl": rl, "sft": sft, "out": tmp_path / "run"}
+
+
+def cfg(files, **kw) -> RCRLConfig:
+    base = {"model": str(files["model"]), "data": str(files["rl"]), "out": str(files["out"]), "steps": 4}
+    return RCRLConfig(**{**base, **kw})
+
+
+def refused(trainer: RCRLTrainer) -> str:
+    import ray
+
+    with pytest.raises(UsageError) as e:
+        trainer.preflight()
+    assert not ray.is_initialized()
+    return str(e.value)
+
+
+def test_wrong_data_kind_and_missing_model(files):
+    assert "is not an RL set" in refused(RCRLTrainer(cfg(files, data=str(files["sft"]))))
+    assert "it looks like an SFT set" in refused(RCRLTrainer(cfg(files, data=str(files["sft"]))))
+    assert "no such file" in refused(RCRLTrainer(cfg(files, data=str(files["out"] / "nope.parquet"))))
+    assert "no such model folder" in refused(RCRLTrainer(cfg(files, model=str(files["model"] / "nope"))))
+    assert "not a model" in refused(RCRLTrainer(cfg(files, model=str(files["out"].parent))))
+
+
+def _finished_checkpoint(files, step: int, settings: dict) -> None:
+    url = ck.step_dir(str(files["out"] / "checkpoints"), step)
+    Path(url).mkdir(parents=True)
+    text = json.dumps({"step": step, "settings": settings})
+    Path(url, "trainer_state.json").write_text(text)
+    ck.mark_complete(url, {"step": step}, {"trainer_state.json": len(text)})
+
+
+def test_a_used_output_needs_resume_or_overwrite(files):
+    c = cfg(files)
+    _finished_checkpoint(files, 2, RCRLTrainer(c).run_settings())
+    (files["out"] / "metrics.jsonl").write_text('{"step": 1}\n')
+    msg = refused(RCRLTrainer(c))
+    assert "already holds a run (checkpoints, metrics.jsonl)" in msg and "--overwrite" in msg
+    RCRLTrainer(c, overwrite=True).preflight()  # clears the old run
+    assert not (files["out"] / "checkpoints").exists() and not (files["out"] / "metrics.jsonl").exists()
+
+
+def test_resume_refuses_a_finished_or_different_run(files):
+    c = cfg(files)
+    _finished_checkpoint(files, 2, RCRLTrainer(c).run_settings())
+    t = RCRLTrainer(c, resume=True)
+    t.preflight()  # the same run, at step 2 of 4: fine
+    assert t._resume_from.endswith("step_000002")
+    assert "is another run's checkpoint (seed: 0 in the checkpoint, 7 now" in refused(
+        RCRLTrainer(cfg(files, seed=7), resume=True)
+    )
+    RCRLTrainer(cfg(files, seed=7), resume=True, force=True).preflight()  # accepted, with a warning
+    assert "the run is finished (checkpoint at step 2 of steps=2)" in refused(
+        RCRLTrainer(cfg(files, steps=2), resume=True)
+    )
+
+
+def test_cli_says_one_line_and_exits_2(files, capsys):
+    rc = main(["train", "rcrl", "--set", f"model={files['model']}", f"data={files['sft']}", f"out={files['out']}",
+               "steps=2"])  # fmt: skip
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1 and err[0].startswith("m3ad-rl: data=") and "SFT set" in err[0]

@@ -63,7 +63,7 @@ def check_parquet(url: str, kind: str, key: str = "data") -> int:
     except Exception as e:  # pyarrow raises its own error types for a damaged or non-Parquet file
         raise DataError(f"{key}={url} is not a readable Parquet file ({type(e).__name__}: {e})",
                         f"give {what}") from None  # fmt: skip
-    cols = set(meta.schema.names)
+    cols = set(meta.schema.to_arrow_schema().names)  # top-level columns (the Parquet schema lists leaves)
     if not need <= cols:
         other = next((w for k, (c, w) in KINDS.items() if k != kind and c <= cols), None)
         hint = f"it looks like {other}" if other else f"it lacks the columns {sorted(need - cols)}"
@@ -103,3 +103,18 @@ def differing(saved: dict, now: dict, prefix: str = "") -> list[str]:
 def existing_run(out: str, markers: tuple[str, ...]) -> list[str]:
     """Which of a run's files (relative to ``out``) already exist there."""
     return [m for m in markers if storage.exists(storage.join(out, m))]
+
+
+def check_images(rows: list[dict], where: str, sample_id, image_bytes) -> None:
+    """Every row's image decodes; the first that does not is named (training would die on it later)."""
+    import io
+
+    from PIL import Image
+
+    for row in rows:
+        try:
+            with Image.open(io.BytesIO(image_bytes(row))) as im:
+                im.verify()
+        except Exception as e:  # PIL raises several kinds for damaged bytes
+            raise DataError(f"{where}: the image of sample {sample_id(row)!r} does not decode ({type(e).__name__})",
+                            "rebuild the set from an intact dataset (`m3ad-rl data build-ft`)") from None  # fmt: skip

@@ -124,10 +124,13 @@ class PromptSet:
     def __init__(self, url: str, seed: int):
         import fsspec
 
+        from m3ad_rl.preflight import check_images
+
         with fsspec.open(url, "rb") as fh:
             t = pq.read_table(fh).to_pylist()
         if not t:
             raise ValueError(f"{url}: no rows")
+        check_images(t, url, lambda r: r["extra_info"]["id"], image_bytes)
         self.rows = t
         self.seed = seed
 

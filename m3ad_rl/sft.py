@@ -218,7 +218,13 @@ def run(cfg: SFTConfig, resume: bool = False) -> dict:
     # Ray Train workers run in their own folders (and on other nodes): no relative paths.
     cfg = cfg.model_copy(update={"model": storage.absolute_model(cfg.model), "data": storage.absolute(cfg.data),
                                  "out": storage.absolute(cfg.out)})  # fmt: skip
+    from m3ad_rl import preflight as pf
+
+    pf.check_model(cfg.model)  # seconds, before Ray and DeepSpeed start
+    pf.check_parquet(cfg.data, "sft")
+    pf.check_writable(cfg.out)
     rows = _rows(cfg.data)
+    pf.check_images(rows, cfg.data, lambda r: r["id"], lambda r: bytes(r["images"][0]["bytes"]))
     steps = total_steps(len(rows), cfg)
     if steps < 1:
         raise ValueError(f"{len(rows)} rows give no optimiser step with {cfg.workers} workers × micro_batch "

@@ -88,3 +88,33 @@ def test_cli_says_one_line_and_exits_2(files, capsys):
                "steps=2"])  # fmt: skip
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 2 and len(err) == 1 and err[0].startswith("m3ad-rl: data=") and "SFT set" in err[0]
+
+
+def test_a_corrupt_image_is_named_before_training(files, tmp_path):
+    """SFT died at step ~5 on damaged image bytes without naming the sample; now both stages refuse up front."""
+    import io
+
+    from PIL import Image
+
+    from m3ad_rl.errors import DataError
+    from m3ad_rl.rcrl import PromptSet
+    from m3ad_rl.sft import SFTConfig
+    from m3ad_rl.sft import run as run_sft
+
+    buf = io.BytesIO()
+    Image.new("RGB", (8, 8)).save(buf, format="PNG")
+    good, bad = buf.getvalue(), buf.getvalue()[:20]  # a truncated PNG
+    rl = tmp_path / "bad-rl.parquet"
+    pq.write_table(pa.table({
+        "prompt": [[{"role": "user", "content": "<image>q"}]] * 2,
+        "images": [[{"bytes": good}], [{"bytes": bad}]],
+        "reward_model": [{"ground_truth": "{}"}] * 2,
+        "extra_info": [{"id": "ok-1"}, {"id": "broken-7"}],
+    }), rl)  # fmt: skip
+    with pytest.raises(DataError, match=r"sample .broken-7. does not decode"):
+        PromptSet(str(rl), seed=0)
+    sft = tmp_path / "bad-sft.parquet"
+    pq.write_table(pa.table({"id": ["ok-1", "broken-7"], "messages": ["[]", "[]"],
+                             "images": [[{"bytes": good}], [{"bytes": bad}]]}), sft)  # fmt: skip
+    with pytest.raises(DataError, match=r"sample .broken-7. does not decode"):
+        run_sft(SFTConfig(model=str(files["model"]), data=str(sft), out=str(tmp_path / "sft-out")))

@@ -625,10 +625,13 @@ def _caption_openai(samples, preds, cfg, args, report) -> list:
 
 def cmd_data_stats(args: argparse.Namespace) -> int:
     from m3ad_rl.data.stats import dataset_stats, plot_stats, print_stats, undecodable
+    from m3ad_rl.errors import UsageError
     from m3ad_rl.guards import refuse_overwrite, replaced_when_done, require_output_file
 
     refuse_overwrite([args.input], [args.plot])
     if args.plot:
+        if Path(args.plot).suffix.lower() not in (".png", ".jpg", ".jpeg", ".svg", ".pdf"):
+            raise UsageError(f"--plot {args.plot} must end in .png, .jpg, .svg or .pdf", "name the image file")
         require_output_file(args.plot, "--plot")
     stats = dataset_stats(args.input)
     print_stats(stats)

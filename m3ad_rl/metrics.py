@@ -3,22 +3,28 @@
 Accuracy, balanced accuracy, Type Hard micro-F1 (s >= τ), Loc Hard micro-F1 (IoU >= 0.3) with
 its IoU sweep, and the reflection report (Figure 5). ``evaluate`` takes parsed-able predictions
 and returns the REPORT dict that ``m3ad-rl eval score`` writes.
+
+Inputs are checked, never guessed at (docs/spec-readings.md §4): scene names match SPEC's four
+scenes case-insensitively and any other name is an error listing them; an id may be scored once.
+``unique_predictions`` applies the same rules to numbered input lines, naming the lines.
 """
 
 from __future__ import annotations
 
+import hashlib
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from m3ad_rl.errors import DataError
 from m3ad_rl.labels import GroundTruth, reflection_outcome
 from m3ad_rl.matching import greedy_pairs
 from m3ad_rl.output_format import ParseConfig, iou, parse
 from m3ad_rl.taxonomy import SimilarityConfig, Taxonomy, default_taxonomy
 
-SCENE_ORDER = ("texture", "workpiece", "electronic", "logical")
+SCENE_ORDER = ("texture", "workpiece", "electronic", "logical")  # SPEC §1's scenes, in table order
 _EPS = 1e-9  # thresholds are inclusive; absorb float error such as IoU 0.29999999999999993
 
 
@@ -36,6 +42,22 @@ class EvalConfig(BaseModel):
     )
     similarity: SimilarityConfig = SimilarityConfig()
     parse: ParseConfig = ParseConfig()
+
+    @field_validator("scenes")
+    @classmethod
+    def _known_scenes(cls, scenes: tuple[str, ...] | None) -> tuple[str, ...] | None:
+        if scenes is None:
+            return None
+        unknown = [s for s in scenes if canonical_scene(s) is None]
+        if unknown:
+            raise ValueError(f"unknown scene(s) {unknown}; the scenes are {', '.join(SCENE_ORDER)}")
+        return tuple(dict.fromkeys(canonical_scene(s) for s in scenes))
+
+
+def canonical_scene(name: object) -> str | None:
+    """One of SCENE_ORDER for ``name`` in any case and spacing ("Texture " -> "texture"), else None."""
+    key = name.strip().lower() if isinstance(name, str) else None
+    return key if key in SCENE_ORDER else None
 
 
 @dataclass(slots=True)
@@ -86,15 +108,79 @@ def evaluate(preds: Iterable[Prediction], cfg: EvalConfig | None = None, taxonom
     excluded = {s.lower() for s in cfg.exclude_sources}
     tallies: dict[str, _Tally] = defaultdict(_Tally)
     rows = tax.similarity_rows(cfg.similarity)
+    seen: set[str] = set()
+    repeated: list[str] = []
+    unknown: set[str] = set()
     for pr in preds:
+        scene = canonical_scene(pr.scene)
+        if scene is None:
+            unknown.add(str(pr.scene))
+            continue
+        if pr.id in seen:
+            repeated.append(pr.id)
+            continue
+        seen.add(pr.id)
         if pr.source is not None and pr.source.lower() in excluded:
             continue
-        t = tallies[pr.scene]
+        t = tallies[scene]
         if not t.loc_counts:
             t.loc_counts = {th: [0, 0, 0] for th in thresholds}
         _add(t, pr, cfg, tax, rows, thresholds)
+    if unknown:
+        raise unknown_scenes([repr(x) for x in sorted(unknown)])
+    if repeated:
+        raise DataError(f"ids scored more than once: {_some([repr(x) for x in repeated])}", "keep one per id")
     scenes = _scene_order(tallies, cfg.scenes)
     return _report(tallies, scenes, cfg, thresholds)
+
+
+def unknown_scenes(names: list[str], where: str = "") -> DataError:
+    return DataError(
+        f"{where}unknown scene(s) {_some(names)}; the scenes are {', '.join(SCENE_ORDER)} (any case)",
+        "fix the scene names",
+    )
+
+
+def _some(items: list, n: int = 5) -> str:
+    """The first ``n`` items, and how many more."""
+    shown = ", ".join(str(x) for x in items[:n])
+    return shown + (f" and {len(items) - n} more" if len(items) > n else "")
+
+
+def unique_predictions(
+    numbered: Iterable[tuple[int, Prediction]], skip: Callable[[int, str], None], where: str = "input"
+) -> Iterator[Prediction]:
+    """Predictions from numbered input lines, each id once and its scene canonical.
+
+    A line that repeats an earlier one exactly (same id, scene, source, response and truth) goes
+    to ``skip(line, reason)`` and is left out. An id repeated with other content, or a scene
+    that is not one of SPEC's four, is a DataError naming the lines; it is raised once the whole
+    input was read, so it lists every case.
+    """
+    first: dict[str, tuple[int, bytes]] = {}
+    conflicts: list[str] = []
+    unknown: dict[str, list[int]] = {}
+    for lineno, pr in numbered:
+        scene = canonical_scene(pr.scene)
+        if scene is None:
+            unknown.setdefault(str(pr.scene), []).append(lineno)
+            continue
+        pr.scene = scene
+        digest = hashlib.blake2b(repr((scene, pr.source, pr.response, pr.ground_truth)).encode(), digest_size=16)
+        if pr.id in first:
+            line0, digest0 = first[pr.id]
+            if digest0 == digest.digest():
+                skip(lineno, f"repeats line {line0} (id {pr.id!r}); counted once")
+            else:
+                conflicts.append(f"{pr.id!r} (lines {line0} and {lineno})")
+            continue
+        first[pr.id] = (lineno, digest.digest())
+        yield pr
+    if unknown:
+        names = [f"{name!r} (line {_some(lines, 3)})" for name, lines in unknown.items()]
+        raise unknown_scenes(names, f"{where}: ")
+    if conflicts:
+        raise DataError(f"{where}: ids repeated with different content: {_some(conflicts)}", "keep one line per id")
 
 
 def _add(t: _Tally, pr: Prediction, cfg: EvalConfig, tax: Taxonomy, rows: dict, thresholds: list[float]) -> None:

@@ -10,6 +10,7 @@ from PIL import Image
 from m3ad_rl.data.schema import DefectRecord, Sample, validate
 from m3ad_rl.data.store import DatasetWriter, iter_batches, iter_samples, read_manifest, write_dataset
 from m3ad_rl.data.synthetic import SynthConfig, generate
+from m3ad_rl.errors import DataError
 
 
 def _png(w=40, h=30) -> bytes:
@@ -103,7 +104,7 @@ def test_a_dataset_without_manifest_is_not_read():
     w = DatasetWriter("memory://unfinished")
     w.write(_sample(0))
     w._flush()  # shards exist, but close() never wrote the manifest
-    with pytest.raises(FileNotFoundError, match="did not finish"):
+    with pytest.raises(DataError, match=r"memory://unfinished has no manifest\.json.*did not finish"):
         list(iter_samples("memory://unfinished"))
 
 

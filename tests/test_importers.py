@@ -20,6 +20,7 @@ from m3ad_rl.data.importers import (
 )
 from m3ad_rl.data.schema import SCENES
 from m3ad_rl.data.store import iter_samples, write_dataset
+from m3ad_rl.errors import UsageError
 from m3ad_rl.taxonomy import default_taxonomy, normalize
 
 W, H = 64, 48
@@ -303,8 +304,8 @@ def test_mask_folder(tmp_path):
     assert _boxes(got["line-3/line3/images/d"]) == [("dent", BOX_B)]
     assert got["line-3/line3/images/d"].source == "line-3" and got["line-3/line3/images/d"].scene == "workpiece"
     assert len(report.skipped) == 1 and "banana" in report.skipped[0][1]
-    with pytest.raises(ValueError, match="scene"):
-        list(import_mask_folder(root, scene="kitchen"))
+    with pytest.raises(UsageError, match="scene 'kitchen' is not one of texture"):
+        import_mask_folder(root, scene="kitchen")
 
 
 # -- the mapping tables -----------------------------------------------------------------------

@@ -13,7 +13,9 @@
 from __future__ import annotations
 
 import json
+import posixpath
 import random
+import uuid
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -23,7 +25,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from pydantic import BaseModel, ConfigDict, Field
 
-from m3ad_rl.data.schema import Sample, read_uri
+from m3ad_rl.data.schema import Sample, decode_image
+from m3ad_rl.data.store import move_file, remove_file
+from m3ad_rl.errors import DataError
 from m3ad_rl.output_format import parse
 from m3ad_rl.prompts import question
 
@@ -56,23 +60,49 @@ class FTReport:
 
 
 def read_predictions(path: str) -> dict[str, str | None]:
-    """``{id: "yes"|"no"|None}`` from JSONL lines ``{"id", "answer"}`` or ``{"id", "response"}``."""
+    """``{id: "yes"|"no"|None}`` from JSONL lines ``{"id", "answer"}`` or ``{"id", "response"}``.
+
+    ``answer`` must be "yes" or "no" (any case); a ``response`` is parsed, and one without a
+    readable answer gives None (the base model failed: the sample is hard). A line that is not a
+    JSON object with a string id and one of the two, or an id repeated with another answer, is a
+    DataError naming the line(s): a wrong difficulty would go on silently into training.
+    """
     out: dict[str, str | None] = {}
+    first: dict[str, int] = {}
+    conflicts: list[str] = []
     with fsspec.open(path, "r") as fh:
         for lineno, line in enumerate(fh, 1):
             if not line.strip():
                 continue
-            try:
-                obj = json.loads(line)
-                sid = obj["id"]
-            except (json.JSONDecodeError, KeyError, TypeError):
-                raise ValueError(f"{path}:{lineno}: expected a JSON object with id and answer or response") from None
-            if "answer" in obj:
-                a = str(obj["answer"]).strip().lower()
-                out[sid] = a if a in ("yes", "no") else None
-            else:
-                out[sid] = parse(obj.get("response", "")).answer
+            sid, answer = _prediction(path, lineno, line)
+            if sid in out and out[sid] != answer:
+                conflicts.append(f"{sid!r} (lines {first[sid]}: {out[sid]}, {lineno}: {answer})")
+                continue
+            first.setdefault(sid, lineno)
+            out[sid] = answer
+    if conflicts:
+        shown = "; ".join(conflicts[:5]) + (f"; and {len(conflicts) - 5} more" if len(conflicts) > 5 else "")
+        raise DataError(f"{path}: ids with conflicting predictions: {shown}", "keep one prediction per id")
     return out
+
+
+def _prediction(path: str, lineno: int, line: str) -> tuple[str, str | None]:
+    """(id, "yes" | "no" | None) of one predictions line, or a DataError naming it."""
+    where = f"{path}:{lineno}"
+    try:
+        obj = json.loads(line)
+    except json.JSONDecodeError as e:
+        raise DataError(f"{where}: not valid JSON ({e})", "fix or remove the line") from None
+    if not isinstance(obj, dict) or not isinstance(obj.get("id"), str) or not obj["id"]:
+        raise DataError(f"{where}: expected a JSON object with a string id", "fix or remove the line")
+    if "answer" in obj:
+        a = obj["answer"]
+        if not isinstance(a, str) or a.strip().lower() not in ("yes", "no"):
+            raise DataError(f'{where}: answer {a!r} is not "yes" or "no"', "give yes/no, or the raw response")
+        return obj["id"], a.strip().lower()
+    if not isinstance(obj.get("response"), str):
+        raise DataError(f"{where}: expected an answer (yes/no) or a response (text)", "fix or remove the line")
+    return obj["id"], parse(obj["response"]).answer
 
 
 def assign(sample: Sample, base_answer: str | None, cfg: FTConfig) -> tuple[str, str, str]:
@@ -107,8 +137,20 @@ def build(
         yield s
 
 
+def decodable(samples: Iterable[Sample], report: FTReport) -> Iterator[Sample]:
+    """The samples whose image decodes; the others go to ``report.skipped`` with the reason, so no
+    caption is asked for and no SFT/RL row is built from a broken image."""
+    for s in samples:
+        try:
+            decode_image(s.id, s.image_bytes(), mode=None)
+        except DataError as e:
+            report.skipped.append((s.id, e.what.removeprefix(f"sample {s.id!r}: ")))
+            continue
+        yield s
+
+
 def _image_bytes(s: Sample) -> bytes:
-    return s.image if s.image is not None else read_uri(s.image_uri or "")
+    return s.image_bytes()
 
 
 SFT_SCHEMA = pa.schema(
@@ -184,15 +226,32 @@ def rl_row(s: Sample, index: int, cfg: FTConfig) -> dict:
 
 
 def write_parquet(url: str, rows: Iterable[dict], schema: pa.Schema, row_group_size: int = 256) -> int:
-    """Stream rows into one Parquet file at any fsspec URL; returns the row count."""
+    """Stream rows into one Parquet file at any fsspec URL; returns the row count.
+
+    The file is written beside ``url`` and moved there when complete, so ``url`` never holds half
+    a file."""
+    fs, path = fsspec.core.url_to_fs(url)
+    tmp = f"{path}.{uuid.uuid4().hex[:8]}.tmp"
+    fs.makedirs(posixpath.dirname(path) or ".", exist_ok=True)
     n, buf = 0, []
-    with fsspec.open(url, "wb") as fh, pq.ParquetWriter(fh, schema, compression="zstd") as w:
-        for row in rows:
-            buf.append(row)
-            if len(buf) >= row_group_size:
+    try:
+        with fs.open(tmp, "wb") as fh, pq.ParquetWriter(fh, schema, compression="zstd") as w:
+            for row in rows:
+                buf.append(row)
+                if len(buf) >= row_group_size:
+                    w.write_table(pa.Table.from_pylist(buf, schema=schema))
+                    n, buf = n + len(buf), []
+            if buf:
                 w.write_table(pa.Table.from_pylist(buf, schema=schema))
-                n, buf = n + len(buf), []
-        if buf:
-            w.write_table(pa.Table.from_pylist(buf, schema=schema))
-            n += len(buf)
+                n += len(buf)
+        move_file(fs, tmp, path)
+    finally:
+        remove_file(fs, tmp)
     return n
+
+
+def remove_sets(out: str) -> None:
+    """Remove ``OUT/sft.parquet`` and ``OUT/rl.parquet`` (before new ones are built from new samples)."""
+    fs, root = fsspec.core.url_to_fs(out.rstrip("/"))
+    for name in ("sft.parquet", "rl.parquet"):
+        remove_file(fs, f"{root}/{name}")

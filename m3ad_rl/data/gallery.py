@@ -2,20 +2,35 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 from PIL import Image, ImageDraw
 
 from m3ad_rl.data.schema import Sample
+from m3ad_rl.errors import DataError
 
 BOX_COLORS = [(255, 40, 40), (255, 220, 0), (0, 200, 255), (255, 0, 200)]
 
 
-def contact_sheet(samples: Iterable[Sample], cols: int = 6, thumb: int = 224) -> Image.Image:
-    """A grid of thumbnails; each shows the category, the label and every box with its type."""
+def contact_sheet(
+    samples: Iterable[Sample],
+    cols: int = 6,
+    thumb: int = 224,
+    on_error: Callable[[Sample, DataError], None] | None = None,
+) -> Image.Image:
+    """A grid of thumbnails; each shows the category, the label and every box with its type.
+
+    An image that does not decode raises a DataError naming the sample, or, with ``on_error``, is
+    passed to it and left out."""
     tiles = []
     for s in samples:
-        img = s.load_image().resize((thumb, thumb))
+        try:
+            img = s.load_image().resize((thumb, thumb))
+        except DataError as e:
+            if on_error is None:
+                raise
+            on_error(s, e)
+            continue
         d = ImageDraw.Draw(img)
         for k, defect in enumerate(s.defects):
             x1, y1, x2, y2 = (v * thumb for v in defect.box)
@@ -26,7 +41,7 @@ def contact_sheet(samples: Iterable[Sample], cols: int = 6, thumb: int = 224) ->
         d.text((3, thumb - 13), f"{s.category} | {s.label}", fill=(255, 255, 255))
         tiles.append(img)
     if not tiles:
-        raise ValueError("no samples to draw")
+        raise DataError("no sample could be drawn: every image failed to decode", "check the dataset")
     rows = (len(tiles) + cols - 1) // cols
     sheet = Image.new("RGB", (cols * (thumb + 4), rows * (thumb + 4)), (255, 255, 255))
     for i, t in enumerate(tiles):

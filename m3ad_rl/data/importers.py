@@ -12,8 +12,12 @@ Real-IAD's layout (``realiad_<res>/<category>/{OK,NG}/…`` images and masks, pe
 documented in anomalib's ``data/datasets/image/realiad.py`` and read by the Real-IAD authors'
 ADer loader; the class codes (AK pit, BX deformation, …) are the Real-IAD project page's.
 
-An image that cannot be imported (undecodable image or mask, anomalous image without a region
-above the threshold, unmapped defect name) is recorded in the ``ImportReport`` and skipped.
+An image that cannot be imported (undecodable image or mask, a mask of another size than its
+image, anomalous image without a region above the threshold, unmapped defect name) is recorded
+in the ``ImportReport`` and skipped. A root that is missing (``UsageError``), or empty, not laid
+out as the dataset or without one importable image (``DataError`` quoting ``LAYOUTS``), is an
+error: an import never yields an empty dataset. The layout is checked when the importer is
+called, before a writer opens its output.
 """
 
 from __future__ import annotations
@@ -37,11 +41,22 @@ from PIL import Image, UnidentifiedImageError
 from scipy import ndimage
 
 from m3ad_rl.data.schema import SCENES, DefectRecord, Sample
+from m3ad_rl.errors import DataError, UsageError
 from m3ad_rl.taxonomy import default_taxonomy, normalize
 
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 _RAW_MODES = ("1", "L", "P", "I", "I;16", "I;16L", "I;16B")  # pixel values kept as stored (VisA ids)
 _EIGHT = np.ones((3, 3), dtype=bool)
+
+LAYOUTS = {
+    "mvtec-ad": "<root>/<category>/{train,test}/<defect or good>/*.png, masks in "
+    "<category>/ground_truth/<defect>/*_mask.png",
+    "mvtec-loco": "<root>/<category>/{train,validation,test}/good/*.png and test/{logical,structural}_anomalies/*.png, "
+    "masks in <category>/ground_truth/<kind>/<image>/000.png",
+    "visa": "<root>/<category>/image_anno.csv (image,label,mask) with <category>/Data/Images and Data/Masks",
+    "real-iad": "<root>/realiad_jsons[/realiad_jsons]/<category>.json with <root>/realiad_<resolution>/<category>/",
+    "folder": "<root>/images/*.png|jpg, masks in <root>/masks/<stem>.png, types in labels.csv or --defect-type",
+}
 
 
 @dataclass
@@ -105,9 +120,16 @@ class _Importer:
         report: ImportReport | None = None,
         min_area_frac: float = 0.0005,
         min_pixels: int = 4,
+        *,
+        kind: str,
     ):
         self.fs, self.root = fsspec.core.url_to_fs(str(root))
         self.root = self.root.rstrip("/") or "/"
+        self.given, self.kind, self.layout = str(root), kind, LAYOUTS[kind]
+        if not self.fs.exists(self.root):
+            raise UsageError(f"--root {root} does not exist", "check the path")
+        if not self.fs.isdir(self.root):
+            raise UsageError(f"--root {root} is a file, the dataset's folder was expected", "give its folder")
         self.source = source
         spec = dataset_labels().get(table, {}) if table else {}
         self.scenes = {**(spec.get("scenes") or {}), **(category_scene or {})}
@@ -119,6 +141,28 @@ class _Importer:
         self.report = report if report is not None else ImportReport()
         self.min_area_frac, self.min_pixels = min_area_frac, min_pixels
         self.tax = default_taxonomy()
+
+    # -- layout -------------------------------------------------------------------------------
+    def wrong_layout(self, found: str) -> DataError:
+        return DataError(
+            f"--root {self.given} is not laid out as {self.kind} ({found}); expected {self.layout}",
+            "point --root at the dataset's top folder, or choose the --dataset kind that matches it",
+        )
+
+    def require(self, found: list, what: str) -> list:
+        """``found`` (the category folders or files of the layout); a DataError if there are none."""
+        if not found:
+            raise self.wrong_layout(f"no {what} found")
+        return found
+
+    def checked(self, samples: Iterator[Sample]) -> Iterator[Sample]:
+        """``samples``, and a DataError at the end if none could be imported: an empty dataset is
+        never the result of an import."""
+        before = self.report.imported
+        yield from samples
+        if self.report.imported == before:
+            n = len(self.report.skipped)
+            raise self.wrong_layout(f"no image could be imported, {n} skipped" if n else "no images found")
 
     # -- files --------------------------------------------------------------------------------
     def listdir(self, path: str) -> tuple[list[str], list[str]]:
@@ -152,13 +196,10 @@ class _Importer:
         except UnidentifiedImageError:
             raise _Skip(f"mask is not a decodable image: {self.uri(path)}") from None
 
-    def union(self, paths: list[str]) -> np.ndarray:
+    def union(self, paths: list[str], size: tuple[int, int]) -> np.ndarray:
         if not paths:
             raise _Skip("no ground-truth mask")
-        masks = [self.load_mask(p) > 0 for p in paths]
-        if any(m.shape != masks[0].shape for m in masks):
-            raise _Skip("ground-truth masks differ in size")
-        return np.logical_or.reduce(masks)
+        return np.logical_or.reduce([fit(self.load_mask(p) > 0, size, self.uri(p)) for p in paths])
 
     # -- labels -------------------------------------------------------------------------------
     def scene(self, category: str, path: str) -> str | None:
@@ -193,8 +234,9 @@ class _Importer:
         return boxes
 
     # -- samples ------------------------------------------------------------------------------
-    def sample(self, image: str, base: str, category: str, scene: str, regions: list[tuple[str, list[float]]]):
-        width, height = self.image_size(image)
+    def sample(self, image: str, base: str, category: str, scene: str, regions: list[tuple], size=None) -> Sample:
+        """The sample of ``image`` with ``regions`` [(fine type, box)]; ``size`` is read if not given."""
+        width, height = size or self.image_size(image)
         rel = posixpath.splitext(posixpath.relpath(image, base))[0]
         defects = []
         for name, box in regions:
@@ -227,10 +269,21 @@ class _Importer:
 
     def masked(self, image, base, category, scene, defect: str | None, masks: list[str], free_text=False):
         """A normal sample (``defect`` None) or one box per mask region, all of the defect's type."""
+        size = self.image_size(image)
         if defect is None:
-            return self.sample(image, base, category, scene, [])
+            return self.sample(image, base, category, scene, [], size)
         dtype = self.fine_type(category, defect, free_text)
-        return self.sample(image, base, category, scene, [(dtype, b) for b in self.boxes(self.union(masks))])
+        boxes = self.boxes(self.union(masks, size))
+        return self.sample(image, base, category, scene, [(dtype, b) for b in boxes], size)
+
+
+def fit(mask: np.ndarray, size: tuple[int, int], where: str) -> np.ndarray:
+    """``mask`` if it has the image's (width, height); otherwise the image is skipped: boxes from a
+    mask of another size would land in the wrong place (a resize would guess)."""
+    h, w = mask.shape[:2]
+    if (w, h) != tuple(size):
+        raise _Skip(f"mask {where} is {w}x{h} pixels, the image {size[0]}x{size[1]}")
+    return mask
 
 
 def import_mvtec_ad(
@@ -241,11 +294,17 @@ def import_mvtec_ad(
     Options (every importer): ``defect_types`` {category or "*": {name: type}} overrides the table,
     ``report`` an ``ImportReport`` to collect skips in, ``min_area_frac``/``min_pixels`` the speck size.
     """
-    imp = _Importer(root, source, "mvtec-ad", category_scene, **opts)
-    for cat_dir in imp.listdir(imp.root)[0]:
+    imp = _Importer(root, source, "mvtec-ad", category_scene, **opts, kind="mvtec-ad")
+    isdir = imp.fs.isdir
+    cats = [
+        d for d in imp.listdir(imp.root)[0] if isdir(posixpath.join(d, "test")) or isdir(posixpath.join(d, "train"))
+    ]
+    return imp.checked(_mvtec_ad(imp, imp.require(cats, "<category>/train or <category>/test folder")))
+
+
+def _mvtec_ad(imp: _Importer, cats: list[str]) -> Iterator[Sample]:
+    for cat_dir in cats:
         category = posixpath.basename(cat_dir)
-        if not (imp.fs.isdir(posixpath.join(cat_dir, "test")) or imp.fs.isdir(posixpath.join(cat_dir, "train"))):
-            continue
         if (scene := imp.scene(category, cat_dir)) is None:
             continue
         for split in ("train", "test"):
@@ -267,10 +326,15 @@ def import_mvtec_loco(
     defect); the masks are unioned. LOCO names no defect per image, so the type is the table's per
     category and kind.
     """
-    imp = _Importer(root, source, "mvtec-loco", category_scene, **opts)
-    for cat_dir in imp.listdir(imp.root)[0]:
+    imp = _Importer(root, source, "mvtec-loco", category_scene, **opts, kind="mvtec-loco")
+    cats = [d for d in imp.listdir(imp.root)[0] if imp.fs.isdir(posixpath.join(d, "test"))]
+    return imp.checked(_mvtec_loco(imp, imp.require(cats, "<category>/test folder")))
+
+
+def _mvtec_loco(imp: _Importer, cats: list[str]) -> Iterator[Sample]:
+    for cat_dir in cats:
         category = posixpath.basename(cat_dir)
-        if not imp.fs.isdir(posixpath.join(cat_dir, "test")) or (scene := imp.scene(category, cat_dir)) is None:
+        if (scene := imp.scene(category, cat_dir)) is None:
             continue
         for split in ("train", "validation", "test"):
             for kind_dir in imp.listdir(posixpath.join(cat_dir, split))[0]:
@@ -292,13 +356,22 @@ def import_visa(
     and an image whose labels name several types is skipped: nothing says which region is which.
     Labels not in the table fall back to the taxonomy's free-text lookup.
     """
-    imp = _Importer(root, source, "visa", category_scene, **opts)
-    for cat_dir in imp.listdir(imp.root)[0]:
+    imp = _Importer(root, source, "visa", category_scene, **opts, kind="visa")
+    isdir, exists = imp.fs.isdir, imp.fs.exists
+    cats = [
+        d
+        for d in imp.listdir(imp.root)[0]
+        if exists(posixpath.join(d, "image_anno.csv")) or isdir(posixpath.join(d, "Data"))
+    ]
+    return imp.checked(_visa(imp, imp.require(cats, "<category>/image_anno.csv or <category>/Data")))
+
+
+def _visa(imp: _Importer, cats: list[str]) -> Iterator[Sample]:
+    for cat_dir in cats:
         category = posixpath.basename(cat_dir)
         anno = posixpath.join(cat_dir, "image_anno.csv")
         if not imp.fs.exists(anno):
-            if imp.fs.isdir(posixpath.join(cat_dir, "Data")):
-                imp.report.skip(imp.uri(anno), "no image_anno.csv: labels unknown")
+            imp.report.skip(imp.uri(anno), "no image_anno.csv: labels unknown")
             continue
         if (scene := imp.scene(category, cat_dir)) is None:
             continue
@@ -326,14 +399,16 @@ def _visa_path(imp: _Importer, cat_dir: str, rel: str) -> str:
 
 def _visa_sample(imp: _Importer, image: str, cat_dir: str, category: str, scene: str, row: dict) -> Sample:
     label = (row.get("label") or "").strip()
+    size = imp.image_size(image)
     if normalize(label) == "normal":
-        return imp.sample(image, cat_dir, category, scene, [])
+        return imp.sample(image, cat_dir, category, scene, [], size)
     names = [p.strip() for p in label.split(",") if p.strip()]
     if not names:
         raise _Skip("empty label")
     if not (row.get("mask") or "").strip():
         raise _Skip("anomalous but no mask in image_anno.csv")
-    mask = imp.load_mask(_visa_path(imp, cat_dir, row["mask"]))
+    mask_path = _visa_path(imp, cat_dir, row["mask"])
+    mask = fit(imp.load_mask(mask_path), size, imp.uri(mask_path))
     ids = {int(k): v for k, v in (imp.mask_ids.get(category) or {}).items()}
     values = [int(v) for v in np.unique(mask) if v != 0]
     if values and all(v in ids and normalize(ids[v]) in {normalize(n) for n in names} for v in values):
@@ -344,11 +419,11 @@ def _visa_sample(imp: _Importer, image: str, cat_dir: str, category: str, scene:
         if not regions:
             raise _Skip("the mask has no region above the size threshold")
         regions.sort(key=lambda r: (r[1][1], r[1][0]))
-        return imp.sample(image, cat_dir, category, scene, regions)
+        return imp.sample(image, cat_dir, category, scene, regions, size)
     types = {imp.fine_type(category, n, free_text=True) for n in names}
     if len(types) > 1:
         raise _Skip(f"labels {names} name several types and the mask does not say which region is which")
-    return imp.sample(image, cat_dir, category, scene, [(types.pop(), b) for b in imp.boxes(mask)])
+    return imp.sample(image, cat_dir, category, scene, [(types.pop(), b) for b in imp.boxes(mask)], size)
 
 
 def import_real_iad(
@@ -365,15 +440,17 @@ def import_real_iad(
     Train and test lists are both imported. An NG view without a mask is normal (the defect is not
     visible from that camera), as the Real-IAD evaluation code treats it.
     """
-    imp = _Importer(root, source, "real-iad", category_scene, **opts)
+    imp = _Importer(root, source, "real-iad", category_scene, **opts, kind="real-iad")
     candidates = [json_dir] if json_dir else ["realiad_jsons/realiad_jsons", "realiad_jsons"]
     jdir = next((posixpath.join(imp.root, d) for d in candidates if imp.fs.isdir(posixpath.join(imp.root, d))), None)
     if jdir is None:
-        imp.report.skip(imp.uri(imp.root), f"no JSON folder among {candidates}")
-        return
-    for jpath in imp.listdir(jdir)[1]:
-        if not jpath.endswith(".json"):
-            continue
+        raise imp.wrong_layout(f"no JSON folder among {candidates}")
+    jsons = [p for p in imp.listdir(jdir)[1] if p.endswith(".json")]
+    return imp.checked(_real_iad(imp, imp.require(jsons, f"<category>.json in {jdir}"), resolution))
+
+
+def _real_iad(imp: _Importer, jsons: list[str], resolution: str | int) -> Iterator[Sample]:
+    for jpath in jsons:
         category = posixpath.splitext(posixpath.basename(jpath))[0]
         cat_dir = posixpath.join(imp.root, f"realiad_{resolution}", category)
         if (scene := imp.scene(category, cat_dir)) is None:
@@ -409,15 +486,19 @@ def import_mask_folder(
     ``defect_type``; either is free text for the taxonomy.
     """
     if scene not in SCENES:
-        raise ValueError(f"scene {scene!r} not one of {list(SCENES)}")
-    imp = _Importer(root, source, None, None, **opts)
-    category = category or posixpath.basename(imp.root)
+        raise UsageError(f"scene {scene!r} is not one of {', '.join(SCENES)}", "give one of them")
+    imp = _Importer(root, source, None, None, **opts, kind="folder")
+    images = imp.require(imp.images(posixpath.join(imp.root, "images")), "images/*.png|jpg")
+    return imp.checked(_mask_folder(imp, images, scene, category or posixpath.basename(imp.root), defect_type))
+
+
+def _mask_folder(imp: _Importer, images: list[str], scene: str, category: str, defect_type: str | None):
     types: dict[str, str] = {}
     labels = posixpath.join(imp.root, "labels.csv")
     for row in _read_csv(imp, labels) if imp.fs.exists(labels) else []:
         name, dtype = (row.get("image") or "").strip(), (row.get("type") or "").strip()
         types[name] = types[posixpath.splitext(name)[0]] = dtype
-    for image in imp.images(posixpath.join(imp.root, "images")):
+    for image in images:
         name = posixpath.basename(image)
         dtype = types.get(name) or types.get(posixpath.splitext(name)[0]) or defect_type
         mask = posixpath.join(imp.root, "masks", posixpath.splitext(name)[0] + ".png")
@@ -425,9 +506,10 @@ def import_mask_folder(
 
 
 def _folder_sample(imp: _Importer, image: str, category: str, scene: str, dtype: str | None, mask: str) -> Sample:
-    if not imp.fs.exists(mask) or not (m := imp.load_mask(mask)).any():
-        return imp.sample(image, imp.root, category, scene, [])
+    size = imp.image_size(image)
+    if not imp.fs.exists(mask) or not (m := fit(imp.load_mask(mask), size, imp.uri(mask))).any():
+        return imp.sample(image, imp.root, category, scene, [], size)
     if not dtype:
         raise _Skip("anomalous mask but no defect type (labels.csv or defect_type)")
     dtype = imp.fine_type(category, dtype, free_text=True)
-    return imp.sample(image, imp.root, category, scene, [(dtype, b) for b in imp.boxes(m)])
+    return imp.sample(image, imp.root, category, scene, [(dtype, b) for b in imp.boxes(m)], size)

@@ -12,6 +12,7 @@ from typing import Any
 
 import pyarrow as pa
 
+from m3ad_rl.errors import DataError
 from m3ad_rl.taxonomy import Taxonomy, default_taxonomy
 
 SCHEMA_VERSION = 1
@@ -130,14 +131,16 @@ class Sample:
             target=row.get("target"),
         )
 
-    def load_image(self):
-        """The image as an RGB PIL image (from the bytes or the URL)."""
-        from PIL import Image
+    def image_bytes(self) -> bytes:
+        """The encoded image (the bytes, or read from the URL); a DataError names the sample."""
+        data, why = _image_bytes(self)
+        if data is None:
+            raise DataError(f"sample {self.id!r}: {why}", "check that the image is where the dataset says")
+        return data
 
-        data = self.image if self.image is not None else read_uri(self.image_uri or "")
-        img = Image.open(io.BytesIO(data))
-        img.load()
-        return img.convert("RGB")
+    def load_image(self):
+        """The image as an RGB PIL image (from the bytes or the URL); a DataError names the sample."""
+        return decode_image(self.id, self.image_bytes())
 
 
 def read_uri(uri: str) -> bytes:
@@ -185,16 +188,44 @@ def validate(sample: Sample, taxonomy: Taxonomy | None = None, check_image: bool
     return errors
 
 
-def _check_image(sample: Sample) -> list[str]:
+def decode_image(sample_id: str, data: bytes, mode: str | None = "RGB"):
+    """The fully decoded PIL image of one sample's encoded bytes (converted to ``mode`` unless None).
+
+    A corrupt or truncated image raises a DataError naming the sample, for every reader to reuse
+    (gallery, FT construction, training and evaluation workers).
+    """
+    img, why = _decode(data)
+    if img is None:
+        raise DataError(f"sample {sample_id!r}: {why}", "re-import or re-create the dataset, or leave the sample out")
+    return img.convert(mode) if mode is not None and img.mode != mode else img
+
+
+def _image_bytes(sample: Sample) -> tuple[bytes | None, str]:
+    if sample.image is not None:
+        return sample.image, ""
+    try:
+        return read_uri(sample.image_uri or ""), ""
+    except (OSError, ValueError) as e:
+        return None, f"image {sample.image_uri} cannot be read ({type(e).__name__}: {e})"
+
+
+def _decode(data: bytes):
+    """(decoded PIL image, "") or (None, why not)."""
     from PIL import Image, UnidentifiedImageError
 
     try:
-        data = sample.image if sample.image is not None else read_uri(sample.image_uri or "")
-        with Image.open(io.BytesIO(data)) as img:
-            img.load()  # decodes the whole image: truncated files fail here
-            size = img.size
-    except (OSError, UnidentifiedImageError, ValueError, SyntaxError) as e:
-        return [f"image does not decode: {e}"]
-    if size != (sample.width, sample.height):
-        return [f"image is {size[0]}x{size[1]}, row says {sample.width}x{sample.height}"]
+        img = Image.open(io.BytesIO(data))
+        img.load()  # decodes the whole image: truncated files fail here
+    except (OSError, UnidentifiedImageError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
+        return None, f"image does not decode ({type(e).__name__}: {e})"
+    return img, ""
+
+
+def _check_image(sample: Sample) -> list[str]:
+    data, why = _image_bytes(sample)
+    img, why = _decode(data) if data is not None else (None, why)
+    if img is None:
+        return [why]
+    if img.size != (sample.width, sample.height):
+        return [f"image is {img.size[0]}x{img.size[1]}, row says {sample.width}x{sample.height}"]
     return []

@@ -1,6 +1,7 @@
 """Cross-category splits (SPEC §5): within each scene some categories are FT-only, the rest are
 held out for the benchmark, by explicit lists or a seeded fraction. A category is never on both
-sides: ``check_disjoint`` refuses such a split."""
+sides: ``check_disjoint`` refuses such a split. A scene or category named in the lists must exist
+(a misspelt one is an error listing the valid names, never silently ignored)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,10 @@ import random
 from collections import defaultdict
 from collections.abc import Iterable
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from m3ad_rl.data.schema import SCENES
+from m3ad_rl.errors import DataError, UsageError
 
 
 class SplitConfig(BaseModel):
@@ -27,9 +31,20 @@ class SplitConfig(BaseModel):
         default_factory=dict, description="Explicit FT categories per scene (the rest of the scene is bench)."
     )
 
+    @field_validator("bench", "ft")
+    @classmethod
+    def _known_scenes(cls, lists: dict[str, list[str]]) -> dict[str, list[str]]:
+        unknown = sorted(set(lists) - set(SCENES))
+        if unknown:
+            raise ValueError(f"unknown scene(s) {unknown}; the scenes are {', '.join(SCENES)}")
+        return lists
 
-class SplitError(ValueError):
-    """A split that would leak a category into both sets, or leave a set empty."""
+
+class SplitError(UsageError, ValueError):
+    """A split that would leak a category into both sets, or names a scene or category not in the data."""
+
+    def __init__(self, what: str):
+        super().__init__(what, "fix the split's bench/ft lists (--config or --set)")
 
 
 def assign(categories: Iterable[tuple[str, str]], cfg: SplitConfig) -> dict[tuple[str, str], str]:
@@ -37,6 +52,11 @@ def assign(categories: Iterable[tuple[str, str]], cfg: SplitConfig) -> dict[tupl
     by_scene: dict[str, list[str]] = defaultdict(list)
     for scene, cat in sorted(set(categories)):
         by_scene[scene].append(cat)
+    for side, lists in (("bench", cfg.bench), ("ft", cfg.ft)):
+        absent = sorted(set(lists) - set(by_scene))
+        if absent:
+            have = ", ".join(sorted(by_scene))
+            raise SplitError(f"{side} names scene(s) {absent} that the input does not have; its scenes: {have}")
     out: dict[tuple[str, str], str] = {}
     for scene, cats in by_scene.items():
         bench_list, ft_list = cfg.bench.get(scene), cfg.ft.get(scene)
@@ -44,6 +64,10 @@ def assign(categories: Iterable[tuple[str, str]], cfg: SplitConfig) -> dict[tupl
             both = set(bench_list) & set(ft_list)
             if both:
                 raise SplitError(f"scene {scene}: categories {sorted(both)} are listed for both ft and bench")
+        for side, listed in (("bench", bench_list), ("ft", ft_list)):
+            unknown = sorted(set(listed or ()) - set(cats))
+            if unknown:
+                raise SplitError(f"scene {scene}: unknown categories {unknown} in {side}; present: {cats}")
         if bench_list is not None:
             bench = set(bench_list)
         elif ft_list is not None:
@@ -53,9 +77,6 @@ def assign(categories: Iterable[tuple[str, str]], cfg: SplitConfig) -> dict[tupl
         else:
             k = min(len(cats) - 1, max(1, round(cfg.bench_fraction * len(cats))))
             bench = set(random.Random(f"{cfg.seed}/{scene}").sample(cats, k))
-        unknown = bench - set(cats)
-        if unknown:
-            raise SplitError(f"scene {scene}: unknown categories {sorted(unknown)}; present: {cats}")
         for cat in cats:
             out[(scene, cat)] = "bench" if cat in bench else "ft"
     return out
@@ -66,3 +87,34 @@ def check_disjoint(ft: Iterable[tuple[str, str]], bench: Iterable[tuple[str, str
     both = set(ft) & set(bench)
     if both:
         raise SplitError(f"categories on both sides of the split: {sorted(both)}")
+
+
+def check_inputs(urls: list[str]) -> set[tuple[str, str]]:
+    """The (scene, category) pairs of the datasets to pool, after refusing a dataset given twice or
+    an id found twice (in one dataset or across them): pooling would write it twice."""
+    from m3ad_rl.data.store import read_table
+    from m3ad_rl.guards import location
+
+    seen: dict[tuple[str, str], str] = {}
+    for url in urls:
+        if (where := location(url)) in seen:
+            raise UsageError(f"--input {url} is given twice (as {seen[where]})", "give each dataset once")
+        seen[where] = url
+    pairs: set[tuple[str, str]] = set()
+    owner: dict[str, str] = {}
+    repeated: list[str] = []
+    for url in urls:
+        t = read_table(url, ["id", "scene", "category"])
+        pairs |= set(zip(t.column("scene").to_pylist(), t.column("category").to_pylist(), strict=True))
+        for sid in t.column("id").to_pylist():
+            if sid in owner:
+                repeated.append(f"{sid!r} ({owner[sid]}{' again' if owner[sid] == url else ' and ' + url})")
+            else:
+                owner[sid] = url
+    if repeated:
+        more = f" and {len(repeated) - 5} more" if len(repeated) > 5 else ""
+        raise DataError(
+            f"ids found more than once in the inputs: {', '.join(repeated[:5])}{more}",
+            "pool each sample once: datasets whose ids differ (synth: other seeds; import: another --source)",
+        )
+    return pairs

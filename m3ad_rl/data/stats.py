@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Iterator
 
-from m3ad_rl.data.store import read_table
+from m3ad_rl.data.store import iter_samples, read_table
+from m3ad_rl.errors import DataError
 
 COLUMNS = ["scene", "category", "label", "split", "defects"]
 
@@ -28,6 +30,19 @@ def dataset_stats(url: str) -> dict:
             stats["by_type"][d["type"]] += 1
             stats["boxes"] += 1
     return stats
+
+
+def undecodable(url: str) -> Iterator[tuple[str, str]]:
+    """(id, why) of every sample whose image cannot be read or decoded (``data stats --check-images``).
+
+    Datasets written here were checked on write; this is for sets written elsewhere or damaged since."""
+    from m3ad_rl.data.schema import decode_image
+
+    for s in iter_samples(url):
+        try:
+            decode_image(s.id, s.image_bytes(), mode=None)
+        except DataError as e:
+            yield s.id, e.what.removeprefix(f"sample {s.id!r}: ")
 
 
 def print_stats(stats: dict) -> None:

@@ -1,28 +1,47 @@
-"""Parquet shards on any fsspec URL, with a manifest, a validating writer and a streaming reader.
+"""Parquet shards on any fsspec URL, with a manifest, a validating writer and a checking reader.
 
 Layout of a dataset at URL (a local folder, ``memory://name``, ``s3://bucket/prefix``…)::
 
     URL/manifest.json          {"schema_version", "shards": [{"path", "rows"}], "rows", "rejected": [...]}
     URL/part-00000.parquet     row groups of ``row_group_size`` rows, so readers can stream
 
-The manifest is written last: a dataset without one is incomplete and is not read.
+Writes are atomic as far as readers can tell. The writer puts its shards in a staging folder
+(``URL/.staging-<token>/``), so the dataset already at URL stays whole and readable while it
+works; an error or Ctrl-C leaves that dataset untouched. Only when every row is written does it
+publish: remove the old manifest first, replace the old shards by the staged ones, write the
+manifest last. A dataset without a manifest is an unfinished write and is not read.
+
+Readers check the manifest against storage before the first row: every listed shard is there
+with the row count the manifest says, no other shard is, and the counts add up. A damaged
+manifest or Parquet file, or any disagreement, is a ``DataError`` naming the dataset.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import posixpath
+import re
+import shutil
 import sys
+import uuid
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
 import fsspec
 import pyarrow as pa
 import pyarrow.parquet as pq
+from fsspec.implementations.local import LocalFileSystem
 
 from m3ad_rl.data.schema import SAMPLE_SCHEMA, SCHEMA_VERSION, Sample, validate
+from m3ad_rl.errors import DataError, UsageError
 from m3ad_rl.taxonomy import Taxonomy, default_taxonomy
 
 MANIFEST = "manifest.json"
+STAGING = ".staging-"
+SHARD = re.compile(r"part-\d{5}\.parquet")
+REWRITE = "write the dataset again with the command that made it"
 
 
 @dataclass
@@ -44,11 +63,44 @@ def _join(url: str, name: str) -> str:
     return url.rstrip("/") + "/" + name
 
 
+def _names(fs, path: str) -> list[str]:
+    """Base names directly under ``path``, as storage has them now (not a cached listing)."""
+    fs.invalidate_cache(path)
+    return sorted(posixpath.basename(p.rstrip("/")) for p in fs.ls(path, detail=False))
+
+
+# fsspec's mv/rm expand glob patterns, so a URL with [ ] * ? in it would miss; these never glob.
+def move_file(fs, src: str, dst: str) -> None:
+    """Move one file: a rename on a local disk (atomic), copy-then-delete elsewhere."""
+    if isinstance(fs, LocalFileSystem):
+        os.replace(src, dst)
+    else:
+        fs.cp_file(src, dst)
+        fs.rm_file(src)
+
+
+def remove_file(fs, path: str) -> None:
+    if fs.exists(path):
+        fs.rm_file(path)
+
+
+def remove_tree(fs, path: str) -> None:
+    """Remove a folder and everything in it (nothing if it is not there)."""
+    if isinstance(fs, LocalFileSystem):
+        shutil.rmtree(path, ignore_errors=True)
+        return
+    for f in fs.find(path):
+        fs.rm_file(f)
+    with contextlib.suppress(OSError, NotImplementedError):
+        fs.rmdir(path)
+
+
 class DatasetWriter:
-    """Validate and write samples into Parquet shards under ``url``; ``close()`` writes the manifest.
+    """Validate and write samples into staged Parquet shards; ``close()`` publishes them under ``url``.
 
     A sample that fails validation (undecodable image, box outside the image, unknown type, …) is
-    reported on stderr with its id, listed in the manifest's ``rejected``, and not written.
+    reported on stderr with its id, listed in the manifest's ``rejected``, and not written. Images
+    are decoded on every write unless ``check_images`` is False (for tests and benchmarks only).
     """
 
     def __init__(
@@ -62,7 +114,10 @@ class DatasetWriter:
     ):
         self.url = url.rstrip("/")
         self.fs, self.root = fsspec.core.url_to_fs(self.url)
-        self.fs.makedirs(self.root, exist_ok=True)
+        if self.fs.isfile(self.root):
+            raise UsageError(f"the dataset output {url} is a file, a folder was expected", "choose a folder path")
+        self.staging = _join(self.root, f"{STAGING}{uuid.uuid4().hex[:12]}")
+        self.fs.makedirs(self.staging, exist_ok=True)
         self.shard_rows, self.row_group_size = shard_rows, row_group_size
         self.check_images, self.quiet = check_images, quiet
         self.taxonomy = taxonomy or default_taxonomy()
@@ -71,6 +126,7 @@ class DatasetWriter:
         self._writer: pq.ParquetWriter | None = None
         self._fh = None
         self._shard_rows = 0
+        self.closed = False
 
     def __enter__(self) -> DatasetWriter:
         return self
@@ -79,7 +135,7 @@ class DatasetWriter:
         if exc[0] is None:
             self.close()
         else:
-            self._close_shard()
+            self.abort()
 
     def write(self, sample: Sample) -> bool:
         """Write one sample; False when it was rejected."""
@@ -103,7 +159,7 @@ class DatasetWriter:
         while self._buffer:
             if self._writer is None:
                 name = f"part-{len(self.report.shards):05d}.parquet"
-                self._fh = self.fs.open(_join(self.root, name), "wb")
+                self._fh = self.fs.open(_join(self.staging, name), "wb")
                 self._writer = pq.ParquetWriter(self._fh, SAMPLE_SCHEMA, compression="zstd")
                 self.report.shards.append({"path": name, "rows": 0})
                 self._shard_rows = 0
@@ -122,7 +178,19 @@ class DatasetWriter:
             self._fh.close()
             self._writer = self._fh = None
 
+    def abort(self) -> None:
+        """Drop what was staged; the dataset already at ``url`` (if any) stays as it was."""
+        try:
+            self._close_shard()
+        finally:
+            self._writer = self._fh = None
+            remove_tree(self.fs, self.staging)
+            self.closed = True
+
     def close(self) -> WriteReport:
+        """Publish: old manifest out first, staged shards in, the new manifest last."""
+        if self.closed:
+            return self.report
         self._flush()
         self._close_shard()
         manifest = {
@@ -131,8 +199,21 @@ class DatasetWriter:
             "shards": self.report.shards,
             "rejected": [{"id": r.id, "reasons": r.reasons} for r in self.report.rejected],
         }
-        with self.fs.open(_join(self.root, MANIFEST), "w") as fh:
+        fs, root = self.fs, self.root
+        remove_file(fs, _join(root, MANIFEST))  # from here on readers see an unfinished write, never a mixture
+        for name in _names(fs, root):
+            if SHARD.fullmatch(name):
+                fs.rm_file(_join(root, name))
+        for shard in self.report.shards:
+            move_file(fs, _join(self.staging, shard["path"]), _join(root, shard["path"]))
+        for name in _names(fs, root):  # this write's staging folder and any left by interrupted ones
+            if name.startswith(STAGING):
+                remove_tree(fs, _join(root, name))
+        tmp = _join(root, f".{MANIFEST}.{uuid.uuid4().hex[:8]}")
+        with fs.open(tmp, "w") as fh:
             json.dump(manifest, fh, indent=1)
+        move_file(fs, tmp, _join(root, MANIFEST))
+        self.closed = True
         return self.report
 
 
@@ -144,20 +225,80 @@ def write_dataset(url: str, samples: Iterable[Sample], **kwargs) -> WriteReport:
 
 
 def read_manifest(url: str) -> dict:
+    """The manifest of the dataset at ``url``; a UsageError if there is no dataset, a DataError if
+    it is unfinished or the manifest is damaged."""
     fs, root = fsspec.core.url_to_fs(url.rstrip("/"))
+    fs.invalidate_cache(root)  # another process may have written it since this one listed it
     path = _join(root, MANIFEST)
     if not fs.exists(path):
-        raise FileNotFoundError(f"no {MANIFEST} under {url}: not a dataset, or its writer did not finish")
-    with fs.open(path, "r") as fh:
-        return json.load(fh)
+        if not fs.exists(root):
+            raise UsageError(f"no dataset at {url}: the path does not exist", "check the path")
+        if fs.isfile(root):
+            raise UsageError(f"{url} is a file, a dataset folder was expected", "give the dataset's folder")
+        raise DataError(f"dataset {url} has no {MANIFEST}: not a dataset, or its writer did not finish", REWRITE)
+    try:
+        with fs.open(path, "r") as fh:
+            manifest = json.load(fh)
+        shards = manifest["shards"]
+        listed = [(str(s["path"]), int(s["rows"])) for s in shards]
+        rows = int(manifest["rows"])
+    except (ValueError, KeyError, TypeError, UnicodeDecodeError) as e:
+        raise DataError(f"dataset {url}: {MANIFEST} is damaged ({type(e).__name__}: {e})", REWRITE) from None
+    if any(not SHARD.fullmatch(p) for p, _ in listed):
+        raise DataError(f"dataset {url}: {MANIFEST} lists shards that are not part-NNNNN.parquet files", REWRITE)
+    if sum(n for _, n in listed) != rows:
+        raise DataError(
+            f"dataset {url}: {MANIFEST} says {rows} rows but its shards add up to a different count", REWRITE
+        )
+    if int(manifest.get("schema_version", 0)) > SCHEMA_VERSION:
+        raise DataError(
+            f"dataset {url} has schema version {manifest['schema_version']}, this m3ad-rl reads {SCHEMA_VERSION}",
+            "upgrade m3ad-rl",
+        )
+    return manifest
+
+
+def check_dataset(url: str) -> dict:
+    """The manifest, after checking it against storage: the listed shards and no others, each a
+    readable Parquet file with the row count the manifest says. A DataError names what disagrees."""
+    manifest = read_manifest(url)
+    fs, root = fsspec.core.url_to_fs(url.rstrip("/"))
+    listed = {s["path"]: int(s["rows"]) for s in manifest["shards"]}
+    present = {n for n in _names(fs, root) if SHARD.fullmatch(n)}
+    missing, extra = sorted(set(listed) - present), sorted(present - set(listed))
+    if missing or extra:
+        what = "; ".join(
+            part
+            for part in (
+                f"missing {', '.join(missing)}" if missing else "",
+                f"not in the manifest {', '.join(extra)}" if extra else "",
+            )
+            if part
+        )
+        raise DataError(f"dataset {url}: its shards disagree with {MANIFEST} ({what})", REWRITE)
+    for name, rows in listed.items():
+        try:
+            with fs.open(_join(root, name), "rb") as fh:
+                found = pq.ParquetFile(fh).metadata.num_rows
+        except (OSError, pa.ArrowException) as e:
+            raise DataError(f"dataset {url}: shard {name} is not a readable Parquet file ({e})", REWRITE) from None
+        if found != rows:
+            raise DataError(f"dataset {url}: shard {name} holds {found} rows, {MANIFEST} says {rows}", REWRITE)
+    return manifest
 
 
 def iter_batches(url: str, columns: list[str] | None = None, batch_size: int = 256) -> Iterator[pa.RecordBatch]:
-    """Stream record batches shard by shard, row group by row group; memory stays one batch."""
+    """Stream record batches shard by shard, row group by row group; memory stays one batch.
+
+    The dataset is checked against its manifest first (``check_dataset``)."""
     fs, root = fsspec.core.url_to_fs(url.rstrip("/"))
-    for shard in read_manifest(url)["shards"]:
-        with fs.open(_join(root, shard["path"]), "rb") as fh:
-            yield from pq.ParquetFile(fh).iter_batches(batch_size=batch_size, columns=columns)
+    manifest = check_dataset(url)
+    for shard in manifest["shards"]:
+        try:
+            with fs.open(_join(root, shard["path"]), "rb") as fh:
+                yield from pq.ParquetFile(fh).iter_batches(batch_size=batch_size, columns=columns)
+        except (OSError, pa.ArrowException) as e:
+            raise DataError(f"dataset {url}: shard {shard['path']} is damaged ({e})", REWRITE) from None
 
 
 def iter_samples(url: str, batch_size: int = 256, with_images: bool = True) -> Iterator[Sample]:

@@ -25,11 +25,12 @@ from functools import cache
 
 import numpy as np
 from PIL import Image, ImageChops, ImageDraw
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from m3ad_rl.data import synth_surface as sf
-from m3ad_rl.data.schema import DefectRecord, Sample
+from m3ad_rl.data.schema import SCENES, DefectRecord, Sample
 from m3ad_rl.data.synth_objects import Item, cut, draw_item
+from m3ad_rl.errors import UsageError
 
 Rng = np.random.Generator
 PixBox = tuple[int, int, int, int]
@@ -91,6 +92,22 @@ class SynthConfig(BaseModel):
         "jpeg", pattern="^(png|jpeg)$", description="Encoding of the stored image: jpeg (quality 92, fast) or png."
     )
     max_defects: int = Field(2, ge=1, le=4, description="Most defects on one anomalous image.")
+
+    @field_validator("scenes")
+    @classmethod
+    def _known_scenes(cls, scenes: tuple[str, ...]) -> tuple[str, ...]:
+        unknown = sorted(set(scenes) - set(SCENES))
+        if unknown:
+            raise ValueError(f"unknown scenes {unknown}; the scenes are {', '.join(SCENES)}")
+        return scenes
+
+    @field_validator("categories")
+    @classmethod
+    def _known_categories(cls, categories: tuple[str, ...] | None) -> tuple[str, ...] | None:
+        unknown = sorted(set(categories or ()) - set(CATEGORIES))
+        if unknown:
+            raise ValueError(f"unknown categories {unknown}; known: {', '.join(CATEGORIES)}")
+        return categories
 
 
 # ------------------------------------------------------------------------------- backgrounds
@@ -505,7 +522,10 @@ def categories_for(cfg: SynthConfig) -> list[Category]:
             raise ValueError(f"unknown categories {sorted(unknown)}; known: {', '.join(CATEGORIES)}")
         cats = [c for c in cats if c.name in cfg.categories]
     if not cats:
-        raise ValueError("no category left to synthesize: check scenes and categories")
+        raise UsageError(
+            f"no category of scenes {list(cfg.scenes)} is among categories {list(cfg.categories or [])}",
+            "choose categories of the scenes drawn",
+        )
     return cats
 
 

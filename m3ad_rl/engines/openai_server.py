@@ -228,7 +228,11 @@ def make_app(engine: Engine, model_name: str) -> FastAPI:
 
 
 def serve(engine: Engine, model_name: str, host: str = "127.0.0.1", port: int = 8000) -> None:
-    """Run the app with uvicorn until interrupted (the caller closes the engine)."""
+    """Run the app with uvicorn until interrupted (the caller closes the engine); a port in use is a
+    UsageError before uvicorn starts."""
     import uvicorn
 
+    from m3ad_rl.guards import check_port_free
+
+    check_port_free(host, port)
     uvicorn.run(make_app(engine, model_name), host=host, port=port, log_level="info")

@@ -1,12 +1,24 @@
-"""RCRL's GRPO as pure tensor functions, on verl 0.9.1's ``core_algos`` (SPEC §6).
+"""RCRL's GRPO as pure tensor functions, on verl 0.9.1's ``core_algos`` registries (SPEC §6).
 
 Shapes: ``B`` prompts, ``n`` samples each, ``L`` response tokens; rows are ordered prompt by prompt
 (``[B x n, L]``). The reward is a sequence-level score placed on the last response token, GRPO
-normalises it within each prompt's group, and the loss is verl's clipped policy loss plus the KL to
-the reference policy as a loss term (low-variance k3 estimator, coefficient 0.01 by default).
+normalises it within each prompt's group (verl's ``grpo`` advantage estimator), and the loss is
+verl's ``vanilla`` clipped policy loss plus the KL to the reference policy as a loss term
+(low-variance k3 estimator, coefficient 0.01 by default).
+
+Choices from the literature, each off by default (the paper is silent on them):
+
+- Dr. GRPO (https://arxiv.org/abs/2503.20783): ``norm_adv_by_std: false`` and
+  ``loss_agg_mode: seq-mean-token-sum-norm`` (normalised by the constant ``max_new_tokens``);
+- DAPO (https://arxiv.org/abs/2503.14476): clip-higher (``clip_ratio_high: 0.28``), overlong
+  filtering (``overlong_filter``: responses cut at the token limit get no loss), and dynamic
+  sampling's filter (``drop_zero_variance_groups``: groups whose rewards are all equal carry no
+  gradient; they are dropped from the update rather than resampled).
 """
 
 from __future__ import annotations
+
+from typing import Literal
 
 import numpy as np
 import torch
@@ -14,46 +26,84 @@ from omegaconf import OmegaConf
 from pydantic import BaseModel, ConfigDict, Field
 from verl.trainer.ppo import core_algos
 
+KLType = Literal["kl", "k1", "abs", "mse", "k2", "low_var_kl", "k3"]
+LossAggMode = Literal["token-mean", "token-sum", "seq-mean-token-sum", "seq-mean-token-mean", "seq-mean-token-sum-norm"]
+
 
 class GRPOConfig(BaseModel):
-    """The update rule."""
+    """The update rule. Names and values are verl's; a typo fails at config load, naming the choices."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     clip_ratio: float = Field(0.2, gt=0, description="PPO clip ε (both sides unless overridden).")
-    clip_ratio_low: float | None = None
-    clip_ratio_high: float | None = None
+    clip_ratio_low: float | None = Field(None, gt=0, description="ε below 1 (default clip_ratio).")
+    clip_ratio_high: float | None = Field(None, gt=0, description="ε above 1; DAPO's clip-higher uses 0.28.")
     kl_coef: float = Field(0.01, ge=0, description="β of the KL-to-reference loss term (SPEC §6).")
-    kl_type: str = Field("low_var_kl", description="verl kl_penalty name; low_var_kl is the k3 estimator.")
-    loss_agg_mode: str = Field("token-mean", description="verl agg_loss mode.")
+    kl_type: KLType = Field("low_var_kl", description="verl kl_penalty name; low_var_kl (= k3) is the k3 estimator.")
+    loss_agg_mode: LossAggMode = Field("token-mean", description="verl agg_loss mode, over the whole batch.")
     norm_adv_by_std: bool = Field(True, description="GRPO divides by the group's std (Dr.GRPO: False).")
+    overlong_filter: bool = Field(False, description="DAPO: no loss on responses cut at max_new_tokens.")
+    drop_zero_variance_groups: bool = Field(
+        False, description="DAPO's dynamic-sampling filter: leave groups with all-equal rewards out of the update."
+    )
     recompute_old_log_prob: bool = Field(
         False,
-        description="Run a separate π_old pass before the update. With one optimiser step per rollout "
-        "batch π_old equals π at update time, so the update's own (detached) log-probs serve.",
+        description="Always run a separate π_old pass before the update. It runs anyway when there is more "
+        "than one optimiser step per rollout batch; with exactly one, π_old equals π at update time and the "
+        "update's own (detached) log-probs serve.",
     )
 
 
 def last_token_rewards(scores: torch.Tensor, response_mask: torch.Tensor) -> torch.Tensor:
-    """``[B x n]`` sequence scores -> ``[B x n, L]`` token rewards with the score on the last token."""
-    rewards = torch.zeros_like(response_mask, dtype=torch.float32)
+    """``[B x n]`` sequence scores -> ``[B x n, L]`` token rewards with the score on the last token (float64)."""
+    rewards = torch.zeros(response_mask.shape, dtype=torch.float64)
     last = response_mask.long().sum(dim=1).clamp(min=1) - 1
-    rewards[torch.arange(len(scores)), last] = scores.float()
+    rewards[torch.arange(len(scores)), last] = scores.double()
     return rewards
+
+
+def equal_reward_groups(scores: torch.Tensor, group_ids: np.ndarray) -> np.ndarray:
+    """``[B x n]`` bool: the row's group has all-equal rewards (no learning signal under GRPO)."""
+    ids = np.asarray(group_ids, dtype=object)
+    s = scores.double().numpy()
+    out = np.zeros(len(s), dtype=bool)
+    for g in dict.fromkeys(ids.tolist()):
+        rows = ids == g
+        out[rows] = s[rows].max() == s[rows].min()
+    return out
 
 
 def grpo_advantages(
     scores: torch.Tensor, response_mask: torch.Tensor, group_ids: np.ndarray, cfg: GRPOConfig | None = None
 ) -> torch.Tensor:
-    """``[B x n, L]`` advantages: (score - group mean) / (group std + ε), broadcast over the tokens."""
+    """``[B x n, L]`` float32 advantages: (score - group mean) / (group std + ε), broadcast over the tokens.
+
+    Computed in float64, and exactly 0 for a group whose rewards are all equal: in float32 the mean
+    and the values of such a group can differ by a rounding step, which the division by (std + ε)
+    blew up to |A| ≈ 0.3 for n = 8.
+    """
     cfg = cfg or GRPOConfig()
-    adv, _ = core_algos.compute_grpo_outcome_advantage(
+    estimator = core_algos.get_adv_estimator_fn("grpo")
+    adv, _ = estimator(
         token_level_rewards=last_token_rewards(scores, response_mask),
-        response_mask=response_mask,
+        response_mask=response_mask.double(),
         index=np.asarray(group_ids, dtype=object),
         norm_adv_by_std_in_grpo=cfg.norm_adv_by_std,
     )
-    return adv
+    adv[torch.from_numpy(equal_reward_groups(scores, group_ids))] = 0.0
+    return adv.float()
+
+
+def update_mask(
+    response_mask: torch.Tensor, scores: torch.Tensor, group_ids: np.ndarray, truncated: torch.Tensor, cfg: GRPOConfig
+) -> torch.Tensor:
+    """``[B x n, L]`` loss mask after the optional filters (overlong responses, zero-variance groups)."""
+    keep = torch.ones(len(scores), dtype=torch.bool)
+    if cfg.overlong_filter:
+        keep &= ~truncated.bool()
+    if cfg.drop_zero_variance_groups:
+        keep &= ~torch.from_numpy(equal_reward_groups(scores, group_ids))
+    return response_mask * keep[:, None].to(response_mask.dtype)
 
 
 def grpo_loss(
@@ -67,8 +117,11 @@ def grpo_loss(
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """Clipped policy loss + β · KL(π ‖ π_ref); all inputs ``[B x n, L]``. Returns (loss, metrics).
 
-    ``global_batch_info`` (``dp_size``, ``batch_num_tokens``, ``global_batch_size``) makes the token
-    mean global across data-parallel workers, as verl's ``agg_loss`` expects; empty on one worker.
+    ``global_batch_info`` (``dp_size``, ``batch_num_tokens``, ``global_batch_size``, and for
+    ``seq-mean-token-sum-norm`` ``loss_scale_factor``) makes the aggregation global across
+    micro-batches and data-parallel ranks, as verl's ``agg_loss`` defines it: each micro-batch's
+    loss is its share of the whole batch's, so their gradients add up (no averaging over
+    micro-batches) and the ranks' average is the batch's loss. Empty: this micro-batch alone.
     """
     cfg = cfg or GRPOConfig()
     info = dict(global_batch_info or {})
@@ -76,7 +129,7 @@ def grpo_loss(
         {"clip_ratio": cfg.clip_ratio, "clip_ratio_low": cfg.clip_ratio_low, "clip_ratio_high": cfg.clip_ratio_high,
          "clip_ratio_c": 3.0, "loss_agg_mode": cfg.loss_agg_mode, "global_batch_info": info}
     )  # fmt: skip
-    pg_loss, pg_metrics = core_algos.compute_policy_loss_vanilla(
+    pg_loss, pg_metrics = core_algos.get_policy_loss_fn("vanilla")(
         old_log_prob=old_log_prob,
         log_prob=log_prob,
         advantages=advantages,

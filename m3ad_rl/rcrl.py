@@ -15,7 +15,6 @@ redoes exactly the steps an uninterrupted one would.
 from __future__ import annotations
 
 import json
-import random
 import sys
 import time
 from pathlib import Path
@@ -52,6 +51,12 @@ class ActorConfig(BaseModel):
     threads: int = Field(1, ge=1, description="torch threads per rank (CPU).")
     use_gpu: bool = Field(False, description="One GPU per rank.")
     micro_batch_rows: int = Field(4, ge=1, description="Rows (prompt + response) per forward pass.")
+    ppo_mini_batch_prompts: int | None = Field(
+        None, ge=1, description="Prompts per optimiser step (verl's ppo_mini_batch_size); default the whole batch."
+    )
+    ppo_epochs: int = Field(
+        1, ge=1, description="Passes over each rollout batch (verl ppo_epochs, TRL num_iterations)."
+    )
     optim: OptimConfig = OptimConfig(lr=1e-6, zero_stage=2)
 
 
@@ -106,12 +111,27 @@ class RCRLConfig(BaseModel):
         rows = self.batch_prompts * self.rollout.sampling.n
         if self.actor.workers % self.actor.nodes:
             raise ValueError(f"actor.workers={self.actor.workers} must be a multiple of actor.nodes={self.actor.nodes}")
+        mini = self.actor.ppo_mini_batch_prompts or self.batch_prompts
+        if self.batch_prompts % mini or (rows // self.actor.workers) % (self.batch_prompts // mini):
+            raise ValueError(
+                f"actor.ppo_mini_batch_prompts={mini} must divide batch_prompts={self.batch_prompts}, and each "
+                f"rank's {rows // max(self.actor.workers, 1)} rows must split into {self.batch_prompts // mini} "
+                "equal mini-batches"
+            )
         if rows % self.actor.workers:
             raise ValueError(
                 f"batch_prompts × rollout.sampling.n = {rows} rows must divide among actor.workers="
                 f"{self.actor.workers}; set batch_prompts to a multiple of {self.actor.workers}"
             )
         return self
+
+    @property
+    def mini_batches(self) -> int:
+        return self.batch_prompts // (self.actor.ppo_mini_batch_prompts or self.batch_prompts)
+
+    @property
+    def optimizer_steps_per_batch(self) -> int:
+        return self.mini_batches * self.actor.ppo_epochs
 
     @property
     def checkpoint_root(self) -> str:
@@ -145,6 +165,13 @@ class PromptSet:
             order = np.random.default_rng([self.seed, epoch]).permutation(len(self.rows))
             out.append(self.rows[order[i]])
         return out
+
+
+def sample_seeds(seed: int, step: int, prompts: int, n: int) -> list[list[int]]:
+    """``[prompts][n]`` sampling seeds, one per (run seed, step, prompt index in the step, sample): no two
+    samples share a random stream, and a resumed run draws exactly what an uninterrupted one does."""
+    return [[int(np.random.SeedSequence([seed, step, i, j]).generate_state(1)[0]) for j in range(n)]
+            for i in range(prompts)]  # fmt: skip
 
 
 def prompt_text(row: dict) -> str:
@@ -222,6 +249,7 @@ class RCRLTrainer:
         c = self.cfg.model_dump(mode="json")
         return {k: c[k] for k in ("model", "data", "seed", "batch_prompts", "grpo", "reward")} | {
             "sampling": c["rollout"]["sampling"], "actor.workers": c["actor"]["workers"], "optim": c["actor"]["optim"],
+            "ppo": [c["actor"]["ppo_mini_batch_prompts"], c["actor"]["ppo_epochs"]],
         }  # fmt: skip
 
     def preflight(self) -> None:
@@ -271,11 +299,13 @@ class RCRLTrainer:
         from m3ad_rl.workers import PolicyWorker
 
         cfg, a = self.cfg, self.cfg.actor
-        rows_per_rank = cfg.batch_prompts * cfg.rollout.sampling.n // a.workers
+        mini_rows = cfg.batch_prompts * cfg.rollout.sampling.n // a.workers // cfg.mini_batches  # per rank
         wcfg = {
             "model": cfg.model, "optim": a.optim.model_dump(), "grpo": cfg.grpo.model_dump(),
             "temperature": cfg.rollout.sampling.temperature or 1.0, "micro_batch_rows": a.micro_batch_rows,
-            "grad_accum": max(1, -(-rows_per_rank // a.micro_batch_rows)), "total_steps": cfg.steps,
+            "grad_accum": max(1, -(-mini_rows // a.micro_batch_rows)),  # micro-batches per optimiser step
+            "total_steps": cfg.steps * cfg.optimizer_steps_per_batch, "mini_batches": cfg.mini_batches,
+            "ppo_epochs": a.ppo_epochs, "loss_scale_factor": cfg.rollout.sampling.max_new_tokens,
             "threads": a.threads, "seed": cfg.seed,
         }  # fmt: skip
 
@@ -358,13 +388,13 @@ class RCRLTrainer:
                 batch, texts = self.generate(rows, step)
             with tr.span("reward", t):
                 scores, _, reward_metrics = self.compute_reward(rows, texts)
-            if self.cfg.grpo.recompute_old_log_prob:
+            if self.cfg.grpo.recompute_old_log_prob or self.cfg.optimizer_steps_per_batch > 1:
                 with tr.span("old_log_prob", t):
                     batch = batch.union(self.actor.compute_log_prob(batch))
             with tr.span("ref", t):
                 batch = batch.union(self.ref.compute_ref_log_prob(batch))
             with tr.span("advantage", t):
-                self.compute_advantage(batch, scores)
+                group_metrics = self.compute_advantage(batch, scores)
             with tr.span("update", t):
                 update_metrics = self.update(batch)
             with tr.span("sync_weights", t):
@@ -374,7 +404,7 @@ class RCRLTrainer:
             update_metrics["actor/entropy"] = float((batch.batch["entropy"] * mask).sum() / mask.sum().clamp(min=1))
         lengths = mask.sum(1).float()
         metrics = {
-            **reward_metrics, **update_metrics, **t,
+            **reward_metrics, **update_metrics, **group_metrics, **t,
             "response/length_mean": float(lengths.mean()), "response/length_max": float(lengths.max()),
             "response/clip_ratio": float((lengths >= self.cfg.rollout.sampling.max_new_tokens).float().mean()),
             "timing/step_s": time.perf_counter() - t0,
@@ -388,14 +418,15 @@ class RCRLTrainer:
         from verl import DataProto
 
         sp = self.cfg.rollout.sampling
+        seeds = sample_seeds(self.cfg.seed, step, len(rows), sp.n)
         parts = np.array_split(np.arange(len(rows)), len(self.rollout))
         futures = []
-        for w, (worker, idx) in enumerate(zip(self.rollout, parts, strict=True)):
+        for worker, idx in zip(self.rollout, parts, strict=True):
             if len(idx) == 0:
                 continue
-            params = sp.model_copy(update={"seed": self.cfg.seed * 1_000_003 + step * 1009 + w}).model_dump()
             futures.append(worker.generate.remote(
-                [prompt_text(rows[i]) for i in idx], [image_bytes(rows[i]) for i in idx], params))  # fmt: skip
+                [prompt_text(rows[i]) for i in idx], [image_bytes(rows[i]) for i in idx], sp.model_dump(),
+                [seeds[i] for i in idx]))  # fmt: skip
         groups = [g for f in ray.get(futures) for g in f]
         comps = [c for g in groups for c in g]
         width = max(1, max(len(c["token_ids"]) for c in comps))
@@ -404,13 +435,15 @@ class RCRLTrainer:
         for i, c in enumerate(comps):
             ids[i, : len(c["token_ids"])] = torch.tensor(c["token_ids"], dtype=torch.long)
             mask[i, : len(c["token_ids"])] = 1
+        truncated = torch.tensor([c["finish_reason"] == "length" for c in comps], dtype=torch.float32)
         rep = [r for r in rows for _ in range(sp.n)]
         batch = DataProto.from_dict(
-            {"responses": ids, "response_mask": mask},
+            {"responses": ids, "response_mask": mask, "truncated": truncated},
             non_tensors={
                 "prompt": np.array([prompt_text(r) for r in rep], dtype=object),
                 "image": np.array([image_bytes(r) for r in rep], dtype=object),
-                "uid": np.array([str(r["extra_info"]["id"]) for r in rep], dtype=object),
+                # the GRPO group: the prompt's place in this step (a row could appear twice across an epoch edge)
+                "uid": np.array([str(i // sp.n) for i in range(len(rep))], dtype=object),
             },
         )
         return batch, [c["text"] for c in comps]
@@ -446,14 +479,22 @@ class RCRLTrainer:
                 out.extend(resp.json()["results"])
         return out
 
-    def compute_advantage(self, batch, scores: np.ndarray) -> None:
+    def compute_advantage(self, batch, scores: np.ndarray) -> dict[str, float]:
+        """GRPO advantages, and the loss mask after the optional filters; returns the group metrics."""
         import torch
 
-        from m3ad_rl.algorithms import grpo_advantages
+        from m3ad_rl.algorithms import equal_reward_groups, grpo_advantages, update_mask
 
-        batch.batch["advantages"] = grpo_advantages(
-            torch.from_numpy(scores), batch.batch["response_mask"], batch.non_tensor_batch["uid"], self.cfg.grpo
-        )
+        s, uid, g = torch.from_numpy(scores), batch.non_tensor_batch["uid"], self.cfg.grpo
+        batch.batch["advantages"] = grpo_advantages(s, batch.batch["response_mask"], uid, g)
+        batch.batch["loss_mask"] = update_mask(batch.batch["response_mask"], s, uid, batch.batch["truncated"], g)
+        flat = equal_reward_groups(s, uid)
+        n = self.cfg.rollout.sampling.n
+        return {  # groups whose rewards are all equal carry no gradient under GRPO
+            "groups/zero_variance": float(flat[::n].sum()), "groups/zero_variance_frac": float(flat[::n].mean()),
+            "response/truncated_frac": float(batch.batch["truncated"].mean()),
+            "response/in_update_frac": float((batch.batch["loss_mask"].sum(1) > 0).float().mean()),
+        }  # fmt: skip
 
     def update(self, batch) -> dict[str, float]:
         out = self.actor.update_actor(batch)
@@ -473,10 +514,13 @@ class RCRLTrainer:
 
         url = ck.step_dir(self.cfg.checkpoint_root, self.step)
         storage.remove(url)  # a half-written folder of an earlier, killed attempt at this step
+        # no RNG state: every random draw of step s derives from (seed, s)
         state = {
-            "step": self.step, "data_position": self.step * self.cfg.batch_prompts, "seed": self.cfg.seed,
-            "reward_config": self.cfg.reward.model_dump(mode="json"), "settings": self.run_settings(),
-            "rng": {"numpy": _jsonable(np.random.get_state()), "python": _jsonable(random.getstate())},
+            "step": self.step,
+            "data_position": self.step * self.cfg.batch_prompts,
+            "seed": self.cfg.seed,
+            "reward_config": self.cfg.reward.model_dump(mode="json"),
+            "settings": self.run_settings(),
         }  # fmt: skip
         files: dict[str, int] = {}
         for rank_files in self.actor.save_checkpoint(f"{url}/actor", "actor", {"step": self.step}):
@@ -540,10 +584,6 @@ def _node_placement_groups(per_node: int, nodes: int, use_gpu: bool, role: str) 
     ]  # fmt: skip
     ray.get([pg.ready() for pg in pgs])
     return pgs
-
-
-def _jsonable(state) -> list:
-    return [s.tolist() if isinstance(s, np.ndarray) else _jsonable(s) if isinstance(s, tuple) else s for s in state]
 
 
 def run(

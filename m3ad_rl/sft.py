@@ -4,7 +4,9 @@
 
 A Ray Train ``TorchTrainer``; each worker wraps the model in a DeepSpeed engine (ZeRO stage from
 config; gloo on CPU, nccl on GPU). The loss is the mean negative log-likelihood of the response
-tokens only (the assistant turn plus its end-of-turn token); images go through the model's
+tokens only (the assistant turn plus its end-of-turn token), a token mean over the whole optimiser
+step: every micro-batch on every rank divides by the step's token count summed over ranks, so a
+short row's tokens weigh what a long row's do (verl's token-mean); images go through the model's
 processor. Cosine schedule with linear warm-up, micro-batch and accumulation from config. Every
 ``checkpoint.every`` optimiser steps each rank reports its DeepSpeed checkpoint files to Ray Train,
 which gathers them in one folder on the run's storage (any fsspec URL); ``--resume`` takes the
@@ -57,7 +59,9 @@ class SFTConfig(BaseModel):
     max_steps: int | None = Field(None, ge=1, description="Stop after this many optimiser steps.")
     micro_batch: int = Field(1, ge=1, description="Samples per device per forward pass.")
     grad_accum: int = Field(2, ge=1, description="Micro-batches per optimiser step.")
-    max_response_tokens: int = Field(1024, ge=8, description="Longer targets are cut (and counted).")
+    max_response_tokens: int = Field(
+        1024, ge=8, description="Longer targets are cut, without the end token (counted: sft/truncated_rows)."
+    )
     workers: int = Field(1, ge=1, description="Ray Train workers (data-parallel DeepSpeed ranks).")
     threads: int = Field(1, ge=1, description="torch threads per worker (CPU).")
     use_gpu: bool = False
@@ -98,16 +102,18 @@ def total_steps(n_rows: int, cfg: SFTConfig) -> int:
 
 
 def _example(processor, row: dict, max_tokens: int):
-    """(request, response token ids) for one SFT row: the user turn with its image, and the target."""
+    """(request, response token ids, truncated) for one SFT row: the user turn with its image, and the
+    target plus ``<|im_end|>``. A target longer than ``max_tokens`` is cut *without* the end token, so
+    the model is never taught to stop where the cut fell."""
     from m3ad_rl.engines.base import GenerationRequest
 
     msgs = json.loads(row["messages"])
     user = next(c["text"] for c in msgs[0]["content"] if c["type"] == "text")
     target = next(c["text"] for c in msgs[-1]["content"] if c["type"] == "text")
     tok = processor.tokenizer
-    ids = tok(target, add_special_tokens=False)["input_ids"][: max_tokens - 1]
-    ids.append(tok.convert_tokens_to_ids("<|im_end|>"))
-    return GenerationRequest(row["id"], user, bytes(row["images"][0]["bytes"])), ids
+    ids = tok(target, add_special_tokens=False)["input_ids"] + [tok.convert_tokens_to_ids("<|im_end|>")]
+    truncated = len(ids) > max_tokens
+    return GenerationRequest(row["id"], user, bytes(row["images"][0]["bytes"])), ids[:max_tokens], truncated
 
 
 def train_loop(config: dict) -> None:
@@ -142,37 +148,56 @@ def train_loop(config: dict) -> None:
     mbs = micro_batches(len(rows), cfg, rank, world)[: steps * cfg.grad_accum]
     tracker = Tracker(cfg.out, cfg.logging, "sft", resume_step=done) if rank == 0 else None
     engine.train()
-    loss_sum, tok_sum, t0 = 0.0, 0, time.perf_counter()
+    loss_sum, tok_sum, cut, t0 = 0.0, 0, 0, time.perf_counter()
+    step_tokens = 0.0
     for m in range(done * cfg.grad_accum, len(mbs)):
-        reqs, resps = zip(*(_example(processor, rows[i], cfg.max_response_tokens) for i in mbs[m]), strict=True)
+        if m % cfg.grad_accum == 0:  # a new optimiser step: its response-token count over all ranks
+            step_tokens = _step_tokens(processor, rows, mbs[m : m + cfg.grad_accum], cfg.max_response_tokens)
+        reqs, resps, truncated = zip(
+            *(_example(processor, rows[i], cfg.max_response_tokens) for i in mbs[m]), strict=True
+        )
         batch = build_batch(processor, list(reqs), list(resps))
         lp, _ = response_log_probs(engine.module, batch)
-        n_tok = batch.response_len.sum()
-        loss = -lp.sum() / n_tok
-        engine.backward(loss)
+        # this micro-batch's share of the step's token-mean NLL over all ranks (DeepSpeed averages ranks,
+        # hence × world; micro-batch gradients add up, hence scale_wrt_gas=False)
+        loss = -lp.sum() / step_tokens * world
+        engine.backward(loss, scale_wrt_gas=False)
         engine.step()
-        loss_sum, tok_sum = loss_sum + float(loss) * int(n_tok), tok_sum + int(n_tok)
+        loss_sum += float(loss) / world
+        tok_sum, cut = tok_sum + int(batch.response_len.sum()), cut + sum(truncated)
         if (m + 1) % cfg.grad_accum:
             continue
         step = (m + 1) // cfg.grad_accum
         last = step == steps
         if step % cfg.log_every and not last:
             continue
-        tot = torch.tensor([loss_sum, tok_sum], dtype=torch.float64)
-        torch.distributed.all_reduce(tot)  # token-weighted mean over all ranks
+        tot = torch.tensor([loss_sum, tok_sum, cut], dtype=torch.float64)
+        torch.distributed.all_reduce(tot)  # the steps' losses (each the optimised token mean) and counts
+        n_steps = step - (step - 1) // cfg.log_every * cfg.log_every if last else cfg.log_every
         metrics = {
-            "sft/loss": float(tot[0] / tot[1].clamp(min=1)), "sft/lr": float(engine.get_lr()[0]),
-            "sft/tokens": float(tot[1]), "timing/step_s": (time.perf_counter() - t0) / cfg.log_every,
+            "sft/loss": float(tot[0]) / n_steps, "sft/lr": float(engine.get_lr()[0]),
+            "sft/tokens": float(tot[1]), "sft/truncated_rows": float(tot[2]),
+            "timing/step_s": (time.perf_counter() - t0) / n_steps,
         }  # fmt: skip
         if tracker is not None:
             tracker.log(step, metrics)
             print(f"SFT step {step}/{steps}: loss {metrics['sft/loss']:.4f} lr {metrics['sft/lr']:.2e}", flush=True)
         if step % cfg.checkpoint.every == 0 or last:
             _report_checkpoint(engine, {"step": step, **metrics}, step)
-        loss_sum, tok_sum, t0 = 0.0, 0, time.perf_counter()
+        loss_sum, tok_sum, cut, t0 = 0.0, 0, 0, time.perf_counter()
     _save_model(engine, processor, cfg, rank)
     if tracker is not None:
         tracker.close()
+
+
+def _step_tokens(processor, rows: list[dict], micro: list[list[int]], max_tokens: int) -> float:
+    """Response tokens of one optimiser step's micro-batches, summed over all ranks (the loss's denominator)."""
+    import torch
+
+    n = sum(len(_example(processor, rows[i], max_tokens)[1]) for mb in micro for i in mb)
+    t = torch.tensor([float(n)], dtype=torch.float64)
+    torch.distributed.all_reduce(t)
+    return max(float(t[0]), 1.0)
 
 
 def _report_checkpoint(engine, metrics: dict, step: int) -> None:

@@ -122,38 +122,65 @@ class PolicyWorker(Worker):
 
     @register(dispatch_mode=Dispatch.DP_COMPUTE_PROTO)
     def update_actor(self, data: DataProto) -> DataProto:
-        """One pass over this rank's rows in micro-batches; DeepSpeed steps at each accumulation boundary."""
+        """``ppo_epochs`` passes over this rank's rows in ``mini_batches`` mini-batches, one optimiser step each.
+
+        Every micro-batch's loss is its share of its mini-batch's loss aggregated over all ranks
+        (verl's ``agg_loss`` with the mini-batch's token and sequence counts summed over ranks), so
+        the micro-batch gradients are added (``scale_wrt_gas=False``) and DeepSpeed's average over
+        ranks yields exactly the mini-batch loss's gradient, whatever the lengths and the split.
+        """
         t0 = time.perf_counter()
         self.engine.module.train()
         reqs, resps = _requests(data), _responses(data)
+        n_mini, epochs = int(self.cfg.get("mini_batches", 1)), int(self.cfg.get("ppo_epochs", 1))
+        has_old = "old_log_probs" in data.batch.keys()  # noqa: SIM118 (TensorDict has no `in`)
+        # π_old = π only while the weights are those that sampled: the first and only optimiser step.
+        assert has_old or n_mini * epochs == 1, "more than one optimiser step per batch needs old_log_probs"
+        loss_mask = data.batch["loss_mask"] if "loss_mask" in data.batch.keys() else data.batch["response_mask"]  # noqa: SIM118
         sums: dict[str, float] = {}
         n_micro = 0
-        recompute = "old_log_probs" in data.batch.keys()  # noqa: SIM118 (TensorDict has no `in`)
-        for s in range(0, len(reqs), self.micro):
-            sl = slice(s, s + self.micro)
-            b = build_batch(self.processor, reqs[sl], resps[sl])
-            lp, ent = response_log_probs(self.engine.module, b, self.temperature, with_entropy=True)
-            width = lp.shape[1]
-            mask = data.batch["response_mask"][sl][:, :width].float()
-            # One optimiser step per rollout batch: the weights are those that sampled, so π_old = π (ratio 1)
-            # unless the controller recomputed π_old (grpo.recompute_old_log_prob).
-            old = data.batch["old_log_probs"][sl][:, :width] if recompute else lp.detach()
-            loss, m = grpo_loss(
-                lp, old, data.batch["ref_log_probs"][sl][:, :width], data.batch["advantages"][sl][:, :width], mask,
-                self.grpo,
-            )  # fmt: skip
-            self.engine.backward(loss)
-            self.engine.step()
-            n_micro += 1
-            m["actor/entropy"] = float(ent.sum() / mask.sum().clamp(min=1))
-            for k, v in m.items():
-                sums[k] = sums.get(k, 0.0) + v
+        for _ in range(epochs):
+            for rows in np.array_split(np.arange(len(reqs)), n_mini):
+                info = self._global_batch_info(loss_mask[rows])
+                for s in range(0, len(rows), self.micro):
+                    idx = rows[s : s + self.micro]
+                    b = build_batch(self.processor, [reqs[i] for i in idx], [resps[i] for i in idx])
+                    lp, ent = response_log_probs(self.engine.module, b, self.temperature, with_entropy=True)
+                    width = lp.shape[1]
+                    mask = loss_mask[idx][:, :width].float()
+                    old = data.batch["old_log_probs"][idx][:, :width] if has_old else lp.detach()
+                    loss, m = grpo_loss(
+                        lp, old, data.batch["ref_log_probs"][idx][:, :width], data.batch["advantages"][idx][:, :width],
+                        mask, self.grpo, info,
+                    )  # fmt: skip
+                    self.engine.backward(loss, scale_wrt_gas=False)
+                    self.engine.step()  # DeepSpeed steps the optimiser at the mini-batch's last micro-batch
+                    n_micro += 1
+                    m["actor/entropy"] = float((ent * mask).sum() / mask.sum().clamp(min=1))
+                    for k, v in m.items():
+                        sums[k] = sums.get(k, 0.0) + v
         metrics = {k: v / max(n_micro, 1) for k, v in sums.items()}
+        for k in ("actor/pg_loss", "actor/kl_loss", "actor/loss"):  # micro-batch shares add up to the batch's
+            metrics[k] = sums.get(k, 0.0) / (n_mini * epochs)  # the mean mini-batch loss (averaged over ranks later)
         metrics["actor/lr"] = float(self.engine.get_lr()[0])
         gn = self.engine.get_global_grad_norm()
         metrics["actor/grad_norm"] = float(gn) if gn is not None else 0.0
+        metrics["actor/optimizer_steps"] = float(n_mini * epochs)
         metrics["timing/update_worker_s"] = time.perf_counter() - t0
         return DataProto(meta_info={"metrics": metrics})
+
+    def _global_batch_info(self, loss_mask: torch.Tensor) -> dict:
+        """verl's ``global_batch_info`` for a mini-batch: its token and sequence counts summed over ranks."""
+        import torch.distributed as dist
+
+        counts = torch.tensor([float(loss_mask.sum()), float((loss_mask.sum(-1) > 0).sum())], dtype=torch.float64)
+        world = dist.get_world_size() if dist.is_initialized() else 1
+        if world > 1:
+            dist.all_reduce(counts)
+        return {
+            "dp_size": world, "batch_num_tokens": max(float(counts[0]), 1.0),
+            "global_batch_size": max(float(counts[1]), 1.0), "loss_scale_factor": self.cfg.get("loss_scale_factor"),
+        }  # fmt: skip
 
     @register(dispatch_mode=Dispatch.ONE_TO_ALL)
     def state_dict(self) -> tuple[list, np.ndarray] | None:
@@ -209,15 +236,22 @@ class RolloutWorker:
         os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
         self.engine = make_engine(kind, model, **(engine_kwargs or {}))
 
-    def generate(self, texts: list[str], images: list[bytes], params: dict) -> list[list[dict]]:
+    def generate(
+        self, texts: list[str], images: list[bytes], params: dict, seeds: list[list[int]] | None = None
+    ) -> list[list[dict]]:
+        """``n`` samples per prompt; ``seeds[i][j]`` seeds sample j of prompt i (its own random stream)."""
         reqs = [GenerationRequest(str(i), t, b) for i, (t, b) in enumerate(zip(texts, images, strict=True))]
-        outs = self.engine.generate(reqs, SamplingParams(**params))
+        outs = self.engine.generate(reqs, SamplingParams(**params), seeds=seeds)
         return [[{"text": c.text, "token_ids": list(c.token_ids), "finish_reason": c.finish_reason} for c in cs]
                 for cs in outs]  # fmt: skip
 
     def load_weights(self, packed: tuple[list, np.ndarray]) -> int:
         """Replace the engine's weights (``pack_state`` form); returns how many tensors were loaded."""
         return self.engine.load_weights(unpack_state(packed))
+
+    def named_sums(self) -> dict[str, float]:
+        """{parameter name: sum of its values} of the engine's model (tied weights once), for tests."""
+        return {k: float(v.double().sum()) for k, v in self.engine.model.named_parameters()}
 
     def fingerprint(self) -> float:
         """A number that changes when the weights do (for tests and logs)."""

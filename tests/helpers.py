@@ -38,3 +38,44 @@ def running(app):
         server.should_exit = True
         thread.join(5)
         sock.close()
+
+
+@contextlib.contextmanager
+def shaped_reward_service(config=None, per_char: float = 0.01):
+    """The reward service's HTTP protocol (POST /score {items} → {results}) on 127.0.0.1, scoring with the
+    real RewardFunction plus ``per_char`` × the response's length: distinct samples of a group then get
+    distinct rewards, so a GRPO step on a barely trained model is guaranteed a learning signal (the
+    policy provably moves, as the fault tests need). Yields the base URL for ``reward_service.url``."""
+    import json
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    from rewards.config import RewardConfig
+    from rewards.scorer import RewardFunction
+    from rewards.service import score_items
+
+    fn = RewardFunction(config or RewardConfig())
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self):
+            items = json.loads(self.rfile.read(int(self.headers["Content-Length"])))["items"]
+            results = score_items(fn, items)
+            for item, r in zip(items, results, strict=True):
+                r["score"] += per_char * len(item["response"])
+            body = json.dumps({"results": results}).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        thread.join(5)

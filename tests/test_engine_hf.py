@@ -28,20 +28,42 @@ def test_batch_of_prompts_n_samples_and_logprobs_match_a_forward_pass(tiny_model
         for c in g:
             assert 0 < len(c.token_ids) <= 12 and len(c.logprobs) == len(c.token_ids)
             assert c.finish_reason in ("stop", "length")
-    # recompute the log-probs of request 2's first sample with one forward pass, unpadded
-    r, c = reqs[2], out[2][0]
+    # every row of the left-padded batch: its log-probs equal one unpadded forward pass of that row alone
     proc, model = engine.processor, engine.model
-    text = proc.apply_chat_template(r.messages(), add_generation_prompt=True, tokenize=False)
-    inputs = proc(text=[text], images=[r.pil_image()], return_tensors="pt")
-    ids = torch.cat([inputs["input_ids"], torch.tensor([c.token_ids])], dim=1)
-    extra = {k: v for k, v in inputs.items() if k not in ("input_ids", "attention_mask", "mm_token_type_ids")}
-    mm = torch.cat([inputs["mm_token_type_ids"], torch.zeros(1, len(c.token_ids), dtype=torch.long)], dim=1)
-    with torch.no_grad():
-        logits = model(input_ids=ids, attention_mask=torch.ones_like(ids), mm_token_type_ids=mm, **extra).logits
-    p = inputs["input_ids"].shape[1]
-    lp = torch.log_softmax(logits[0, p - 1 : -1].float() / 0.8, dim=-1)
-    expected = lp.gather(1, torch.tensor(c.token_ids)[:, None]).squeeze(1)
-    assert torch.allclose(expected, torch.tensor(c.logprobs), atol=2e-3)
+    for r, g in zip(reqs, out, strict=True):
+        text = proc.apply_chat_template(r.messages(), add_generation_prompt=True, tokenize=False)
+        inputs = proc(text=[text], images=[r.pil_image()], return_tensors="pt")
+        extra = {k: v for k, v in inputs.items() if k not in ("input_ids", "attention_mask", "mm_token_type_ids")}
+        for c in g:
+            ids = torch.cat([inputs["input_ids"], torch.tensor([c.token_ids])], dim=1)
+            mm = torch.cat([inputs["mm_token_type_ids"], torch.zeros(1, len(c.token_ids), dtype=torch.long)], dim=1)
+            with torch.no_grad():
+                logits = model(input_ids=ids, attention_mask=torch.ones_like(ids), mm_token_type_ids=mm, **extra).logits
+            p = inputs["input_ids"].shape[1]
+            lp = torch.log_softmax(logits[0, p - 1 : -1].float() / 0.8, dim=-1)
+            expected = lp.gather(1, torch.tensor(c.token_ids)[:, None]).squeeze(1)
+            assert torch.allclose(expected, torch.tensor(c.logprobs), atol=2e-3), f"{r.id}: padded row differs"
+
+
+def test_per_sample_seeds_give_independent_streams_whatever_the_batch(tiny_model):
+    """Sample j of every prompt used to draw the same random stream (one seed per worker and step)."""
+    engine = make_engine("hf", str(tiny_model), batch_size=4)
+    same = [GenerationRequest(f"r{i}", question(), _png((9, 9, 9))) for i in range(2)]  # identical prompts
+    params = SamplingParams(n=2, max_new_tokens=16, temperature=1.0, logprobs=False)
+    out = engine.generate(same, params, seeds=[[11, 12], [13, 14]])
+    streams = [tuple(c.token_ids) for g in out for c in g]
+    assert len(set(streams)) == 4, "two samples drew the same stream"
+    alone = engine.generate(same[1:], params, seeds=[[13, 14]])  # prompt 1 alone, same seeds: same samples
+    assert [c.token_ids for c in alone[0]] == [c.token_ids for c in out[1]]
+    again = engine.generate(same, params, seeds=[[11, 12], [13, 14]])
+    assert [[c.token_ids for c in g] for g in again] == [[c.token_ids for c in g] for g in out]
+
+
+def test_vllm_blocks_the_same_vision_tokens_the_hf_engine_suppresses(tiny_model):
+    from m3ad_rl.engines.vllm import vision_token_ids
+
+    engine = make_engine("hf", str(tiny_model))
+    assert sorted(vision_token_ids(str(tiny_model))) == sorted(engine.vision_ids) and len(engine.vision_ids) == 4
 
 
 def test_greedy_is_deterministic_and_without_logprobs(tiny_model):

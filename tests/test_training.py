@@ -68,12 +68,12 @@ def test_sft_learns_on_two_deepspeed_workers(pipeline):
     assert {"zero_pp_rank_0_mp_rank_00_optim_states.pt", "zero_pp_rank_1_mp_rank_00_optim_states.pt"} <= names
 
 
-def _rcrl_args(pipeline, out: Path, steps: int = 4) -> list[str]:
+def _rcrl_args(pipeline, out: Path, steps: int = 4, reward_url: str | None = None) -> list[str]:
     return [
         "train", "rcrl", "--no-progress", "--reward-config", "configs/rewards/preset_b.yaml", "--set",
         f"model={pipeline['sft'] / 'model'}", f"data={pipeline['ft'] / 'rl.parquet'}", f"out={out}",
         f"steps={steps}", "batch_prompts=4", "rollout.sampling.max_new_tokens=192", "checkpoint.every=2",
-        "actor.optim.lr=3e-4", "seed=5",
+        "actor.optim.lr=3e-4", "seed=5", *([f"reward_service.url={reward_url}"] if reward_url else []),
     ]  # fmt: skip
 
 
@@ -85,14 +85,26 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def test_rcrl_killed_mid_run_resumes_to_the_same_metrics(pipeline, tmp_path):
+    """SIGKILL after step 2's checkpoint, then --resume: every step's metrics equal an uninterrupted run's.
+    The rewards come from the reward service's protocol with a length term (tests/helpers.py), so every
+    step has a learning signal and the checkpoint restores a policy that really moved."""
+    from rewards import load_reward_config
+    from tests.helpers import shaped_reward_service
+
+    with shaped_reward_service(load_reward_config(str(REPO / "configs/rewards/preset_b.yaml"))) as url:
+        _killed_and_resumed(pipeline, tmp_path, url)
+
+
+def _killed_and_resumed(pipeline, tmp_path, url: str) -> None:
     ray.shutdown()
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     ref_out, out = tmp_path / "uninterrupted", tmp_path / "killed"
-    subprocess.run([sys.executable, "-m", "m3ad_rl.cli", *_rcrl_args(pipeline, ref_out)], cwd=REPO, env=env,
-                   check=True, capture_output=True, timeout=900)  # fmt: skip
+    subprocess.run([sys.executable, "-m", "m3ad_rl.cli", *_rcrl_args(pipeline, ref_out, reward_url=url)], cwd=REPO,
+                   env=env, check=True, capture_output=True, timeout=900)  # fmt: skip
     # the same run, SIGKILLed (driver and its local Ray) once step 2's checkpoint is complete
-    proc = subprocess.Popen([sys.executable, "-m", "m3ad_rl.cli", *_rcrl_args(pipeline, out)], cwd=REPO, env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)  # fmt: skip
+    proc = subprocess.Popen([sys.executable, "-m", "m3ad_rl.cli", *_rcrl_args(pipeline, out, reward_url=url)],
+                            cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)  # fmt: skip
     marker = out / "checkpoints/step_000002/COMPLETE"
     deadline = time.time() + 600
     while not marker.exists() and proc.poll() is None and time.time() < deadline:
@@ -101,18 +113,30 @@ def test_rcrl_killed_mid_run_resumes_to_the_same_metrics(pipeline, tmp_path):
     proc.wait()
     assert marker.exists(), "the run ended before its first checkpoint"
     assert not (out / "model").exists()  # it did not finish
-    res = subprocess.run([sys.executable, "-m", "m3ad_rl.cli", *_rcrl_args(pipeline, out), "--resume"], cwd=REPO,
-                         env=env, capture_output=True, text=True, timeout=900)  # fmt: skip
+    res = subprocess.run([sys.executable, "-m", "m3ad_rl.cli", *_rcrl_args(pipeline, out, reward_url=url), "--resume"],
+                         cwd=REPO, env=env, capture_output=True, text=True, timeout=900)  # fmt: skip
     assert res.returncode == 0, res.stderr[-3000:]
     assert "resumed from step" in res.stdout
     want, got = read_metrics(str(ref_out)), read_metrics(str(out))
     assert [r["step"] for r in got] == [1, 2, 3, 4]
     assert _comparable(got) == _comparable(want)
-    moved = [i for i, r in enumerate(want) if r["reward/score_std"] > 0]
-    if moved and moved[0] < len(want) - 1:  # a step with a learning signal moved the policy (KL shows next step)
-        assert any(r["actor/kl_loss"] > 0 for r in want[moved[0] + 1 :])
+    # the resume restored a policy that had moved: step 2's checkpointed weights differ from the SFT model's
+    assert _weight_change(out / "checkpoints/step_000002", pipeline["sft"] / "model") > 0
     state = json.loads((out / "checkpoints/step_000004/trainer_state.json").read_text())
     assert state["step"] == 4 and state["reward_config"]["reflection"]["preset"] == "b"
+
+
+def _weight_change(checkpoint: Path, model: Path) -> float:
+    """Largest |Δ| between a checkpoint's actor weights and an HF model's."""
+    import torch
+    from safetensors.torch import load_file
+
+    states = next(checkpoint.rglob("mp_rank_00_model_states.pt"))
+    ckpt = torch.load(states, map_location="cpu", weights_only=False)["module"]
+    base = load_file(model / "model.safetensors")
+    common = [k for k in ckpt if k in base]
+    assert common
+    return max(float((ckpt[k].float() - base[k].float()).abs().max()) for k in common)
 
 
 def test_half_written_checkpoint_is_never_taken(tmp_path):
@@ -201,3 +225,55 @@ def test_every_reward_variant_is_a_train_rcrl_reward_config(path):
 
     cfg = load_config(RCRLConfig, REPO / "configs/train/rcrl-cpu.yaml", sections={"reward": path})
     assert cfg.reward == load_config(RewardConfig, path)
+
+
+def test_controller_update_with_minibatches_moves_clips_and_pushes_exact_weights(pipeline, tmp_path):
+    """One RCRL step through the real controller with 2 mini-batches × 2 epochs (4 optimiser steps) and
+    injected advantages: π_old comes from its own pass, the later optimiser steps see ratio ≠ 1 (clipped),
+    and afterwards the rollout engine holds exactly the actor's weights (tied embedding counted once)."""
+    import numpy as np
+
+    from m3ad_rl.config import load_config
+    from m3ad_rl.rcrl import RCRLConfig, RCRLTrainer
+    from m3ad_rl.weights import unpack_state
+
+    ray.shutdown()
+    cfg = load_config(RCRLConfig, "configs/train/rcrl-cpu.yaml", [
+        f"model={pipeline['sft'] / 'model'}", f"data={pipeline['ft'] / 'rl.parquet'}", f"out={tmp_path / 'run'}",
+        "steps=1", "batch_prompts=4", "rollout.sampling.max_new_tokens=24", "actor.ppo_mini_batch_prompts=2",
+        "actor.ppo_epochs=2", "actor.micro_batch_rows=4", "actor.optim.lr=5e-3", "logging.tensorboard=false",
+    ])  # fmt: skip
+    t = RCRLTrainer(cfg, progress=False)
+    try:
+        t.setup()
+        rows = t.data.batch(0, cfg.batch_prompts)
+        batch, _ = t.generate(rows, 1)
+        scores = np.random.default_rng(0).normal(size=len(batch)).astype(np.float32)  # a learning signal
+        batch = batch.union(t.actor.compute_log_prob(batch))  # the separate π_old pass
+        batch = batch.union(t.ref.compute_ref_log_prob(batch))
+        t.compute_advantage(batch, scores)
+        m = t.update(batch)
+        assert m["actor/optimizer_steps"] == 4
+        assert m["actor/pg_clipfrac"] > 0 and m["actor/ppo_kl"] != 0, m  # later steps saw a moved policy
+        t._sync_weights()
+        actor = unpack_state(t.actor.state_dict()[0])
+        for w in t.rollout:
+            sums = ray.get(w.named_sums.remote())
+            assert sums and set(sums) <= set(actor)
+            for k, v in sums.items():
+                assert v == pytest.approx(float(actor[k].double().sum()), rel=1e-9, abs=1e-9), k
+    finally:
+        t.cleanup()
+        ray.shutdown()
+
+
+def test_one_optimiser_step_without_old_log_probs_is_exact_and_asserted():
+    """The π_old shortcut (the update's own detached log-probs) is exact only for one optimiser step."""
+    from m3ad_rl.rcrl import RCRLConfig
+
+    base = {"model": "m", "data": "d", "out": "o", "steps": 1, "batch_prompts": 4}
+    assert RCRLConfig(**base).optimizer_steps_per_batch == 1
+    assert RCRLConfig(**base, actor={"ppo_mini_batch_prompts": 2}).optimizer_steps_per_batch == 2
+    assert RCRLConfig(**base, actor={"ppo_epochs": 3}).optimizer_steps_per_batch == 3
+    with pytest.raises(ValueError, match="ppo_mini_batch_prompts=3 must divide batch_prompts=4"):
+        RCRLConfig(**base, actor={"ppo_mini_batch_prompts": 3})

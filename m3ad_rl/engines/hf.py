@@ -12,12 +12,15 @@ from m3ad_rl.engines.base import Completion, GenerationRequest, SamplingParams
 
 
 @contextlib.contextmanager
-def inverse_cdf_sampling():
+def inverse_cdf_sampling(generators: list | None = None):
     """Draw one token per row by inverse-CDF sampling while active.
 
     ``torch.multinomial`` on CPU draws an exponential variate for every vocabulary entry; with
     Qwen's 151k vocabulary that was 65 % of generation time. One uniform per row against the
-    cumulative probabilities samples the same distribution. Other calls pass through unchanged.
+    cumulative probabilities samples the same distribution. With ``generators`` (one
+    ``torch.Generator`` per row) row i's uniforms come from its own generator, so a sample's random
+    stream depends on its seed alone, not on which other rows share the batch. Other calls pass
+    through unchanged.
     """
     import torch
 
@@ -27,8 +30,11 @@ def inverse_cdf_sampling():
         if num_samples != 1 or out is not None or probs.dim() != 2:
             return original(probs, num_samples, replacement, generator=generator, out=out)
         cdf = probs.double().cumsum(-1)
-        u = torch.rand(probs.shape[0], 1, generator=generator, dtype=cdf.dtype, device=probs.device) * cdf[:, -1:]
-        return torch.searchsorted(cdf, u, right=True).clamp_(max=probs.shape[-1] - 1)
+        if generators is not None and len(generators) == probs.shape[0]:
+            u = torch.cat([torch.rand(1, generator=g, dtype=cdf.dtype) for g in generators]).to(cdf.device)[:, None]
+        else:
+            u = torch.rand(probs.shape[0], 1, generator=generator, dtype=cdf.dtype, device=probs.device)
+        return torch.searchsorted(cdf, u * cdf[:, -1:], right=True).clamp_(max=probs.shape[-1] - 1)
 
     torch.multinomial = multinomial
     try:
@@ -69,10 +75,15 @@ class HFEngine:
             if (i := getattr(cfg, k, None)) is not None
         ]  # fmt: skip
 
-    def generate(self, requests: list[GenerationRequest], params: SamplingParams) -> list[list[Completion]]:
+    def generate(
+        self, requests: list[GenerationRequest], params: SamplingParams, seeds: list[list[int]] | None = None
+    ) -> list[list[Completion]]:
+        """``params.n`` completions per request; ``seeds`` (one per request and sample) gives every sample
+        its own random stream, independent of the batching (RCRL's rollouts)."""
         out: list[list[Completion]] = []
         for start in range(0, len(requests), self.batch_size):
-            out.extend(self._batch(requests[start : start + self.batch_size], params))
+            part = seeds[start : start + self.batch_size] if seeds is not None else None
+            out.extend(self._batch(requests[start : start + self.batch_size], params, part))
         return out
 
     def _inputs(self, requests: list[GenerationRequest]):
@@ -85,7 +96,9 @@ class HFEngine:
             raise ValueError("a batch mixes requests with and without images; send them separately")
         return self.processor(text=texts, images=images or None, return_tensors="pt", padding=True)
 
-    def _batch(self, requests: list[GenerationRequest], params: SamplingParams) -> list[list[Completion]]:
+    def _batch(
+        self, requests: list[GenerationRequest], params: SamplingParams, seeds: list[list[int]] | None = None
+    ) -> list[list[Completion]]:
         import torch
 
         inputs = self._inputs(requests).to(self.device)
@@ -103,7 +116,11 @@ class HFEngine:
             kwargs.update(temperature=params.temperature, top_p=params.top_p, top_k=0)
         if params.seed is not None:
             torch.manual_seed(params.seed)
-        with torch.no_grad(), inverse_cdf_sampling() if self.device == "cpu" else contextlib.nullcontext():
+        gens = None
+        if seeds is not None:  # rows are request-major: request i's n samples are rows i·n … i·n + n - 1
+            gens = [torch.Generator().manual_seed(int(s)) for row in seeds for s in row]
+        sampler = inverse_cdf_sampling(gens) if self.device == "cpu" or gens else contextlib.nullcontext()
+        with torch.no_grad(), sampler:
             res = self.model.generate(**inputs, **kwargs)
         new = res.sequences[:, inputs["input_ids"].shape[1] :]  # [B*n, T]
         token_lp = None

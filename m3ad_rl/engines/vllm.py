@@ -46,8 +46,16 @@ class VLLMEngine:
             model=model, max_model_len=max_model_len, seed=seed, limit_mm_per_prompt={"image": 1}, **kwargs
         )
         self._vllm = vllm
+        # Vision placeholders are never valid output (one breaks the actor's forward pass, and with
+        # seeds fixed by step a resumed run would hit it again): banned, as the HF engine suppresses them.
+        self.blocked = {i: -100.0 for i in vision_token_ids(model)}
 
-    def generate(self, requests: list[GenerationRequest], params: SamplingParams) -> list[list[Completion]]:
+    def generate(
+        self, requests: list[GenerationRequest], params: SamplingParams, seeds: list[list[int]] | None = None
+    ) -> list[list[Completion]]:
+        """``params.n`` completions per request. With ``seeds`` (one per request and sample) each sample
+        is its own vLLM request with its own seed, so no two samples share a random stream; the
+        shared prompt is computed once by vLLM's prefix cache."""
         prompts = []
         for r in requests:
             text = self.processor.apply_chat_template(r.messages(), add_generation_prompt=True, tokenize=False)
@@ -55,26 +63,32 @@ class VLLMEngine:
             if r.image is not None:
                 prompt["multi_modal_data"] = {"image": r.pil_image()}
             prompts.append(prompt)
-        sp = self._vllm.SamplingParams(
-            n=params.n,
+        if seeds is None:
+            outs = self.llm.generate(prompts, self._params(params, params.n, params.seed), use_tqdm=False)
+            return [[self._completion(c, params) for c in o.outputs] for o in outs]
+        flat = [p for p in prompts for _ in range(params.n)]
+        sps = [self._params(params, 1, s) for row in seeds for s in row]
+        outs = self.llm.generate(flat, sps, use_tqdm=False)
+        comps = [self._completion(o.outputs[0], params) for o in outs]
+        return [comps[i * params.n : (i + 1) * params.n] for i in range(len(requests))]
+
+    def _params(self, params: SamplingParams, n: int, seed: int | None):
+        return self._vllm.SamplingParams(
+            n=n,
             temperature=params.temperature,
             top_p=params.top_p,
             max_tokens=params.max_new_tokens,
-            seed=params.seed,
+            seed=seed,
             logprobs=0 if params.logprobs else None,  # 0: just the sampled token's log-prob
+            logit_bias=self.blocked or None,
         )
-        outs = self.llm.generate(prompts, sp, use_tqdm=False)
-        results = []
-        for o in outs:
-            group = []
-            for c in o.outputs:
-                lps = None
-                if params.logprobs and c.logprobs is not None:
-                    lps = [step[tok].logprob for tok, step in zip(c.token_ids, c.logprobs, strict=False)]
-                finish = "length" if c.finish_reason == "length" else "stop"
-                group.append(Completion(c.text, list(c.token_ids), lps, finish))
-            results.append(group)
-        return results
+
+    @staticmethod
+    def _completion(c, params: SamplingParams) -> Completion:
+        lps = None
+        if params.logprobs and c.logprobs is not None:
+            lps = [step[tok].logprob for tok, step in zip(c.token_ids, c.logprobs, strict=False)]
+        return Completion(c.text, list(c.token_ids), lps, "length" if c.finish_reason == "length" else "stop")
 
     def load_weights(self, state_dict: dict) -> int:
         """Push new weights into every vLLM worker (HF parameter names; vLLM's loader maps them)."""
@@ -91,6 +105,15 @@ class VLLMEngine:
 
     def close(self) -> None:
         self.llm = None
+
+
+def vision_token_ids(model: str) -> list[int]:
+    """The image/video placeholder and vision start/end token ids of a Qwen-VL model's config."""
+    from transformers import AutoConfig
+
+    cfg = AutoConfig.from_pretrained(model)
+    keys = ("image_token_id", "video_token_id", "vision_start_token_id", "vision_end_token_id")
+    return [int(i) for k in keys if (i := getattr(cfg, k, None)) is not None]
 
 
 def _has_cuda() -> bool:

@@ -51,14 +51,17 @@ def load_config(
     ``{"reward": "configs/rewards/preset_b.yaml"}`` for ``train rcrl --reward-config``.
     """
     data: dict[str, Any] = _read_yaml(path) if path is not None else {}
-    layers = [OmegaConf.create(data)]
+    # the field defaults that differ from their class's defaults come first: a file or override that
+    # sets one nested key (``rollout.sampling.max_new_tokens``) must not reset its siblings (``n: 4``)
+    base = _default_layer(model)
+    layers = [OmegaConf.create(base), OmegaConf.create(data)] if base else [OmegaConf.create(data)]
     for key, file in (sections or {}).items():
         layers.append(OmegaConf.create({key: _read_yaml(file)}))
     if overrides:
         for item in overrides:
             if "=" not in item or not item.split("=", 1)[0].strip():
                 raise ConfigError(f"override {item!r} must look like key=value")
-    if len(layers) > 1 or overrides:
+    if len(layers) > 1 or overrides:  # (merging also when only the default layer was added)
         try:
             if overrides:
                 layers.append(OmegaConf.from_dotlist(list(overrides)))
@@ -66,6 +69,38 @@ def load_config(
         except OmegaConfBaseException as e:
             raise ConfigError(f"bad override: {e}") from None
     return validate(model, data, root=root)
+
+
+def _default_layer(model: type[BaseModel]) -> dict[str, Any]:
+    """{field: the keys where its default instance differs from its class's defaults}, recursively."""
+    out: dict[str, Any] = {}
+    for name, field in model.model_fields.items():
+        if field.is_required():
+            continue
+        default = field.get_default(call_default_factory=True)
+        if isinstance(default, BaseModel):
+            own = default.model_dump(mode="json")
+            try:
+                plain = type(default)().model_dump(mode="json")
+            except ValidationError:
+                plain = {}
+            diff = _diff(own, plain)
+            nested = _default_layer(type(default))
+            merged = {**nested, **diff} if nested or diff else {}
+            if merged:
+                out[name] = merged
+    return out
+
+
+def _diff(a: dict, b: dict) -> dict:
+    out = {}
+    for k, v in a.items():
+        if isinstance(v, dict) and isinstance(b.get(k), dict):
+            if sub := _diff(v, b[k]):
+                out[k] = sub
+        elif b.get(k, object()) != v:
+            out[k] = v
+    return out
 
 
 def validate(model: type[M], data: Any, *, root: str = "") -> M:

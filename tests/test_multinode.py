@@ -24,6 +24,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from tests.helpers import shaped_reward_service
+
 ROOT = Path(__file__).resolve().parents[1]
 DEV = ROOT / "manifests" / "overlays" / "dev"
 BUCKET = "s3://m3ad-dev"
@@ -184,16 +186,19 @@ def test_dev_pipeline_on_multinode_cluster_with_s3(cluster):
     jobs.run(entry["m3ad-sft"])
     assert fs.exists(f"{BUCKET}/sft/model/model.safetensors")
 
-    # RCRL, uninterrupted (the reference), then the manifest's own job killed and retried
-    ref_out = f"{BUCKET}/rcrl-uninterrupted"
-    jobs.run(with_sets(entry["m3ad-rcrl"], out=ref_out))
-    sid = jobs.submit(entry["m3ad-rcrl"])
-    jobs.driver_pid(sid)
-    wait_for(f"{BUCKET}/rcrl/checkpoints/step_000002/COMPLETE")
-    killed = kill_entrypoint(entry["m3ad-rcrl"])  # mid-run: the driver dies, its actors with it
-    assert jobs.wait(sid) == "FAILED", jobs.logs(sid)[-3000:]
-    print(f"killed the RCRL driver {killed}; its log ends:\n{jobs.logs(sid)[-1500:]}")
-    logs = jobs.run(entry["m3ad-rcrl"])  # the RayJob's retry: same entrypoint, which has --resume
+    # RCRL, uninterrupted (the reference), then the manifest's own job killed and retried. Rewards come
+    # from the reward service's protocol with a length term, so the policy provably moves every step.
+    with shaped_reward_service() as url:
+        rcrl = with_sets(entry["m3ad-rcrl"], **{"reward_service.url": url})
+        ref_out = f"{BUCKET}/rcrl-uninterrupted"
+        jobs.run(with_sets(rcrl, out=ref_out))
+        sid = jobs.submit(rcrl)
+        jobs.driver_pid(sid)
+        wait_for(f"{BUCKET}/rcrl/checkpoints/step_000002/COMPLETE")
+        killed = kill_entrypoint(rcrl)  # mid-run: the driver dies, its actors with it
+        assert jobs.wait(sid) == "FAILED", jobs.logs(sid)[-3000:]
+        print(f"killed the RCRL driver {killed}; its log ends:\n{jobs.logs(sid)[-1500:]}")
+        logs = jobs.run(rcrl)  # the RayJob's retry: same entrypoint, which has --resume
     resumed = re.search(r"resumed from step (\d+)", logs)
     assert resumed and int(resumed.group(1)) in (2, 4), logs[-3000:]  # killed before the end
     resumed = int(resumed.group(1))

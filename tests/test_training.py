@@ -68,10 +68,10 @@ def test_sft_learns_on_two_deepspeed_workers(pipeline):
     assert {"zero_pp_rank_0_mp_rank_00_optim_states.pt", "zero_pp_rank_1_mp_rank_00_optim_states.pt"} <= names
 
 
-def _rcrl_args(pipeline, out: Path, steps: int = 4, reward_url: str | None = None) -> list[str]:
+def _rcrl_args(pipeline, out: Path, steps: int = 4, reward_url: str | None = None, model=None) -> list[str]:
     return [
         "train", "rcrl", "--no-progress", "--reward-config", "configs/rewards/preset_b.yaml", "--set",
-        f"model={pipeline['sft'] / 'model'}", f"data={pipeline['ft'] / 'rl.parquet'}", f"out={out}",
+        f"model={model or pipeline['sft'] / 'model'}", f"data={pipeline['ft'] / 'rl.parquet'}", f"out={out}",
         f"steps={steps}", "batch_prompts=4", "rollout.sampling.max_new_tokens=192", "checkpoint.every=2",
         "actor.optim.lr=3e-4", "seed=5", *([f"reward_service.url={reward_url}"] if reward_url else []),
     ]  # fmt: skip
@@ -84,26 +84,30 @@ def _comparable(rows: list[dict]) -> list[dict]:
 REPO = Path(__file__).resolve().parents[1]
 
 
-def test_rcrl_killed_mid_run_resumes_to_the_same_metrics(pipeline, tmp_path):
+def test_rcrl_killed_mid_run_resumes_to_the_same_metrics(pipeline, tiny_model, tmp_path):
     """SIGKILL after step 2's checkpoint, then --resume: every step's metrics equal an uninterrupted run's.
-    The rewards come from the reward service's protocol with a length term (tests/helpers.py), so every
-    step has a learning signal and the checkpoint restores a policy that really moved."""
+    The policy starts from the random tiny model (the 96-step SFT model samples n identical responses,
+    which carry no gradient) and the rewards come from the reward service's protocol with a length
+    term (tests/helpers.py), so every step has a learning signal and the checkpoint restores a policy
+    that really moved."""
     from rewards import load_reward_config
     from tests.helpers import shaped_reward_service
 
     with shaped_reward_service(load_reward_config(str(REPO / "configs/rewards/preset_b.yaml"))) as url:
-        _killed_and_resumed(pipeline, tmp_path, url)
+        _killed_and_resumed(pipeline, tmp_path, url, tiny_model)
 
 
-def _killed_and_resumed(pipeline, tmp_path, url: str) -> None:
+def _killed_and_resumed(pipeline, tmp_path, url: str, model) -> None:
     ray.shutdown()
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     ref_out, out = tmp_path / "uninterrupted", tmp_path / "killed"
-    subprocess.run([sys.executable, "-m", "m3ad_rl.cli", *_rcrl_args(pipeline, ref_out, reward_url=url)], cwd=REPO,
-                   env=env, check=True, capture_output=True, timeout=900)  # fmt: skip
+
+    def cli(run_out: Path) -> list[str]:
+        return [sys.executable, "-m", "m3ad_rl.cli", *_rcrl_args(pipeline, run_out, reward_url=url, model=model)]
+
+    subprocess.run(cli(ref_out), cwd=REPO, env=env, check=True, capture_output=True, timeout=900)
     # the same run, SIGKILLed (driver and its local Ray) once step 2's checkpoint is complete
-    proc = subprocess.Popen([sys.executable, "-m", "m3ad_rl.cli", *_rcrl_args(pipeline, out, reward_url=url)],
-                            cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    proc = subprocess.Popen(cli(out), cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             start_new_session=True)  # fmt: skip
     marker = out / "checkpoints/step_000002/COMPLETE"
     deadline = time.time() + 600
@@ -113,15 +117,15 @@ def _killed_and_resumed(pipeline, tmp_path, url: str) -> None:
     proc.wait()
     assert marker.exists(), "the run ended before its first checkpoint"
     assert not (out / "model").exists()  # it did not finish
-    res = subprocess.run([sys.executable, "-m", "m3ad_rl.cli", *_rcrl_args(pipeline, out, reward_url=url), "--resume"],
-                         cwd=REPO, env=env, capture_output=True, text=True, timeout=900)  # fmt: skip
+    res = subprocess.run([*cli(out), "--resume"], cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
     assert res.returncode == 0, res.stderr[-3000:]
     assert "resumed from step" in res.stdout
     want, got = read_metrics(str(ref_out)), read_metrics(str(out))
     assert [r["step"] for r in got] == [1, 2, 3, 4]
     assert _comparable(got) == _comparable(want)
     # the resume restored a policy that had moved: step 2's checkpointed weights differ from the SFT model's
-    assert _weight_change(out / "checkpoints/step_000002", pipeline["sft"] / "model") > 0
+    assert _weight_change(out / "checkpoints/step_000002", Path(model)) > 0
+    assert all(r["groups/zero_variance"] < 4 for r in want[:2]), "no learning signal before the checkpoint"
     state = json.loads((out / "checkpoints/step_000004/trainer_state.json").read_text())
     assert state["step"] == 4 and state["reward_config"]["reflection"]["preset"] == "b"
 

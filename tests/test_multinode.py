@@ -212,6 +212,11 @@ def test_dev_pipeline_on_multinode_cluster_with_s3(cluster):
     for rank in (0, 1):
         assert any(f"zero_pp_rank_{rank}_" in n for n in listed), f"rank {rank}'s optimiser shard is missing"
     assert "trainer_state.json" in listed and any("mp_rank_00_model_states" in n for n in listed)
+    # the S3 server's own log: the marker is the last object written into the checkpoint
+    puts = [line.split("PUT /", 1)[1].split()[0] for line in (cluster.root / "s3.log").read_text().splitlines()
+            if "PUT /m3ad-dev/rcrl/checkpoints/step_000006/" in line]  # fmt: skip
+    print("upload order:", *puts, sep="\n  ")
+    assert puts[-1].endswith("/COMPLETE") and len(puts) == len(listed) + 1
 
     # the resumed run ends exactly where the uninterrupted one does, and the policy moved before the kill
     got, want = metrics(f"{BUCKET}/rcrl/metrics.jsonl"), metrics(f"{ref_out}/metrics.jsonl")

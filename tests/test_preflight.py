@@ -118,3 +118,47 @@ def test_a_corrupt_image_is_named_before_training(files, tmp_path):
                              "images": [[{"bytes": good}], [{"bytes": bad}]]}), sft)  # fmt: skip
     with pytest.raises(DataError, match=r"sample .broken-7. does not decode"):
         run_sft(SFTConfig(model=str(files["model"]), data=str(sft), out=str(tmp_path / "sft-out")))
+
+
+def test_setup_failure_surfaces_its_own_error_not_cleanups(files):
+    """A failed setup used to be hidden behind `AttributeError: ... 'reward_handle'` from cleanup."""
+    from m3ad_rl.rcrl import run
+
+    with pytest.raises(UsageError, match="no such model folder"):
+        run(cfg(files, model=str(files["model"] / "missing")))
+
+
+def test_sft_hands_workers_absolute_paths(files, tmp_path, monkeypatch):
+    """Relative paths, as the README shows them, failed inside Ray Train workers (another working folder)."""
+    import ray.train.torch
+
+    from m3ad_rl import ray_setup, sft
+
+    seen = {}
+
+    class Recorder:
+        def __init__(self, loop, train_loop_config, **kw):
+            seen.update(train_loop_config)
+
+        def fit(self):
+            return None
+
+    monkeypatch.setattr(ray.train.torch, "TorchTrainer", Recorder)
+    monkeypatch.setattr(ray_setup, "init_ray", lambda *a, **k: None)
+    monkeypatch.setattr(sft, "read_metrics", lambda out: [])
+    pq.write_table(pa.table({"id": [f"r{i}" for i in range(4)], "messages": ["[]"] * 4,
+                             "images": [[{"bytes": _png()}]] * 4}), tmp_path / "sft-rel.parquet")  # fmt: skip
+    monkeypatch.chdir(tmp_path)
+    sft.run(sft.SFTConfig(model="model", data="sft-rel.parquet", out="runs/sft"))
+    assert seen["model"] == str(files["model"]) and seen["data"] == str(tmp_path / "sft-rel.parquet")
+    assert seen["out"] == str(tmp_path / "runs" / "sft")
+
+
+def _png() -> bytes:
+    import io
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.new("RGB", (8, 8)).save(buf, format="PNG")
+    return buf.getvalue()

@@ -1,20 +1,31 @@
-"""Seconds per RCRL step and its phases on the tiny model; the same step with TRL's GRPOTrainer.
+"""Seconds per RCRL step: ours against TRL's GRPOTrainer, each side in its own fresh process, alternated.
 
-    python bench/bench_rcrl.py [--steps 6] [--prompts 8] [--n 4] [--max-new-tokens 128] [--side both]
-                               [--vocab small|qwen]
+    python bench/bench_rcrl.py [--repeats 3] [--steps 5] [--prompts 8] [--n 4] [--max-new-tokens 128]
+                               [--vocab small|qwen] [--sides ours trl-best trl-default]
+    python bench/bench_rcrl.py --side ours --work DIR ...   # one side, one process (what the driver runs)
 
-Both sides: the same tiny Qwen3-VL (built here), the same rl.parquet prompts and images, B prompts ×
-n samples at temperature 1.0, the same new-token limit, fp32, KL to the reference with β = 0.01,
-one optimiser step per batch, 2 torch threads, and our reward function. Ours: verl-style controller,
-HF rollout worker, DeepSpeed ZeRO-2 actor with a colocated reference, Ray Serve reward service, token
--mean clipped loss, no gradient checkpointing. TRL: GRPOTrainer with its defaults otherwise (``dapo``
-loss, gradient checkpointing on). The first step of each side is warm-up and not counted.
+The same tiny Qwen3-VL (built here), the same rl.parquet prompts and images, B prompts × n samples at
+temperature 1.0, the same new-token limit, fp32, β = 0.01 KL to the reference, one optimiser step per
+batch, 2 torch threads, our reward function. Sides:
+
+- ``ours``: the verl-style controller, HF rollout worker, DeepSpeed ZeRO-2 actor with a colocated
+  reference, Ray Serve reward service; token-mean loss over the batch; no gradient checkpointing.
+- ``trl-best``: GRPOTrainer with gradient checkpointing off and ``loss_type="dapo"`` (a token mean
+  over the batch, as ours).
+- ``trl-default``: GRPOTrainer as it comes (gradient checkpointing on in TRL 1.16).
+
+Honest by construction: each run is a fresh process; the sides alternate (ours, trl-best,
+trl-default, ours, …); before every run the driver checks that no process of an earlier run (its
+Ray temp folder) is alive; each run's first step is warm-up; the figure per run is its median step
+time, and the table gives the median and min–max over repeats. The tokens each side processed per
+step (prompt and response) are printed so a reader sees it is the same work.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -24,6 +35,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import machine
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def build_inputs(root: Path, vocab: str, prompts: int) -> tuple[Path, Path]:
@@ -46,6 +59,25 @@ def build_inputs(root: Path, vocab: str, prompts: int) -> tuple[Path, Path]:
     return model, ft / "rl.parquet"
 
 
+def prompt_tokens(model: Path, data: Path, prompts: int, n: int) -> int:
+    """Prompt tokens (text and image) of one step's B × n rows: the same on both sides."""
+    import pyarrow.parquet as pq
+    from transformers import AutoProcessor
+
+    from m3ad_rl.engines.base import GenerationRequest
+
+    proc = AutoProcessor.from_pretrained(str(model))
+    rows = pq.read_table(data).to_pylist()[:prompts]
+    total = 0
+    for r in rows:
+        req = GenerationRequest(
+            "x", r["prompt"][-1]["content"].replace("<image>", "", 1), bytes(r["images"][0]["bytes"])
+        )
+        text = proc.apply_chat_template(req.messages(), add_generation_prompt=True, tokenize=False)
+        total += int(proc(text=[text], images=[req.pil_image()], return_tensors="pt")["input_ids"].shape[1])
+    return total * n
+
+
 def ours(model: Path, data: Path, args, out: Path) -> dict:
     from m3ad_rl.rcrl import RCRLConfig, run
 
@@ -56,16 +88,16 @@ def ours(model: Path, data: Path, args, out: Path) -> dict:
         actor={"threads": 2, "micro_batch_rows": args.prompts * args.n, "optim": {"lr": 1e-6}},
         checkpoint={"every": 10**6}, logging={"tensorboard": False},
     )  # fmt: skip
-    hist = run(cfg, progress=False)["history"][1:]
+    hist = run(cfg, progress=False, overwrite=True)["history"][1:]
     phases = sorted({k for h in hist for k in h if k.startswith("timing/")})
     return {
-        "step_s": statistics.median(h["timing/step_s"] for h in hist),
+        "step_s": [h["timing/step_s"] for h in hist],
         "phases": {k[7:-2]: statistics.median(h[k] for h in hist if k in h) for k in phases},
-        "tokens_mean": statistics.mean(h["response/length_mean"] for h in hist),
+        "response_tokens": statistics.mean(h["response/length_mean"] * args.prompts * args.n for h in hist),
     }
 
 
-def trl_side(model: Path, data: Path, args, out: Path) -> dict:
+def trl_side(model: Path, data: Path, args, out: Path, best: bool) -> dict:
     import io
 
     import pyarrow.parquet as pq
@@ -102,44 +134,104 @@ def trl_side(model: Path, data: Path, args, out: Path) -> dict:
         def on_step_end(self, *a, **k):
             times.append(time.perf_counter() - self.t0)
 
+    extra = {"gradient_checkpointing": False, "loss_type": "dapo"} if best else {}
     cfg = GRPOConfig(
         output_dir=str(out), per_device_train_batch_size=args.prompts * args.n, num_generations=args.n,
         max_completion_length=args.max_new_tokens, temperature=1.0, beta=0.01, learning_rate=1e-6,
-        max_steps=args.steps, use_cpu=True, bf16=False, report_to="none", logging_steps=10**6, save_strategy="no",
-        seed=0, dataloader_num_workers=0,
+        max_steps=args.steps, use_cpu=True, bf16=False, report_to="none", logging_steps=1, save_strategy="no",
+        seed=0, dataloader_num_workers=0, **extra,
     )  # fmt: skip
     trainer = GRPOTrainer(model=str(model), reward_funcs=reward, args=cfg, train_dataset=ds, callbacks=[Timer()])
     trainer.train()
-    return {"step_s": statistics.median(times[1:]), "loss_type": cfg.loss_type,
-            "gradient_checkpointing": cfg.gradient_checkpointing}  # fmt: skip
+    lengths = [h["completions/mean_length"] for h in trainer.state.log_history if "completions/mean_length" in h]
+    return {
+        "step_s": times[1:], "loss_type": cfg.loss_type, "gradient_checkpointing": cfg.gradient_checkpointing,
+        "response_tokens": statistics.mean(lengths[1:] or lengths) * args.prompts * args.n if lengths else None,
+    }  # fmt: skip
+
+
+def one_side(args) -> None:
+    """Run one side in this process and print its result as the last line (JSON)."""
+    root = Path(args.work)
+    model, data = build_inputs(root, args.vocab, args.prompts)
+    out = Path(tempfile.mkdtemp(prefix=f"{args.side}-", dir=root))
+    if args.side == "ours":
+        res = ours(model, data, args, out)
+    else:
+        res = trl_side(model, data, args, out, best=args.side == "trl-best")
+    print(json.dumps({"side": args.side, **res}), flush=True)
+
+
+def leftovers(tmp: str) -> list[str]:
+    """Processes still alive from an earlier run (their command line names that run's Ray temp folder)."""
+    import psutil
+
+    alive = []
+    for p in psutil.process_iter(["pid", "cmdline"]):
+        cmd = " ".join(p.info["cmdline"] or [])
+        if tmp in cmd:
+            alive.append(f"{p.info['pid']} {cmd[:80]}")
+    return alive
+
+
+def compare(args) -> None:
+    root = Path(args.work or tempfile.mkdtemp(prefix="bench-rcrl-"))
+    model, data = build_inputs(root, args.vocab, args.prompts)
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout
+    p_tok = prompt_tokens(model, data, args.prompts, args.n)
+    print(f"machine: {machine()}; commit {commit.strip()}; model {model.name}; {args.prompts} prompts × {args.n}, "
+          f"≤{args.max_new_tokens} new tokens; {args.repeats} repeats × {args.steps} steps (first is warm-up); "
+          f"prompt tokens per step (both sides): {p_tok}", flush=True)  # fmt: skip
+    runs: dict[str, list[dict]] = {s: [] for s in args.sides}
+    for r in range(args.repeats):
+        order = args.sides[r % len(args.sides) :] + args.sides[: r % len(args.sides)]  # rotate: ABC, BCA, CAB
+        for side in order:
+            ray_tmp = tempfile.mkdtemp(prefix="ray-", dir="/tmp")
+            assert not (left := leftovers("/tmp/ray-")), f"processes of an earlier run are alive: {left}"
+            argv = [sys.executable, __file__, "--side", side, "--work", str(root), "--steps", str(args.steps),
+                    "--prompts", str(args.prompts), "--n", str(args.n), "--max-new-tokens", str(args.max_new_tokens),
+                    "--vocab", args.vocab]  # fmt: skip
+            t0 = time.perf_counter()
+            proc = subprocess.run(argv, capture_output=True, text=True, env={**os.environ, "RAY_TMPDIR": ray_tmp})
+            if proc.returncode:
+                raise SystemExit(f"{side} failed:\n{proc.stderr[-3000:]}")
+            res = json.loads(proc.stdout.strip().splitlines()[-1])
+            res["median_step_s"] = statistics.median(res["step_s"])
+            runs[side].append(res)
+            print(f"  repeat {r + 1} {side:12s} {res['median_step_s']:6.2f} s/step  response tokens/step "
+                  f"{res['response_tokens'] or float('nan'):7.0f}  (process {time.perf_counter() - t0:.0f} s)",
+                  flush=True)  # fmt: skip
+    print("\n| side | median s/step | min–max over repeats | response tokens/step | × ours |")
+    print("|---|---|---|---|---|")
+    base = statistics.median(r["median_step_s"] for r in runs["ours"]) if runs.get("ours") else None
+    for side, rs in runs.items():
+        med = statistics.median(r["median_step_s"] for r in rs)
+        lo, hi = min(r["median_step_s"] for r in rs), max(r["median_step_s"] for r in rs)
+        tok = statistics.median(r["response_tokens"] for r in rs if r["response_tokens"])
+        ratio = f"{med / base:.2f}" if base else "-"
+        print(f"| {side} | {med:.2f} | {lo:.2f}–{hi:.2f} | {tok:.0f} | {ratio} |")
+    if runs.get("ours"):
+        phases = runs["ours"][-1]["phases"]
+        print("ours, phases (s, last repeat): " + ", ".join(f"{k} {v:.2f}" for k, v in phases.items()))
+    print(json.dumps(runs))
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--steps", type=int, default=6)
+    p.add_argument("--steps", type=int, default=5)
     p.add_argument("--prompts", type=int, default=8)
     p.add_argument("--n", type=int, default=4)
     p.add_argument("--max-new-tokens", type=int, default=128)
     p.add_argument("--vocab", choices=["small", "qwen"], default="small")
-    p.add_argument("--side", choices=["ours", "trl", "both"], default="both")
-    p.add_argument("--work", default=None, help="reuse a folder for the model and data")
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--sides", nargs="+", default=["ours", "trl-best", "trl-default"])
+    p.add_argument("--side", choices=["ours", "trl-best", "trl-default"], help="run one side here (a fresh process)")
+    p.add_argument("--work", default=None, help="folder for the model and data (reused)")
     args = p.parse_args()
-    root = Path(args.work or tempfile.mkdtemp(prefix="bench-rcrl-"))
-    model, data = build_inputs(root, args.vocab, args.prompts)
-    print(f"machine: {machine()}; model {model.name}; {args.prompts} prompts × {args.n}, "
-          f"≤{args.max_new_tokens} new tokens; median of steps 2..{args.steps}")  # fmt: skip
-    res = {}
-    if args.side in ("ours", "both"):
-        res["ours"] = ours(model, data, args, root / "ours")
-        print(f"ours: {res['ours']['step_s']:.2f} s/step; phases: "
-              + ", ".join(f"{k} {v:.2f}" for k, v in res["ours"]["phases"].items()))  # fmt: skip
-    if args.side in ("trl", "both"):
-        res["trl"] = trl_side(model, data, args, root / "trl")
-        print(f"TRL GRPOTrainer: {res['trl']['step_s']:.2f} s/step (loss {res['trl']['loss_type']}, "
-              f"gradient checkpointing {res['trl']['gradient_checkpointing']})")  # fmt: skip
-    if len(res) == 2:
-        print(f"ratio TRL / ours: {res['trl']['step_s'] / res['ours']['step_s']:.2f}x")
-    print(json.dumps(res))
+    if args.side:
+        one_side(args)
+    else:
+        compare(args)
 
 
 if __name__ == "__main__":

@@ -94,3 +94,33 @@ def test_dr_grpo_keeps_the_std_out():
     scores, ids = torch.tensor([2.0, 0.0]), np.array([0, 0], dtype=object)
     a = grpo_advantages(scores, torch.ones(2, 1), ids, GRPOConfig(norm_adv_by_std=False))
     assert a[:, 0].tolist() == [1.0, -1.0]
+
+
+def test_clip_higher_lets_ratios_rise_further():
+    """DAPO's clip-higher: with ε_high = 0.28 a positive-advantage token keeps its gradient up to ratio 1.28."""
+    lp = torch.full((1, 1), 0.25, requires_grad=True)  # ratio e^0.25 ≈ 1.28 > 1.2
+    old, adv, mask = torch.zeros(1, 1), torch.ones(1, 1), torch.ones(1, 1)
+    for high, moves in ((None, False), (0.3, True)):
+        lp.grad = None
+        loss, m = grpo_loss(lp, old, old, adv, mask, GRPOConfig(kl_coef=0.0, clip_ratio_high=high))
+        loss.backward()
+        assert (lp.grad.abs().item() > 0) is moves and (m["actor/pg_clipfrac"] > 0) is not moves
+
+
+def test_sft_truncation_leaves_the_end_token_off(tiny_model):
+    """A target cut at max_response_tokens used to get <|im_end|> right after the cut (teaching an early stop)."""
+    import json
+
+    from transformers import AutoProcessor
+
+    from m3ad_rl.sft import _example
+
+    proc = AutoProcessor.from_pretrained(str(tiny_model))
+    end = proc.tokenizer.convert_tokens_to_ids("<|im_end|>")
+    row = {"id": "x", "images": [{"bytes": b""}], "messages": json.dumps([
+        {"role": "user", "content": [{"type": "text", "text": "q"}]},
+        {"role": "assistant", "content": [{"type": "text", "text": "a long target " * 40}]}])}  # fmt: skip
+    _, ids, cut = _example(proc, row, 16)
+    assert cut and len(ids) == 16 and end not in ids
+    _, ids, cut = _example(proc, row, 10_000)
+    assert not cut and ids[-1] == end

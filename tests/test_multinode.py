@@ -275,16 +275,18 @@ def test_sweep_submit_and_report_on_s3(cluster, tmp_path):
     if not s3().exists(f"{BUCKET}/sft/model/config.json"):
         pytest.skip("needs the pipeline test's SFT model")
     from m3ad_rl.config import load_config
-    from m3ad_rl.sweep import SweepSpec, submit
+    from m3ad_rl.sweep import SweepSpec
 
-    spec = load_config(SweepSpec, str(ROOT / "configs/sweeps/presets-dev.yaml"),
-                       ["train_set.steps=1", "eval_workers=1"])  # fmt: skip
-    old = os.getcwd()
-    os.chdir(ROOT)  # the sweep's config files are relative to the repository
-    try:
-        ids = submit(spec, cluster.dashboard_url)
-    finally:
-        os.chdir(old)
+    sets = ["train_set.steps=1", "eval_workers=1"]  # shrunk in size only
+    spec = load_config(SweepSpec, str(ROOT / "configs/sweeps/presets-dev.yaml"), sets)
+    sub = subprocess.run(
+        ["m3ad-rl", "sweep", "submit", "--config", "configs/sweeps/presets-dev.yaml", "--address",
+         cluster.dashboard_url, "--set", *sets],
+        cwd=ROOT, capture_output=True, text=True, env=os.environ,
+    )  # fmt: skip
+    assert sub.returncode == 0, sub.stderr[-3000:]
+    ids = sub.stdout.split()
+    assert len(ids) == 4, sub.stdout
     jobs = Jobs(cluster)
     for sid in ids:
         status = jobs.wait(sid, timeout=1500)

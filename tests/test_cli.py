@@ -129,6 +129,7 @@ def test_taxonomy_lookup(capsys):
     assert "'rust' -> rusty (type; surface anomaly / material anomaly)" in text and "'zzz' -> none" in text
 
 
+@pytest.mark.slow
 def test_demo_runs_the_whole_pipeline(tmp_path):
     """The Quickstart's main job (--quick): data, tiny model, FT sets, SFT, RCRL, evaluation, report."""
     pytest.importorskip("deepspeed")

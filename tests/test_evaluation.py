@@ -10,6 +10,8 @@ from m3ad_rl.cli import main  # noqa: E402
 from m3ad_rl.data.store import write_dataset  # noqa: E402
 from m3ad_rl.data.synthetic import SynthConfig, generate  # noqa: E402
 
+pytestmark = pytest.mark.slow  # end-to-end: `pytest -m 'not slow'` skips it
+
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory, tiny_model):

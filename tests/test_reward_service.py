@@ -13,6 +13,8 @@ httpx = pytest.importorskip("httpx")
 from m3ad_rl.synthetic_outputs import make_records  # noqa: E402
 from rewards import RewardFunction, load_reward_config  # noqa: E402
 
+pytestmark = pytest.mark.slow  # end-to-end: `pytest -m 'not slow'` skips it
+
 
 def _free_port() -> int:
     with socket.socket() as s:

@@ -22,6 +22,8 @@ ray = pytest.importorskip("ray")
 
 from m3ad_rl.tracking import read_metrics  # noqa: E402
 
+pytestmark = pytest.mark.slow  # end-to-end: `pytest -m 'not slow'` skips it
+
 SFT_STEPS = 96
 
 

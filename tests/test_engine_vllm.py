@@ -43,6 +43,12 @@ SCRIPT = textwrap.dedent("""
         loaded = engine.load_weights(sd)
         fp1 = engine.weights_fingerprint()
         greedy2 = engine.generate(reqs[:1], SamplingParams(n=1, temperature=0.0, max_new_tokens=8, logprobs=False))
+        # RCRL's per-sample seeds: one seeded request per sample; a prompt's samples do not depend on the batch
+        sp = SamplingParams(n=2, max_new_tokens=16, logprobs=False)
+        seeded = engine.generate(reqs, sp, seeds=[[1, 2], [3, 4]])
+        alone = engine.generate(reqs[1:], sp, seeds=[[3, 4]])
+        many = engine.generate(reqs, SamplingParams(n=8, max_new_tokens=64, temperature=1.5, logprobs=False),
+                               seeds=[[10 + i * 8 + j for j in range(8)] for i in range(2)])
         print("RESULT " + json.dumps({
             "loaded": loaded, "n_weights": len(sd), "fp_changed": fp0 != fp1,
             "greedy_changed": greedy2[0][0].token_ids != greedy[0][0].token_ids,
@@ -52,6 +58,10 @@ SCRIPT = textwrap.dedent("""
             "finite": all(lp <= 0 for g in out for c in g for lp in c.logprobs),
             "distinct": len({tuple(c.token_ids) for c in out[0]}),
             "greedy_logprobs": greedy[0][0].logprobs,
+            "seeded_distinct": len({tuple(c.token_ids) for g in seeded for c in g}),
+            "alone_same": [c.token_ids for c in alone[0]] == [c.token_ids for c in seeded[1]],
+            "vision_sampled": sum(t in engine.blocked for g in many for c in g for t in c.token_ids),
+            "blocked": sorted(engine.blocked),
         }))
 """)
 
@@ -83,3 +93,6 @@ def test_vllm_engine_on_the_tiny_model(tmp_path, tiny_model):
     assert r["greedy_logprobs"] is None
     # new weights reach vLLM's workers (collective_rpc → model.load_weights) and change what it decodes
     assert r["loaded"] == r["n_weights"] and r["fp_changed"] and r["greedy_changed"]
+    # one random stream per sample, independent of the batch; vision placeholders never sampled
+    assert r["seeded_distinct"] == 4 and r["alone_same"]
+    assert len(r["blocked"]) == 4 and r["vision_sampled"] == 0

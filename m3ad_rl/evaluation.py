@@ -101,8 +101,9 @@ def provenance(cfg: EvalRunConfig) -> dict:
     """What made the predictions: a resumed run must be the same (model files, dataset, engine, sampling)."""
     from m3ad_rl import storage
 
-    model_files = None
-    if cfg.engine != "openai" and (not storage.is_local(cfg.model) or storage.local_path(cfg.model).is_dir()):
+    model_files = None  # hub ids, hf:// references and served names are recorded by name only
+    remote = not storage.is_local(cfg.model) and not cfg.model.startswith(storage.HF_SCHEME)
+    if cfg.engine != "openai" and (remote or (storage.is_local(cfg.model) and storage.local_path(cfg.model).is_dir())):
         files = storage.list_files(cfg.model if not storage.is_local(cfg.model) else str(storage.local_path(cfg.model)))
         model_files = hashlib.sha1(json.dumps(files, sort_keys=True).encode()).hexdigest()[:16]
     return {

@@ -290,12 +290,29 @@ def up_cli(root: str, workers: int, cpus: int, config_dir: str | None) -> int:
     return 0
 
 
-def down_cli(root: str) -> int:
-    """`m3ad-rl cluster down`: stop what `cluster up` started (the process groups it recorded)."""
+def down_cli(root: str, grace: float = 45) -> int:
+    """`m3ad-rl cluster down`: stop what `cluster up` started (the process groups it recorded).
+
+    SIGTERM first (a Ray node drains for up to 30 s), SIGKILL for what is left after ``grace``."""
     info = json.loads((Path(root) / "cluster.json").read_text())
-    for name, pid in info["pids"].items():
-        if _alive(pid):
+    groups = {name: pid for name, pid in info["pids"].items() if _group_alive(pid)}
+    for pid in groups.values():
+        with _ignore():
+            os.killpg(pid, signal.SIGTERM)
+    deadline = time.time() + grace
+    while time.time() < deadline and any(_group_alive(p) for p in groups.values()):
+        time.sleep(0.5)
+    for name, pid in groups.items():
+        if _group_alive(pid):
             with _ignore():
-                os.killpg(pid, signal.SIGTERM)
-            print(f"stopped {name} (process group {pid})")
+                os.killpg(pid, signal.SIGKILL)
+        print(f"stopped {name} (process group {pid})")
     return 0
+
+
+def _group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+        return True
+    except OSError:
+        return False

@@ -139,8 +139,3 @@ def _model_at(model: type[BaseModel], path: list[str]) -> type[BaseModel] | None
             if isinstance(arg, type) and issubclass(arg, BaseModel):
                 current = arg
     return current if isinstance(current, type) and issubclass(current, BaseModel) else None
-
-
-def dump(model: BaseModel) -> str:
-    """The full config as YAML, every field spelled out (for logs and checkpoints)."""
-    return yaml.safe_dump(model.model_dump(mode="json"), sort_keys=False)

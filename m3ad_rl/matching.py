@@ -48,13 +48,6 @@ def greedy_pairs(scores: list[list[float]]) -> list[tuple[int, int, float]]:
     return out
 
 
-def greedy_match(
-    preds: Sequence[P], truths: Sequence[G], score: Callable[[P, G], float]
-) -> list[tuple[int, int, float]]:
-    """``greedy_pairs`` over ``score(p, g)`` for every pair."""
-    return greedy_pairs(score_matrix(preds, truths, score))
-
-
 def greedy_sum(scores: list[list[float]]) -> float:
     """Σ of the greedily matched scores (the same matching as ``greedy_pairs``, summed)."""
     if not scores or not scores[0]:

@@ -6,7 +6,7 @@
 Each step reads like the algorithm (verl's order): generate (rollout workers, n samples per prompt)
 → reward (the Ray Serve reward service) → old log-prob (actor) → ref log-prob (reference) →
 GRPO advantage → update (actor, KL-regularised clipped loss) → push weights to the rollout workers,
-every phase timed. Checkpoints (actor weights, optimiser, scheduler, step = data position, RNG,
+every phase timed. Checkpoints (actor weights, optimiser, scheduler, step, run settings,
 reward config) go to ``{out}/checkpoints`` on any fsspec URL; ``--resume`` continues from the newest
 complete one. The rows of step ``s`` and its sampling seed depend only on (seed, s), so a resumed run
 redoes exactly the steps an uninterrupted one would.
@@ -514,14 +514,9 @@ class RCRLTrainer:
 
         url = ck.step_dir(self.cfg.checkpoint_root, self.step)
         storage.remove(url)  # a half-written folder of an earlier, killed attempt at this step
-        # no RNG state: every random draw of step s derives from (seed, s)
-        state = {
-            "step": self.step,
-            "data_position": self.step * self.cfg.batch_prompts,
-            "seed": self.cfg.seed,
-            "reward_config": self.cfg.reward.model_dump(mode="json"),
-            "settings": self.run_settings(),
-        }  # fmt: skip
+        # no RNG state or data position: every prompt and every random draw of step s derives from (seed, s)
+        state = {"step": self.step, "reward_config": self.cfg.reward.model_dump(mode="json"),
+                 "settings": self.run_settings()}  # fmt: skip
         files: dict[str, int] = {}
         for rank_files in self.actor.save_checkpoint(f"{url}/actor", "actor", {"step": self.step}):
             files.update({f"actor/{k}": v for k, v in rank_files.items()})

@@ -65,9 +65,19 @@ SCRIPT = textwrap.dedent("""
             sys.exit(0)
         fp1 = engine.weights_fingerprint()
         greedy2 = engine.generate(reqs[:1], SamplingParams(n=1, temperature=0.0, max_new_tokens=8, logprobs=False))
+        # a fresh engine built from the pushed weights decodes the same (nothing stale was reused)
+        import shutil
+        from safetensors.torch import save_file
+        fresh_dir = sys.argv[1] + "-pushed"
+        shutil.copytree(sys.argv[1], fresh_dir, dirs_exist_ok=True)
+        save_file({k: v.contiguous() for k, v in sd.items()}, fresh_dir + "/model.safetensors")
+        del engine
+        fresh = make_engine("vllm", fresh_dir, max_model_len=2048)
+        greedy3 = fresh.generate(reqs[:1], SamplingParams(n=1, temperature=0.0, max_new_tokens=8, logprobs=False))
         print("PUSH " + json.dumps({
             "loaded": loaded, "n_weights": len(sd), "fp_changed": fp0 != fp1,
             "greedy_changed": greedy2[0][0].token_ids != greedy[0][0].token_ids,
+            "equals_fresh": greedy2[0][0].token_ids == greedy3[0][0].token_ids,
         }), flush=True)
 """)
 
@@ -109,3 +119,4 @@ def test_vllm_engine_on_the_tiny_model(tmp_path, tiny_model):
     assert push, (res.stdout + res.stderr)[-4000:]
     p = json.loads(push[-1][5:])
     assert p["loaded"] == p["n_weights"] and p["fp_changed"] and p["greedy_changed"]
+    assert p["equals_fresh"], "after the push vLLM decodes differently from an engine built with those weights"

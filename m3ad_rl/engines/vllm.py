@@ -96,7 +96,14 @@ class VLLMEngine:
 
         meta, flat = pack_state(state_dict)
         self.llm.collective_rpc("m3ad_load_weights", args=([list(m) for m in meta], flat.tobytes()))
+        # nothing computed with the old weights may be reused: KV prefixes, and vision-encoder outputs
+        # of images seen before (GRPO shows every image again; the vision tower's weights changed too)
         self.llm.reset_prefix_cache()
+        engine = getattr(self.llm, "llm_engine", None)
+        if hasattr(engine, "reset_encoder_cache"):
+            engine.reset_encoder_cache()
+        if hasattr(self.llm, "reset_mm_cache"):
+            self.llm.reset_mm_cache()
         return len(meta)
 
     def weights_fingerprint(self) -> float:

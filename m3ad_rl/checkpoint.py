@@ -78,19 +78,6 @@ def latest_complete(root: str) -> tuple[int, str] | None:
     return None
 
 
-def upload(local, url: str) -> list[str]:
-    """Copy a local folder's files to ``url`` (no marker); returns the relative names."""
-    return storage.upload_dir(local, url)
-
-
-def download(url: str, local, include=None):
-    """The checkpoint's files copied into the local folder ``local``; returns that folder."""
-    from pathlib import Path
-
-    storage.download_dir(url, local, include)
-    return Path(local)
-
-
 def mark_complete(url: str, meta: dict, files: dict[str, int] | None = None) -> None:
     """Write the marker - the last file of a checkpoint - listing ``files`` ({relative name: size}).
 

@@ -101,7 +101,7 @@ class Jobs:
             if status in until:
                 return status
             time.sleep(2)
-        raise TimeoutError(f"job {sid} still not in {until} after {timeout} s")
+        raise TimeoutError(f"job {sid} still not in {until} after {timeout} s\n{self.explain(sid)}")
 
     def run(self, entrypoint: str, timeout: float = 1200) -> str:
         sid = self.submit(entrypoint)
@@ -112,6 +112,12 @@ class Jobs:
 
     def logs(self, sid: str) -> str:
         return self.client.get_job_logs(sid)
+
+    def explain(self, sid: str, tail: int = 3000) -> str:
+        """Why a job ended as it did: Ray's message and exit code, then the log's tail."""
+        info = self.client.get_job_info(sid)
+        return (f"status={info.status} exit_code={getattr(info, 'driver_exit_code', None)} message={info.message!r}\n"
+                f"{self.logs(sid)[-tail:]}")  # fmt: skip
 
     def driver_pid(self, sid: str) -> int:
         deadline = time.time() + 120
@@ -261,11 +267,14 @@ def test_lost_worker_node_fails_clearly_and_retry_resumes(cluster):
     sid = jobs.submit(entry)
     wait_for(f"{BUCKET}/rcrl-node-loss/checkpoints/step_000001/COMPLETE")
     cluster.kill_raylet(1)
-    assert jobs.wait(sid, timeout=600) == "FAILED"
-    logs = jobs.logs(sid)
-    assert "a Ray worker or node was lost" in logs and "Traceback" not in logs.split("a Ray worker")[-1], logs[-3000:]
-    cluster.restart_worker(1)
-    cluster.wait_nodes(3)
+    try:
+        assert jobs.wait(sid, timeout=600) == "FAILED", jobs.explain(sid)
+        logs = jobs.logs(sid)
+        assert "a Ray worker or node was lost" in logs, jobs.explain(sid)
+        assert "Traceback" not in logs.split("a Ray worker")[-1], jobs.explain(sid)
+    finally:  # later tests need both worker nodes, whatever happened here
+        cluster.restart_worker(1)
+        cluster.wait_nodes(3)
     logs = jobs.run(entry)
     assert "resumed from step" in logs, logs[-3000:]
 
@@ -290,7 +299,7 @@ def test_sweep_submit_and_report_on_s3(cluster, tmp_path):
     jobs = Jobs(cluster)
     for sid in ids:
         status = jobs.wait(sid, timeout=1500)
-        assert status == "SUCCEEDED", jobs.logs(sid)[-4000:]
+        assert status == "SUCCEEDED", jobs.explain(sid, 4000)
     out = subprocess.run(
         ["m3ad-rl", "sweep", "report", "--config", "configs/sweeps/presets-dev.yaml", "--runs", spec.out],
         cwd=ROOT, capture_output=True, text=True, env=os.environ,

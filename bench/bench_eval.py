@@ -22,8 +22,8 @@ from _common import machine
 def engine_tokens_per_s(model: str, max_new_tokens: int) -> tuple[float, int, float]:
     from PIL import Image
 
+    from m3ad_rl.core.prompts import question
     from m3ad_rl.engines import GenerationRequest, SamplingParams, make_engine
-    from m3ad_rl.prompts import question
 
     engine = make_engine("hf", model, batch_size=8)
     buf = io.BytesIO()
@@ -39,7 +39,7 @@ def engine_tokens_per_s(model: str, max_new_tokens: int) -> tuple[float, int, fl
 
 
 def eval_images_per_s(model: str, dataset: str, workers: int, max_new_tokens: int) -> tuple[float, float]:
-    from m3ad_rl.evaluation import EvalRunConfig, predict
+    from m3ad_rl.eval.run import EvalRunConfig, predict
 
     out = tempfile.mkdtemp()
     try:

@@ -19,9 +19,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import machine
 
-from m3ad_rl.labels import GroundTruth
-from m3ad_rl.metrics import Prediction, evaluate
-from m3ad_rl.synthetic_outputs import make_records
+from m3ad_rl.core.ground_truth import GroundTruth
+from m3ad_rl.data.simulated_responses import make_records
+from m3ad_rl.eval.metrics import Prediction, evaluate
 
 
 def main() -> None:

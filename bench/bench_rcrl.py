@@ -79,7 +79,7 @@ def prompt_tokens(model: Path, data: Path, prompts: int, n: int) -> int:
 
 
 def ours(model: Path, data: Path, args, out: Path) -> dict:
-    from m3ad_rl.rcrl import RCRLConfig, run
+    from m3ad_rl.train.rcrl import RCRLConfig, run
 
     cfg = RCRLConfig(
         model=str(model), data=str(data), out=str(out), steps=args.steps, batch_prompts=args.prompts,
@@ -107,7 +107,7 @@ def trl_side(model: Path, data: Path, args, out: Path, best: bool) -> dict:
     from transformers import TrainerCallback
     from trl import GRPOConfig, GRPOTrainer
 
-    from m3ad_rl.labels import GroundTruth
+    from m3ad_rl.core.ground_truth import GroundTruth
     from rewards.scorer import RewardFunction
 
     torch.set_num_threads(2)

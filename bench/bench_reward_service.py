@@ -31,7 +31,7 @@ def main() -> None:
     import ray
     from ray import serve
 
-    from m3ad_rl.synthetic_outputs import make_records
+    from m3ad_rl.data.simulated_responses import make_records
     from rewards import RewardFunction
     from rewards.service import start
 

@@ -16,9 +16,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import machine, n_tokens, pin_one_core
 
-from m3ad_rl.labels import GroundTruth
-from m3ad_rl.output_format import parse
-from m3ad_rl.synthetic_outputs import make_records
+from m3ad_rl.core.ground_truth import GroundTruth
+from m3ad_rl.core.output_format import parse
+from m3ad_rl.data.simulated_responses import make_records
 from rewards import RewardFunction
 
 

@@ -39,7 +39,7 @@ PEAK_BF16 = {"H200": 989e12, "H100": 989e12, "A100": 312e12}  # dense bf16 spec 
 def grpo_loss(lp, old, ref, adv, mask, clip=0.2, beta=0.01):
     """verl's clipped token-mean loss + β·k3 KL when verl is installed; the same formulas inline otherwise."""
     try:
-        from m3ad_rl.algorithms import grpo_loss as ours
+        from m3ad_rl.train.grpo import grpo_loss as ours
 
         return ours(lp, old, ref, adv, mask)[0]
     except ImportError:
@@ -82,9 +82,9 @@ def build(shape: str, device: str, image_px: int, folder: Path):
 def run_shape(shape: str, args) -> dict:
     import torch
 
-    from m3ad_rl.actor import build_batch, response_log_probs
     from m3ad_rl.engines.base import GenerationRequest, SamplingParams
     from m3ad_rl.engines.hf import HFEngine
+    from m3ad_rl.train.logprobs import build_batch, response_log_probs
 
     dev = args.device
     with tempfile.TemporaryDirectory() as folder:
@@ -147,7 +147,7 @@ def run_shape(shape: str, args) -> dict:
 
 
 def _slice(batch, a: int, b: int):
-    from m3ad_rl.actor import PolicyBatch
+    from m3ad_rl.train.logprobs import PolicyBatch
 
     v = dict(batch.vision)
     if "image_rows" in v:  # keep the distinct images the slice's rows use, re-indexed

@@ -1,7 +1,7 @@
 """``m3ad-rl``: the command line. Each command is a few lines over the library.
 
 Errors a user can fix are one line, ``m3ad-rl: <what> — <what to do>`` (``--debug`` adds the
-traceback); the exit codes are listed in ``m3ad_rl/errors.py`` and README.md ("Exit codes").
+traceback); the exit codes are listed in ``m3ad_rl/core/errors.py`` and README.md ("Exit codes").
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import traceback
 from collections.abc import Sequence
 from pathlib import Path
 
-from m3ad_rl.errors import (  # the table of exit codes: m3ad_rl/errors.py
+from m3ad_rl.core.errors import (  # the table of exit codes: m3ad_rl/core/errors.py
     EXIT_DATA,
     EXIT_INTERRUPTED,
     EXIT_LOST_WORKER,  # a node or worker died: rerun with --resume once the cluster is whole
@@ -226,15 +226,15 @@ def _add_sweep_commands(sub) -> None:
 
 
 def cmd_sweep_render(args: argparse.Namespace) -> int:
-    from m3ad_rl.config import load_config
-    from m3ad_rl.sweep import SweepSpec, main_render
+    from m3ad_rl.core.config import load_config
+    from m3ad_rl.k8s.sweep import SweepSpec, main_render
 
     return main_render(load_config(SweepSpec, args.config, args.overrides), args.out)
 
 
 def cmd_sweep_submit(args: argparse.Namespace) -> int:
-    from m3ad_rl.config import load_config
-    from m3ad_rl.sweep import SweepSpec, entrypoint, expand, submit
+    from m3ad_rl.core.config import load_config
+    from m3ad_rl.k8s.sweep import SweepSpec, entrypoint, expand, submit
 
     spec = load_config(SweepSpec, args.config, args.overrides)
     if args.dry_run:
@@ -246,8 +246,8 @@ def cmd_sweep_submit(args: argparse.Namespace) -> int:
 
 
 def cmd_sweep_report(args: argparse.Namespace) -> int:
-    from m3ad_rl.config import load_config
-    from m3ad_rl.sweep import SweepSpec, report
+    from m3ad_rl.core.config import load_config
+    from m3ad_rl.k8s.sweep import SweepSpec, report
 
     table, missing = report(load_config(SweepSpec, args.config, args.overrides), args.runs, args.out)
     print(table)
@@ -312,7 +312,7 @@ def _add_serve_commands(sub) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run one command; an error a user can fix is one line on stderr and an exit code (errors.py)."""
     args = build_parser().parse_args(argv)
-    from m3ad_rl.errors import explain
+    from m3ad_rl.core.errors import explain
 
     try:
         return args.func(args)
@@ -353,8 +353,8 @@ def _lost_worker(e: BaseException) -> bool:
 
 
 def cmd_train_rcrl(args: argparse.Namespace) -> int:
-    from m3ad_rl.config import load_config
-    from m3ad_rl.rcrl import RCRLConfig, run
+    from m3ad_rl.core.config import load_config
+    from m3ad_rl.train.rcrl import RCRLConfig, run
 
     sections = {"reward": args.reward_config} if args.reward_config else None
     cfg = load_config(RCRLConfig, args.config, args.overrides, sections=sections)
@@ -366,8 +366,8 @@ def cmd_train_rcrl(args: argparse.Namespace) -> int:
 
 
 def cmd_train_sft(args: argparse.Namespace) -> int:
-    from m3ad_rl.config import load_config
-    from m3ad_rl.sft import SFTConfig, run
+    from m3ad_rl.core.config import load_config
+    from m3ad_rl.train.sft import SFTConfig, run
 
     cfg = load_config(SFTConfig, args.config, args.overrides)
     result = run(cfg, resume=args.resume)
@@ -378,7 +378,7 @@ def cmd_train_sft(args: argparse.Namespace) -> int:
 def cmd_serve_rewards(args: argparse.Namespace) -> int:
     import os
 
-    from m3ad_rl.guards import check_port_free
+    from m3ad_rl.core.guards import check_port_free
     from rewards import load_reward_config
 
     cfg = load_reward_config(args.config, args.overrides)
@@ -397,9 +397,9 @@ def cmd_serve_rewards(args: argparse.Namespace) -> int:
 
 
 def cmd_reward_score(args: argparse.Namespace) -> int:
-    from m3ad_rl.guards import refuse_overwrite, replaced_when_done, require_file, require_output_file
-    from m3ad_rl.jsonl import LineErrors, read_records, require, write_jsonl
-    from m3ad_rl.labels import GroundTruth
+    from m3ad_rl.core.ground_truth import GroundTruth
+    from m3ad_rl.core.guards import refuse_overwrite, replaced_when_done, require_file, require_output_file
+    from m3ad_rl.core.jsonl import LineErrors, read_records, require, write_jsonl
     from rewards import RewardFunction, load_reward_config
 
     require_file(args.input)
@@ -424,12 +424,12 @@ def cmd_reward_score(args: argparse.Namespace) -> int:
 
 
 def cmd_eval_score(args: argparse.Namespace) -> int:
-    from m3ad_rl.config import load_config
-    from m3ad_rl.guards import refuse_overwrite, replaced_when_done, require_file, require_output_file
-    from m3ad_rl.jsonl import LineErrors, read_records, require
-    from m3ad_rl.labels import GroundTruth
-    from m3ad_rl.metrics import EvalConfig, Prediction, evaluate, unique_predictions
-    from m3ad_rl.report import markdown_report, print_report
+    from m3ad_rl.core.config import load_config
+    from m3ad_rl.core.ground_truth import GroundTruth
+    from m3ad_rl.core.guards import refuse_overwrite, replaced_when_done, require_file, require_output_file
+    from m3ad_rl.core.jsonl import LineErrors, read_records, require
+    from m3ad_rl.eval.metrics import EvalConfig, Prediction, evaluate, unique_predictions
+    from m3ad_rl.eval.report import markdown_report, print_report
 
     require_file(args.input)
     require_output_file(args.output)
@@ -481,10 +481,10 @@ def _finish_write(report, url: str) -> int:
 
 
 def cmd_data_synth(args: argparse.Namespace) -> int:
-    from m3ad_rl.config import load_config
+    from m3ad_rl.core.config import load_config
+    from m3ad_rl.core.guards import refuse_overwrite
     from m3ad_rl.data.store import DatasetWriter
     from m3ad_rl.data.synthetic import SynthConfig, categories_for, generate_parallel
-    from m3ad_rl.guards import refuse_overwrite
 
     refuse_overwrite([args.config], [args.out])
     cfg = load_config(SynthConfig, args.config, [*args.overrides, f"n={args.n}", f"seed={args.seed}"])
@@ -497,10 +497,10 @@ def cmd_data_synth(args: argparse.Namespace) -> int:
 
 
 def cmd_data_import(args: argparse.Namespace) -> int:
+    from m3ad_rl.core.errors import DataError, UsageError
+    from m3ad_rl.core.guards import refuse_overwrite
     from m3ad_rl.data import importers
     from m3ad_rl.data.store import DatasetWriter
-    from m3ad_rl.errors import DataError, UsageError
-    from m3ad_rl.guards import refuse_overwrite
 
     refuse_overwrite([args.root], [args.out])
     report = importers.ImportReport()
@@ -531,10 +531,10 @@ def cmd_data_import(args: argparse.Namespace) -> int:
 
 
 def cmd_data_split(args: argparse.Namespace) -> int:
-    from m3ad_rl.config import load_config
+    from m3ad_rl.core.config import load_config
+    from m3ad_rl.core.guards import refuse_overwrite
     from m3ad_rl.data.splits import SplitConfig, assign, check_disjoint, check_inputs
     from m3ad_rl.data.store import DatasetWriter, iter_samples
-    from m3ad_rl.guards import refuse_overwrite
 
     refuse_overwrite([*args.input, args.config], [args.out])
     cfg = load_config(SplitConfig, args.config, args.overrides)
@@ -559,11 +559,11 @@ def cmd_data_split(args: argparse.Namespace) -> int:
 
 
 def cmd_data_build_ft(args: argparse.Namespace) -> int:
-    from m3ad_rl.config import load_config
+    from m3ad_rl.core.config import load_config
+    from m3ad_rl.core.errors import UsageError
+    from m3ad_rl.core.guards import refuse_overwrite, require_file
     from m3ad_rl.data import ft as ftmod
     from m3ad_rl.data.store import DatasetWriter, iter_samples
-    from m3ad_rl.errors import UsageError
-    from m3ad_rl.guards import refuse_overwrite, require_file
 
     require_file(args.predictions, "--predictions")
     refuse_overwrite([args.input, args.predictions, args.config], [args.out])
@@ -624,9 +624,9 @@ def _caption_openai(samples, preds, cfg, args, report) -> list:
 
 
 def cmd_data_stats(args: argparse.Namespace) -> int:
+    from m3ad_rl.core.errors import UsageError
+    from m3ad_rl.core.guards import refuse_overwrite, replaced_when_done, require_output_file
     from m3ad_rl.data.stats import dataset_stats, plot_stats, print_stats, undecodable
-    from m3ad_rl.errors import UsageError
-    from m3ad_rl.guards import refuse_overwrite, replaced_when_done, require_output_file
 
     refuse_overwrite([args.input], [args.plot])
     if args.plot:
@@ -651,10 +651,10 @@ def cmd_data_stats(args: argparse.Namespace) -> int:
 def cmd_data_gallery(args: argparse.Namespace) -> int:
     import random
 
+    from m3ad_rl.core.errors import UsageError
+    from m3ad_rl.core.guards import refuse_overwrite, replaced_when_done, require_output_file
     from m3ad_rl.data.gallery import contact_sheet
     from m3ad_rl.data.store import iter_samples
-    from m3ad_rl.errors import UsageError
-    from m3ad_rl.guards import refuse_overwrite, replaced_when_done, require_output_file
 
     if Path(args.out).suffix.lower() not in (".png", ".jpg", ".jpeg"):
         raise UsageError(f"--out {args.out} must end in .png or .jpg", "name the image file")
@@ -678,20 +678,20 @@ def cmd_data_gallery(args: argparse.Namespace) -> int:
 
 
 def cmd_cluster_up(args: argparse.Namespace) -> int:
-    from m3ad_rl.localcluster import up_cli
+    from m3ad_rl.k8s.localcluster import up_cli
 
     return up_cli(args.dir, args.workers, args.cpus, args.config_dir)
 
 
 def cmd_cluster_down(args: argparse.Namespace) -> int:
-    from m3ad_rl.localcluster import down_cli
+    from m3ad_rl.k8s.localcluster import down_cli
 
     return down_cli(args.dir)
 
 
 def cmd_model_tiny(args: argparse.Namespace) -> int:
+    from m3ad_rl.core.storage import staged_dir
     from m3ad_rl.models.tiny import TinySpec, build_tiny
-    from m3ad_rl.storage import staged_dir
 
     with staged_dir(args.out, clear=True) as d:  # any storage URL
         build_tiny(d, TinySpec(vocab=args.vocab, seed=args.seed))
@@ -701,9 +701,9 @@ def cmd_model_tiny(args: argparse.Namespace) -> int:
 
 
 def cmd_eval_run(args: argparse.Namespace) -> int:
-    from m3ad_rl.config import load_config
-    from m3ad_rl.evaluation import EvalRunConfig, run
-    from m3ad_rl.report import print_report
+    from m3ad_rl.core.config import load_config
+    from m3ad_rl.eval.report import print_report
+    from m3ad_rl.eval.run import EvalRunConfig, run
 
     given = {"model": args.model, "engine": args.engine, "dataset": args.dataset, "out": args.out,
              "workers": args.workers}  # fmt: skip
@@ -726,8 +726,8 @@ def cmd_eval_run(args: argparse.Namespace) -> int:
 
 
 def cmd_eval_sweep(args: argparse.Namespace) -> int:
-    from m3ad_rl.config import load_config
-    from m3ad_rl.sweep_eval import SweepConfig, run_sweep
+    from m3ad_rl.core.config import load_config
+    from m3ad_rl.eval.compare import SweepConfig, run_sweep
 
     cfg = load_config(SweepConfig, args.config, args.overrides)
     table = run_sweep(cfg)
@@ -736,9 +736,9 @@ def cmd_eval_sweep(args: argparse.Namespace) -> int:
 
 
 def cmd_serve_openai(args: argparse.Namespace) -> int:
+    from m3ad_rl.core.guards import check_port_free
     from m3ad_rl.engines import make_engine
     from m3ad_rl.engines.openai_server import serve
-    from m3ad_rl.guards import check_port_free
 
     check_port_free(args.host, args.port)  # before the model is loaded, which takes a while
     engine = make_engine(args.engine, args.model)
@@ -750,7 +750,7 @@ def cmd_serve_openai(args: argparse.Namespace) -> int:
 
 
 def cmd_taxonomy(args: argparse.Namespace) -> int:
-    from m3ad_rl.taxonomy import default_taxonomy
+    from m3ad_rl.core.taxonomy import default_taxonomy
 
     tax = default_taxonomy()
     if args.lookup:
@@ -764,7 +764,7 @@ def cmd_taxonomy(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from m3ad_rl.demo import run_demo
+    from m3ad_rl.pipeline.demo import run_demo
 
     return run_demo(Path(args.out), quick=args.quick)
 

@@ -12,9 +12,9 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from m3ad_rl.config import load_config
-from m3ad_rl.output_format import ParseConfig
-from m3ad_rl.taxonomy import SimilarityConfig
+from m3ad_rl.core.config import load_config
+from m3ad_rl.core.output_format import ParseConfig
+from m3ad_rl.core.taxonomy import SimilarityConfig
 from rewards.presets import REFLECTION_PRESETS, ReflectionValues
 
 

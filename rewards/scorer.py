@@ -13,9 +13,9 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from m3ad_rl.labels import GroundTruth
-from m3ad_rl.output_format import ParsedOutput, parse
-from m3ad_rl.taxonomy import Taxonomy, default_taxonomy
+from m3ad_rl.core.ground_truth import GroundTruth
+from m3ad_rl.core.output_format import ParsedOutput, parse
+from m3ad_rl.core.taxonomy import Taxonomy, default_taxonomy
 from rewards.config import RewardConfig
 from rewards.terms import Outcome, consistency, gated_accuracy, reflection_outcome, reflection_reward
 

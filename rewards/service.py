@@ -17,7 +17,7 @@ from fastapi import FastAPI, HTTPException
 from pydantic import BaseModel, ConfigDict, Field
 from ray import serve
 
-from m3ad_rl.labels import GroundTruth
+from m3ad_rl.core.ground_truth import GroundTruth
 from rewards.config import RewardConfig
 from rewards.scorer import RewardFunction
 

@@ -5,10 +5,10 @@ Readings of SPEC where it is silent are listed in docs/spec-readings.md.
 
 from __future__ import annotations
 
-from m3ad_rl.labels import GroundTruth, Outcome, reflection_outcome
-from m3ad_rl.matching import matched_mean
-from m3ad_rl.output_format import ParsedOutput, iou
-from m3ad_rl.taxonomy import SimilarityConfig, Taxonomy
+from m3ad_rl.core.ground_truth import GroundTruth, Outcome, reflection_outcome
+from m3ad_rl.core.matching import matched_mean
+from m3ad_rl.core.output_format import ParsedOutput, iou
+from m3ad_rl.core.taxonomy import SimilarityConfig, Taxonomy
 from rewards.presets import ReflectionValues
 
 __all__ = ["consistency", "gated_accuracy", "reflection_outcome", "reflection_reward"]

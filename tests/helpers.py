@@ -7,7 +7,7 @@ import socket
 import threading
 import time
 
-from m3ad_rl.output_format import render
+from m3ad_rl.core.output_format import render
 
 
 def out(answer: str, *, initial: str | None = None, reflection: str | None = None, types=(), boxes=()) -> str:

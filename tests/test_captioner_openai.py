@@ -18,10 +18,10 @@ fastapi = pytest.importorskip("fastapi")
 uvicorn = pytest.importorskip("uvicorn")
 from fastapi.responses import JSONResponse  # noqa: E402
 
+from m3ad_rl.core.output_format import parse  # noqa: E402
+from m3ad_rl.core.taxonomy import default_taxonomy  # noqa: E402
 from m3ad_rl.data.captioner_openai import CaptionRequest, OpenAICaptioner  # noqa: E402
 from m3ad_rl.data.schema import DefectRecord, Sample  # noqa: E402
-from m3ad_rl.output_format import parse  # noqa: E402
-from m3ad_rl.taxonomy import default_taxonomy  # noqa: E402
 from tests.helpers import running  # noqa: E402
 
 

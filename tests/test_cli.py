@@ -7,7 +7,7 @@ import sys
 import pytest
 
 from m3ad_rl.cli import EXIT_SKIPPED, EXIT_USAGE, main
-from m3ad_rl.synthetic_outputs import make_records
+from m3ad_rl.data.simulated_responses import make_records
 from tests.helpers import out
 
 GT = {"label": "anomalous", "defects": [{"type": "bent", "box": [0.1, 0.1, 0.3, 0.3]}]}

@@ -17,12 +17,12 @@ import pytest
 from PIL import Image
 
 from m3ad_rl.cli import main
+from m3ad_rl.core.errors import EXIT_DATA, EXIT_SKIPPED, EXIT_USAGE, DataError, UsageError
 from m3ad_rl.data import ft, schema, store
 from m3ad_rl.data.importers import import_mask_folder, import_mvtec_ad, import_mvtec_loco, import_real_iad, import_visa
 from m3ad_rl.data.schema import DefectRecord, Sample
 from m3ad_rl.data.store import iter_samples, read_manifest, write_dataset
 from m3ad_rl.data.synthetic import SynthConfig, generate
-from m3ad_rl.errors import EXIT_DATA, EXIT_SKIPPED, EXIT_USAGE, DataError, UsageError
 
 
 def _png(w=40, h=30) -> bytes:

@@ -7,10 +7,10 @@ import fsspec
 import pytest
 from PIL import Image
 
+from m3ad_rl.core.errors import DataError
 from m3ad_rl.data.schema import DefectRecord, Sample, validate
 from m3ad_rl.data.store import DatasetWriter, iter_batches, iter_samples, read_manifest, write_dataset
 from m3ad_rl.data.synthetic import SynthConfig, generate
-from m3ad_rl.errors import DataError
 
 
 def _png(w=40, h=30) -> bytes:

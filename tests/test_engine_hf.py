@@ -8,8 +8,8 @@ torch = pytest.importorskip("torch")
 
 from PIL import Image  # noqa: E402
 
+from m3ad_rl.core.prompts import question  # noqa: E402
 from m3ad_rl.engines import GenerationRequest, SamplingParams, make_engine  # noqa: E402
-from m3ad_rl.prompts import question  # noqa: E402
 
 
 def _png(color) -> bytes:

@@ -24,7 +24,7 @@ SCRIPT = textwrap.dedent("""
     from PIL import Image
     from m3ad_rl.engines import make_engine
     from m3ad_rl.engines.base import GenerationRequest, SamplingParams
-    from m3ad_rl.prompts import question
+    from m3ad_rl.core.prompts import question
 
     if __name__ == "__main__":
         engine = make_engine("vllm", sys.argv[1], max_model_len=2048)

@@ -6,9 +6,9 @@ import json
 import pytest
 
 from m3ad_rl.cli import main
-from m3ad_rl.errors import EXIT_DATA, EXIT_SKIPPED, EXIT_USAGE, DataError
-from m3ad_rl.labels import GroundTruth
-from m3ad_rl.metrics import EvalConfig, Prediction, evaluate
+from m3ad_rl.core.errors import EXIT_DATA, EXIT_SKIPPED, EXIT_USAGE, DataError
+from m3ad_rl.core.ground_truth import GroundTruth
+from m3ad_rl.eval.metrics import EvalConfig, Prediction, evaluate
 from tests.helpers import out
 
 A = {"label": "anomalous", "defects": [{"type": "scratch", "box": [0.0, 0.0, 0.5, 0.5]}]}

@@ -63,7 +63,7 @@ def test_eval_run_two_workers_then_resume(setup, capsys):
 
 
 def test_baseline_sweep_table(setup, tmp_path):
-    from m3ad_rl.sweep_eval import SweepConfig, comparison_table, run_sweep
+    from m3ad_rl.eval.compare import SweepConfig, comparison_table, run_sweep
 
     cfg = SweepConfig(
         dataset=str(setup / "bench"),

@@ -10,8 +10,8 @@ import torch
 
 pytest.importorskip("verl")
 
-from m3ad_rl.algorithms import GRPOConfig, grpo_advantages, grpo_loss, update_mask
-from m3ad_rl.config import ConfigError, load_config
+from m3ad_rl.core.config import ConfigError, load_config
+from m3ad_rl.train.grpo import GRPOConfig, grpo_advantages, grpo_loss, update_mask
 
 
 @pytest.mark.parametrize("n", [3, 6, 8, 16])
@@ -26,7 +26,7 @@ def test_groups_with_equal_rewards_get_exactly_zero_advantage(n):
 
 
 def test_verl_names_are_checked_at_config_load(tmp_path):
-    from m3ad_rl.rcrl import RCRLConfig
+    from m3ad_rl.train.rcrl import RCRLConfig
 
     for key, bad in (("grpo.kl_type", "lowvar_kl"), ("grpo.loss_agg_mode", "token_mean")):
         with pytest.raises(ConfigError, match=key.split(".")[1]):
@@ -113,7 +113,7 @@ def test_sft_truncation_leaves_the_end_token_off(tiny_model):
 
     from transformers import AutoProcessor
 
-    from m3ad_rl.sft import _example
+    from m3ad_rl.train.sft import _example
 
     proc = AutoProcessor.from_pretrained(str(tiny_model))
     end = proc.tokenizer.convert_tokens_to_ids("<|im_end|>")

@@ -5,10 +5,10 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from m3ad_rl.actor import build_batch, token_log_probs  # noqa: E402
-from m3ad_rl.algorithms import GRPOConfig, grpo_advantages, grpo_loss  # noqa: E402
+from m3ad_rl.core.prompts import question  # noqa: E402
 from m3ad_rl.engines import GenerationRequest, SamplingParams, make_engine  # noqa: E402
-from m3ad_rl.prompts import question  # noqa: E402
+from m3ad_rl.train.grpo import GRPOConfig, grpo_advantages, grpo_loss  # noqa: E402
+from m3ad_rl.train.logprobs import build_batch, token_log_probs  # noqa: E402
 
 
 def test_advantages_and_loss_match_a_hand_computation():
@@ -77,7 +77,7 @@ def test_shared_image_encoding_equals_one_image_per_row(tiny_model):
 
     from PIL import Image
 
-    from m3ad_rl.actor import PolicyBatch, response_log_probs
+    from m3ad_rl.train.logprobs import PolicyBatch, response_log_probs
 
     engine = make_engine("hf", str(tiny_model))
     reqs = []

@@ -10,10 +10,10 @@ import pytest
 
 from m3ad_rl import cli
 from m3ad_rl.cli import main
+from m3ad_rl.core.errors import EXIT_DATA, EXIT_INTERRUPTED, EXIT_USAGE, UsageError
+from m3ad_rl.core.guards import check_port_free, location, refuse_overwrite, require_file, require_output_file
 from m3ad_rl.data.store import read_manifest, write_dataset
 from m3ad_rl.data.synthetic import SynthConfig, generate
-from m3ad_rl.errors import EXIT_DATA, EXIT_INTERRUPTED, EXIT_USAGE, UsageError
-from m3ad_rl.guards import check_port_free, location, refuse_overwrite, require_file, require_output_file
 from tests.helpers import out
 
 GT = {"label": "normal", "defects": []}
@@ -225,7 +225,7 @@ def test_unknown_scenes_and_categories_in_configs(capsys):
 
 
 def test_readme_lists_every_exit_code():
-    from m3ad_rl import errors
+    from m3ad_rl.core import errors
 
     section = README.read_text().split("## Exit codes", 1)[1].split("\n## ", 1)[0]
     documented = {int(c) for c in re.findall(r"^\| (\d+) \|", section, flags=re.M)}

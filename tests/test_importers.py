@@ -8,6 +8,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from m3ad_rl.core.errors import UsageError
+from m3ad_rl.core.taxonomy import default_taxonomy, normalize
 from m3ad_rl.data.importers import (
     ImportReport,
     dataset_labels,
@@ -20,8 +22,6 @@ from m3ad_rl.data.importers import (
 )
 from m3ad_rl.data.schema import SCENES
 from m3ad_rl.data.store import iter_samples, write_dataset
-from m3ad_rl.errors import UsageError
-from m3ad_rl.taxonomy import default_taxonomy, normalize
 
 W, H = 64, 48
 # Rectangles (x0, y0, x1, y1), exclusive ends, chosen so the normalised boxes are exact binary fractions.

@@ -1,7 +1,6 @@
-"""Imports go one way (STYLE.md): the pure core (output format, taxonomy, ground truth, matching, config,
-errors, storage, …) and the rewards import no training framework and nothing above them, so the reward
-service and the verl ``compute_score`` stay light and a layer can be read without the ones above it.
-Every import counts, also those inside functions."""
+"""Imports go one way (STYLE.md): each stage imports only its own and lower stages, so a layer can be read
+without the ones above it; the pure core and the reward terms import no training framework, so the reward
+service and the verl ``compute_score`` stay light. Every import counts, also those inside functions."""
 
 from __future__ import annotations
 
@@ -11,16 +10,21 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-CORE = {
-    "m3ad_rl.config", "m3ad_rl.errors", "m3ad_rl.guards", "m3ad_rl.jsonl", "m3ad_rl.labels", "m3ad_rl.matching",
-    "m3ad_rl.output_format", "m3ad_rl.prompts", "m3ad_rl.storage", "m3ad_rl.taxonomy", "m3ad_rl.http_retry",
-}  # fmt: skip
+# lowest first: data flows data → rollout (engines) → reward → update (train) → eval; ops and CLI on top
+LAYERS = ["core", "rewards", "data", "models", "engines", "train", "eval", "k8s", "pipeline", "cli", "api"]
 HEAVY = {"torch", "ray", "deepspeed", "vllm", "verl", "transformers"}
 
 
 def module_name(path: Path) -> str:
     rel = path.relative_to(ROOT).with_suffix("")
     return ".".join(rel.parts[:-1] if rel.name == "__init__" else rel.parts)
+
+
+def layer(module: str) -> str:
+    parts = module.split(".")
+    if parts[0] == "rewards":
+        return "rewards"
+    return "api" if len(parts) == 1 else parts[1]
 
 
 def imports(path: Path) -> set[str]:
@@ -34,33 +38,39 @@ def imports(path: Path) -> set[str]:
     return out
 
 
+FILES = sorted(p for p in [*ROOT.glob("m3ad_rl/**/*.py"), *ROOT.glob("rewards/*.py")] if "resources" not in p.parts)
+KNOWN = {module_name(p) for p in FILES}
+
+
 def internal(names: set[str]) -> set[str]:
-    """The project modules among ``names`` (``from m3ad_rl import storage`` counts as m3ad_rl.storage)."""
-    known = {module_name(p) for p in [*ROOT.glob("m3ad_rl/**/*.py"), *ROOT.glob("rewards/*.py")]}
-    return {n for n in names if n in known and n not in ("m3ad_rl", "rewards")}
+    """The project modules among ``names`` (``from m3ad_rl.core import storage`` counts as its module)."""
+    return {n for n in names if n in KNOWN and n not in ("m3ad_rl", "rewards")}
 
 
-CORE_FILES = sorted(p for p in ROOT.glob("m3ad_rl/*.py") if module_name(p) in CORE)
-REWARD_FILES = sorted(p for p in ROOT.glob("rewards/*.py") if p.name != "service.py")  # the Serve app is a layer up
+def test_every_module_has_a_layer():
+    assert {layer(module_name(p)) for p in FILES} <= set(LAYERS)
 
 
-@pytest.mark.parametrize("path", CORE_FILES, ids=lambda p: p.name)
-def test_core_imports_only_core(path):
-    names = imports(path)
-    assert not {n.split(".")[0] for n in names} & HEAVY, f"{path.name} imports a training framework"
-    assert internal(names) <= CORE, f"{path.name} imports a higher layer: {sorted(internal(names) - CORE)}"
+@pytest.mark.parametrize("path", FILES, ids=lambda p: module_name(p))
+def test_imports_only_go_down(path):
+    me = module_name(path)
+    up = sorted(n for n in internal(imports(path)) if LAYERS.index(layer(n)) > LAYERS.index(layer(me)))
+    assert not up, f"{me} ({layer(me)}) imports a higher layer: {up}"
 
 
-@pytest.mark.parametrize("path", REWARD_FILES, ids=lambda p: p.name)
-def test_rewards_import_only_core_and_rewards(path):
-    names = imports(path)
-    assert not {n.split(".")[0] for n in names} & HEAVY, f"rewards/{path.name} imports a training framework"
-    higher = {n for n in internal(names) if not n.startswith("rewards") and n not in CORE}
-    assert not higher, f"rewards/{path.name} imports {sorted(higher)}"
+LIGHT = [p for p in FILES if layer(module_name(p)) == "core" or (layer(module_name(p)) == "rewards"
+                                                                  and p.name != "service.py")]  # fmt: skip
 
 
-def test_the_layer_check_catches_an_upward_import(tmp_path):
+@pytest.mark.parametrize("path", LIGHT, ids=lambda p: module_name(p))
+def test_core_and_reward_terms_import_no_training_framework(path):
+    heavy = {n.split(".")[0] for n in imports(path)} & HEAVY
+    assert not heavy, f"{module_name(path)} imports {sorted(heavy)}"
+
+
+def test_the_check_catches_an_upward_import(tmp_path):
+    """The rule itself works: a core module importing the trainer is caught."""
     bad = tmp_path / "bad.py"
-    bad.write_text("def f():\n    from m3ad_rl.rcrl import RCRLTrainer\n    import torch\n")
-    names = imports(bad)
-    assert "m3ad_rl.rcrl" in internal(names) and "torch" in names
+    bad.write_text("def f():\n    from m3ad_rl.train import sft\n")
+    assert LAYERS.index(layer("m3ad_rl.train.sft")) > LAYERS.index(layer("m3ad_rl.core.x"))
+    assert "m3ad_rl.train.sft" in internal(imports(bad))

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from m3ad_rl import k8s_validate as kv
+from m3ad_rl.k8s import validate as kv
 
 ROOT = Path(__file__).resolve().parents[1]
 MANIFESTS = ROOT / "manifests"
@@ -285,7 +285,7 @@ def test_ray_version_matches_everywhere():
 def test_module_entry_point_prints_findings(tmp_path):
     broken = _set(_rcrl_job(), [*WG, 0, "replicaz"], 2)
     (tmp_path / "broken.yaml").write_text(yaml.safe_dump(broken))
-    res = subprocess.run([sys.executable, "-m", "m3ad_rl.k8s_validate", str(tmp_path)], capture_output=True, text=True)
+    res = subprocess.run([sys.executable, "-m", "m3ad_rl.k8s.validate", str(tmp_path)], capture_output=True, text=True)
     assert res.returncode == 1
     assert "spec.rayClusterSpec.workerGroupSpecs[0].replicaz: unknown field 'replicaz'" in res.stdout
 
@@ -341,9 +341,9 @@ def _record(module: str, result: dict):
 
 
 RECORDERS = {
-    "train sft": _record("m3ad_rl.sft", {"steps": 0, "loss": 0.0, "model": "m", "history": []}),
-    "train rcrl": _record("m3ad_rl.rcrl", {"history": [], "model": "m"}),
-    "eval run": _record("m3ad_rl.evaluation", {"scenes": {}, "verdict": "ok"}),
+    "train sft": _record("m3ad_rl.train.sft", {"steps": 0, "loss": 0.0, "model": "m", "history": []}),
+    "train rcrl": _record("m3ad_rl.train.rcrl", {"history": [], "model": "m"}),
+    "eval run": _record("m3ad_rl.eval.run", {"scenes": {}, "verdict": "ok"}),
 }
 
 
@@ -379,10 +379,10 @@ def test_entrypoints_exist_and_configs_load(overlay, tmp_path, monkeypatch):
 
 
 def test_configmap_configs_load_with_project_schemas():
-    from m3ad_rl.config import load_config
-    from m3ad_rl.evaluation import EvalRunConfig
-    from m3ad_rl.rcrl import RCRLConfig
-    from m3ad_rl.sft import SFTConfig
+    from m3ad_rl.core.config import load_config
+    from m3ad_rl.eval.run import EvalRunConfig
+    from m3ad_rl.train.rcrl import RCRLConfig
+    from m3ad_rl.train.sft import SFTConfig
     from rewards import load_reward_config
 
     for folder in (MANIFESTS / "base" / "config", MANIFESTS / "overlays" / "dev" / "config"):

@@ -5,9 +5,9 @@ import random
 import pytest
 from sklearn.metrics import balanced_accuracy_score
 
-from m3ad_rl.labels import GroundTruth
-from m3ad_rl.metrics import EvalConfig, Prediction, evaluate, f1
-from m3ad_rl.synthetic_outputs import make_records
+from m3ad_rl.core.ground_truth import GroundTruth
+from m3ad_rl.data.simulated_responses import make_records
+from m3ad_rl.eval.metrics import EvalConfig, Prediction, evaluate, f1
 from tests.helpers import out
 
 A = GroundTruth.from_obj(
@@ -117,7 +117,7 @@ def test_balanced_accuracy_matches_sklearn():
         for r in records
     ]
     rep = evaluate(preds)
-    from m3ad_rl.output_format import parse
+    from m3ad_rl.core.output_format import parse
 
     for scene in ("texture", "workpiece"):
         ps = [p for p in preds if p.scene == scene]

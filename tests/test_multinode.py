@@ -56,7 +56,7 @@ def _merge(base: dict, over: dict) -> dict:
 
 def rendered_jobs() -> dict[str, str]:
     """RayJob name → entrypoint, from `kubectl kustomize manifests/overlays/dev`."""
-    from m3ad_rl.k8s_validate import render_kustomization
+    from m3ad_rl.k8s.validate import render_kustomization
 
     docs = [d for d in yaml.safe_load_all(render_kustomization(DEV)) if isinstance(d, dict)]
     return {d["metadata"]["name"]: " ".join(d["spec"]["entrypoint"].split()) for d in docs if d["kind"] == "RayJob"}
@@ -64,7 +64,7 @@ def rendered_jobs() -> dict[str, str]:
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory):
-    from m3ad_rl.localcluster import LocalCluster
+    from m3ad_rl.k8s.localcluster import LocalCluster
 
     configs = tmp_path_factory.mktemp("configmap")
     for f in sorted((DEV / "config").glob("*.yaml")):
@@ -245,7 +245,7 @@ def _weight_change(checkpoint: str, model: str) -> float:
     import torch
     from safetensors.torch import load_file
 
-    from m3ad_rl import storage
+    from m3ad_rl.core import storage
 
     with tempfile.TemporaryDirectory() as tmp:
         storage.download_dir(checkpoint, tmp, include=lambda n: "mp_rank_00_model_states" in n)
@@ -283,8 +283,8 @@ def test_sweep_submit_and_report_on_s3(cluster, tmp_path):
     """The presets (a)-(d) sweep through `m3ad-rl sweep submit`, then `sweep report` from S3."""
     if not s3().exists(f"{BUCKET}/sft/model/config.json"):
         pytest.skip("needs the pipeline test's SFT model")
-    from m3ad_rl.config import load_config
-    from m3ad_rl.sweep import SweepSpec
+    from m3ad_rl.core.config import load_config
+    from m3ad_rl.k8s.sweep import SweepSpec
 
     sets = ["train_set.steps=1", "eval_workers=1"]  # shrunk in size only
     spec = load_config(SweepSpec, str(ROOT / "configs/sweeps/presets-dev.yaml"), sets)

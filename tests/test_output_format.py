@@ -4,8 +4,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from m3ad_rl.output_format import Box, ParseConfig, iou, parse, parse_boxes, render
-from m3ad_rl.synthetic_outputs import make_records
+from m3ad_rl.core.output_format import Box, ParseConfig, iou, parse, parse_boxes, render
+from m3ad_rl.data.simulated_responses import make_records
 
 CANON = """<think>The pin at the top looks fine. Initial answer: no.</think>
 <reflection>Looking again, the upper pin is bent.</reflection>

@@ -10,10 +10,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from m3ad_rl import checkpoint as ck
 from m3ad_rl.cli import main
-from m3ad_rl.errors import UsageError
-from m3ad_rl.rcrl import RCRLConfig, RCRLTrainer
+from m3ad_rl.core.errors import UsageError
+from m3ad_rl.train import checkpoint as ck
+from m3ad_rl.train.rcrl import RCRLConfig, RCRLTrainer
 
 
 @pytest.fixture
@@ -96,10 +96,10 @@ def test_a_corrupt_image_is_named_before_training(files, tmp_path):
 
     from PIL import Image
 
-    from m3ad_rl.errors import DataError
-    from m3ad_rl.rcrl import PromptSet
-    from m3ad_rl.sft import SFTConfig
-    from m3ad_rl.sft import run as run_sft
+    from m3ad_rl.core.errors import DataError
+    from m3ad_rl.train.rcrl import PromptSet
+    from m3ad_rl.train.sft import SFTConfig
+    from m3ad_rl.train.sft import run as run_sft
 
     buf = io.BytesIO()
     Image.new("RGB", (8, 8)).save(buf, format="PNG")
@@ -122,7 +122,7 @@ def test_a_corrupt_image_is_named_before_training(files, tmp_path):
 
 def test_setup_failure_surfaces_its_own_error_not_cleanups(files):
     """A failed setup used to be hidden behind `AttributeError: ... 'reward_handle'` from cleanup."""
-    from m3ad_rl.rcrl import run
+    from m3ad_rl.train.rcrl import run
 
     with pytest.raises(UsageError, match="no such model folder"):
         run(cfg(files, model=str(files["model"] / "missing")))
@@ -132,7 +132,7 @@ def test_sft_hands_workers_absolute_paths(files, tmp_path, monkeypatch):
     """Relative paths, as the README shows them, failed inside Ray Train workers (another working folder)."""
     import ray.train.torch
 
-    from m3ad_rl import ray_setup, sft
+    from m3ad_rl.train import ray_setup, sft
 
     seen = {}
 

@@ -10,7 +10,7 @@ import pytest
 ray = pytest.importorskip("ray")
 httpx = pytest.importorskip("httpx")
 
-from m3ad_rl.synthetic_outputs import make_records  # noqa: E402
+from m3ad_rl.data.simulated_responses import make_records  # noqa: E402
 from rewards import RewardFunction, load_reward_config  # noqa: E402
 
 pytestmark = pytest.mark.slow  # end-to-end: `pytest -m 'not slow'` skips it

@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from m3ad_rl.config import ConfigError
+from m3ad_rl.core.config import ConfigError
 from rewards import REFLECTION_PRESETS, ReflectionValues, RewardConfig, RewardFunction, load_reward_config
 from tests.helpers import out
 

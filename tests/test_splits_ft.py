@@ -6,11 +6,11 @@ from collections import Counter
 import pyarrow.parquet as pq
 import pytest
 
+from m3ad_rl.core.output_format import parse
 from m3ad_rl.data import ft
 from m3ad_rl.data.captioner_template import TemplateCaptioner, where
 from m3ad_rl.data.splits import SplitConfig, SplitError, assign, check_disjoint
 from m3ad_rl.data.synthetic import SynthConfig, generate
-from m3ad_rl.output_format import parse
 from rewards import RewardFunction
 
 CATS = [("texture", c) for c in ("brick", "wood", "grass", "fabric")] + [("logical", "tray"), ("logical", "kit")]

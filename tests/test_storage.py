@@ -13,8 +13,8 @@ from pathlib import Path
 import fsspec
 import pytest
 
-from m3ad_rl import checkpoint as ck
-from m3ad_rl import storage
+from m3ad_rl.core import storage
+from m3ad_rl.train import checkpoint as ck
 
 
 def _tree(root: Path) -> dict[str, str]:
@@ -97,9 +97,9 @@ def test_hub_repository_and_subfolder_offline(tiny_model, tmp_path):
     home = tmp_path / "hf"
     want = _hub_cache(home, "yanhui01/RA-Monitor", "RA-Monitor(Qwen3-VL-4B)", Path(tiny_model))
     code = (
-        "from m3ad_rl.storage import local_model\n"
+        "from m3ad_rl.core.storage import local_model\n"
         "from m3ad_rl.engines.hf import HFEngine\n"
-        "from m3ad_rl.workers import load_policy\n"
+        "from m3ad_rl.train.workers import load_policy\n"
         "ref = 'hf://yanhui01/RA-Monitor/RA-Monitor(Qwen3-VL-4B)'\n"
         "print(local_model(ref))\n"
         "HFEngine(ref); load_policy(ref)\n"

@@ -1,4 +1,4 @@
-"""Sweeps (m3ad_rl/sweep.py): rendered RayJobs pass the manifest validation, names and labels are
+"""Sweeps (m3ad_rl/k8s/sweep.py): rendered RayJobs pass the manifest validation, names and labels are
 valid, reports gather into one table and plot, and `submit` sends jobs to a real local Ray head."""
 
 from __future__ import annotations
@@ -14,9 +14,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from m3ad_rl import k8s_validate as kv
-from m3ad_rl.config import load_config
-from m3ad_rl.sweep import SweepSpec, entrypoint, expand, job_name, label_value, render, report, write_rendered
+from m3ad_rl.core.config import load_config
+from m3ad_rl.k8s import validate as kv
+from m3ad_rl.k8s.sweep import SweepSpec, entrypoint, expand, job_name, label_value, render, report, write_rendered
 
 ROOT = Path(__file__).resolve().parents[1]
 SWEEPS = ROOT / "configs" / "sweeps"
@@ -161,7 +161,7 @@ def test_submit_sends_the_jobs_to_ray(ray_head, tmp_path):
     labels, and the entrypoint runs the real CLI (which stops at the missing SFT model)."""
     from ray.job_submission import JobStatus, JobSubmissionClient
 
-    from m3ad_rl.sweep import submit
+    from m3ad_rl.k8s.sweep import submit
 
     s = spec("presets-dev", f"out={tmp_path}/sweep", f"model={tmp_path}/none", f"data={tmp_path}/none.parquet")
     s.variants = s.variants[1:2]

@@ -5,11 +5,11 @@ from collections import Counter, defaultdict
 import numpy as np
 import pytest
 
+from m3ad_rl.core.taxonomy import default_taxonomy
 from m3ad_rl.data import synth_surface as sf
 from m3ad_rl.data.schema import validate
 from m3ad_rl.data.synth_objects import Item, cut, draw_item
 from m3ad_rl.data.synthetic import CATEGORIES, SynthConfig, defect_types, generate, generate_parallel
-from m3ad_rl.taxonomy import default_taxonomy
 
 
 def test_scenes_categories_and_types_cover_the_spec():

@@ -4,7 +4,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from m3ad_rl.taxonomy import SimilarityConfig, Taxonomy, default_taxonomy, normalize
+from m3ad_rl.core.taxonomy import SimilarityConfig, Taxonomy, default_taxonomy, normalize
 
 TAX = default_taxonomy()
 

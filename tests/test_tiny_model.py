@@ -25,7 +25,7 @@ def test_reload_offline_in_a_fresh_process_and_generate(tiny_dir):
         import json, torch
         from PIL import Image
         from transformers import AutoModelForImageTextToText, AutoProcessor
-        from m3ad_rl.prompts import question
+        from m3ad_rl.core.prompts import question
         proc = AutoProcessor.from_pretrained({str(tiny_dir)!r})
         model = AutoModelForImageTextToText.from_pretrained({str(tiny_dir)!r})
         msgs = [{{"role": "user", "content": [{{"type": "image"}}, {{"type": "text", "text": question()}}]}}]

@@ -20,7 +20,7 @@ import pytest
 pytest.importorskip("deepspeed")
 ray = pytest.importorskip("ray")
 
-from m3ad_rl.tracking import read_metrics  # noqa: E402
+from m3ad_rl.train.tracking import read_metrics  # noqa: E402
 
 pytestmark = pytest.mark.slow  # end-to-end: `pytest -m 'not slow'` skips it
 
@@ -31,7 +31,7 @@ SFT_STEPS = 96
 def pipeline(tmp_path_factory, tiny_model):
     """{"ft": FT folder, "sft": SFT run folder}, SFT trained on 2 Ray Train workers."""
     from m3ad_rl.data.store import iter_samples
-    from m3ad_rl.sft import SFTConfig, run
+    from m3ad_rl.train.sft import SFTConfig, run
 
     root = tmp_path_factory.mktemp("pipeline")
     _cli("data", "synth", "--out", str(root / "synth"), "--n", "24")
@@ -146,7 +146,7 @@ def _weight_change(checkpoint: Path, model: Path) -> float:
 
 
 def test_half_written_checkpoint_is_never_taken(tmp_path):
-    from m3ad_rl import checkpoint as ck
+    from m3ad_rl.train import checkpoint as ck
 
     root = str(tmp_path / "ckpt")
     for step, complete in ((2, True), (4, True), (6, False)):
@@ -166,11 +166,11 @@ def test_rollout_worker_generates_with_pushed_weights(tiny_model):
     decodes, and not what it decoded before."""
     import torch
 
+    from m3ad_rl.core.prompts import question
     from m3ad_rl.engines import SamplingParams
     from m3ad_rl.engines.base import GenerationRequest
     from m3ad_rl.engines.hf import HFEngine
-    from m3ad_rl.prompts import question
-    from m3ad_rl.workers import RolloutWorker, pack_state
+    from m3ad_rl.train.workers import RolloutWorker, pack_state
 
     ray.init(num_cpus=2, ignore_reinit_error=True)
     try:
@@ -196,8 +196,8 @@ def test_rollout_worker_generates_with_pushed_weights(tiny_model):
 
 
 def test_rcrl_config_errors_name_the_key(tmp_path):
-    from m3ad_rl.config import ConfigError, load_config
-    from m3ad_rl.rcrl import RCRLConfig
+    from m3ad_rl.core.config import ConfigError, load_config
+    from m3ad_rl.train.rcrl import RCRLConfig
 
     base = ["model=m", "data=d", "out=o", "steps=1"]
     with pytest.raises(ConfigError, match=r"rollout\.engine"):
@@ -210,9 +210,9 @@ def test_rcrl_config_errors_name_the_key(tmp_path):
 
 @pytest.mark.parametrize("path", sorted((REPO / "configs/train").glob("*.yaml")), ids=lambda p: p.name)
 def test_every_training_config_loads(path):
-    from m3ad_rl.config import load_config
-    from m3ad_rl.rcrl import RCRLConfig
-    from m3ad_rl.sft import SFTConfig
+    from m3ad_rl.core.config import load_config
+    from m3ad_rl.train.rcrl import RCRLConfig
+    from m3ad_rl.train.sft import SFTConfig
 
     cfg = load_config(SFTConfig if path.name.startswith("sft") else RCRLConfig, path)
     if path.name.startswith("rcrl") and "b." in path.name:  # the paper's runs: SPEC §6 values
@@ -225,8 +225,8 @@ def test_every_training_config_loads(path):
 
 @pytest.mark.parametrize("path", sorted((REPO / "configs/rewards").glob("*.yaml")), ids=lambda p: p.name)
 def test_every_reward_variant_is_a_train_rcrl_reward_config(path):
-    from m3ad_rl.config import load_config
-    from m3ad_rl.rcrl import RCRLConfig
+    from m3ad_rl.core.config import load_config
+    from m3ad_rl.train.rcrl import RCRLConfig
     from rewards.config import RewardConfig
 
     cfg = load_config(RCRLConfig, REPO / "configs/train/rcrl-cpu.yaml", sections={"reward": path})
@@ -239,9 +239,9 @@ def test_controller_update_with_minibatches_moves_clips_and_pushes_exact_weights
     and afterwards the rollout engine holds exactly the actor's weights (tied embedding counted once)."""
     import numpy as np
 
-    from m3ad_rl.config import load_config
-    from m3ad_rl.rcrl import RCRLConfig, RCRLTrainer
-    from m3ad_rl.weights import unpack_state
+    from m3ad_rl.core.config import load_config
+    from m3ad_rl.engines.weight_transfer import unpack_state
+    from m3ad_rl.train.rcrl import RCRLConfig, RCRLTrainer
 
     ray.shutdown()
     cfg = load_config(RCRLConfig, "configs/train/rcrl-cpu.yaml", [
@@ -275,7 +275,7 @@ def test_controller_update_with_minibatches_moves_clips_and_pushes_exact_weights
 
 def test_one_optimiser_step_without_old_log_probs_is_exact_and_asserted():
     """The π_old shortcut (the update's own detached log-probs) is exact only for one optimiser step."""
-    from m3ad_rl.rcrl import RCRLConfig
+    from m3ad_rl.train.rcrl import RCRLConfig
 
     base = {"model": "m", "data": "d", "out": "o", "steps": 1, "batch_prompts": 4}
     assert RCRLConfig(**base).optimizer_steps_per_batch == 1

@@ -24,11 +24,11 @@ from dataclasses import dataclass, field
 import fsspec
 import httpx
 
+from m3ad_rl.core.http_retry import retry_after_seconds
+from m3ad_rl.core.output_format import parse, render
+from m3ad_rl.core.taxonomy import Taxonomy, default_taxonomy
 from m3ad_rl.data.captioner_template import where
 from m3ad_rl.data.schema import Sample, read_uri
-from m3ad_rl.http_retry import retry_after_seconds
-from m3ad_rl.output_format import parse, render
-from m3ad_rl.taxonomy import Taxonomy, default_taxonomy
 
 _FORMAT_RULES = """Rules:
 - Write as the inspector, in the first person, as if the evidence came from the image alone: never mention \

@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import random
 
+from m3ad_rl.core.output_format import render
+from m3ad_rl.core.taxonomy import default_taxonomy
 from m3ad_rl.data.schema import Sample
-from m3ad_rl.output_format import render
-from m3ad_rl.taxonomy import default_taxonomy
 
 _OPEN = [
     "The image shows {a} {cat} from a {scene} inspection setting.",

@@ -25,11 +25,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from pydantic import BaseModel, ConfigDict, Field
 
+from m3ad_rl.core.errors import DataError
+from m3ad_rl.core.output_format import parse
+from m3ad_rl.core.prompts import question
 from m3ad_rl.data.schema import Sample, decode_image
 from m3ad_rl.data.store import move_file, remove_file
-from m3ad_rl.errors import DataError
-from m3ad_rl.output_format import parse
-from m3ad_rl.prompts import question
 
 
 class FTConfig(BaseModel):

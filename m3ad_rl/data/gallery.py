@@ -6,8 +6,8 @@ from collections.abc import Callable, Iterable
 
 from PIL import Image, ImageDraw
 
+from m3ad_rl.core.errors import DataError
 from m3ad_rl.data.schema import Sample
-from m3ad_rl.errors import DataError
 
 BOX_COLORS = [(255, 40, 40), (255, 220, 0), (0, 200, 255), (255, 0, 200)]
 

@@ -40,9 +40,9 @@ from fsspec.implementations.local import LocalFileSystem
 from PIL import Image, UnidentifiedImageError
 from scipy import ndimage
 
+from m3ad_rl.core.errors import DataError, UsageError
+from m3ad_rl.core.taxonomy import default_taxonomy, normalize
 from m3ad_rl.data.schema import SCENES, DefectRecord, Sample
-from m3ad_rl.errors import DataError, UsageError
-from m3ad_rl.taxonomy import default_taxonomy, normalize
 
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 _RAW_MODES = ("1", "L", "P", "I", "I;16", "I;16L", "I;16B")  # pixel values kept as stored (VisA ids)

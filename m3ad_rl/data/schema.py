@@ -12,8 +12,8 @@ from typing import Any
 
 import pyarrow as pa
 
-from m3ad_rl.errors import DataError
-from m3ad_rl.taxonomy import Taxonomy, default_taxonomy
+from m3ad_rl.core.errors import DataError
+from m3ad_rl.core.taxonomy import Taxonomy, default_taxonomy
 
 SCHEMA_VERSION = 1
 SCENES = ("texture", "workpiece", "electronic", "logical")

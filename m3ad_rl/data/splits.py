@@ -11,8 +11,8 @@ from collections.abc import Iterable
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from m3ad_rl.core.errors import DataError, UsageError
 from m3ad_rl.data.schema import SCENES
-from m3ad_rl.errors import DataError, UsageError
 
 
 class SplitConfig(BaseModel):
@@ -92,8 +92,8 @@ def check_disjoint(ft: Iterable[tuple[str, str]], bench: Iterable[tuple[str, str
 def check_inputs(urls: list[str]) -> set[tuple[str, str]]:
     """The (scene, category) pairs of the datasets to pool, after refusing a dataset given twice or
     an id found twice (in one dataset or across them): pooling would write it twice."""
+    from m3ad_rl.core.guards import location
     from m3ad_rl.data.store import read_table
-    from m3ad_rl.guards import location
 
     seen: dict[tuple[str, str], str] = {}
     for url in urls:

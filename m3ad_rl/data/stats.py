@@ -5,8 +5,8 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Iterator
 
+from m3ad_rl.core.errors import DataError
 from m3ad_rl.data.store import iter_samples, read_table
-from m3ad_rl.errors import DataError
 
 COLUMNS = ["scene", "category", "label", "split", "defects"]
 

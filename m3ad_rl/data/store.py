@@ -34,9 +34,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from fsspec.implementations.local import LocalFileSystem
 
+from m3ad_rl.core.errors import DataError, UsageError
+from m3ad_rl.core.taxonomy import Taxonomy, default_taxonomy
 from m3ad_rl.data.schema import SAMPLE_SCHEMA, SCHEMA_VERSION, Sample, validate
-from m3ad_rl.errors import DataError, UsageError
-from m3ad_rl.taxonomy import Taxonomy, default_taxonomy
 
 MANIFEST = "manifest.json"
 STAGING = ".staging-"

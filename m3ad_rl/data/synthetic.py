@@ -27,10 +27,10 @@ import numpy as np
 from PIL import Image, ImageChops, ImageDraw
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from m3ad_rl.core.errors import UsageError
 from m3ad_rl.data import synth_surface as sf
 from m3ad_rl.data.schema import SCENES, DefectRecord, Sample
 from m3ad_rl.data.synth_objects import Item, cut, draw_item
-from m3ad_rl.errors import UsageError
 
 Rng = np.random.Generator
 PixBox = tuple[int, int, int, int]

@@ -52,7 +52,7 @@ class HFEngine:
         import torch
         from transformers import AutoModelForImageTextToText, AutoProcessor
 
-        from m3ad_rl.storage import local_model
+        from m3ad_rl.core.storage import local_model
 
         model = local_model(model)
         self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")

@@ -21,8 +21,8 @@ from typing import Any
 
 import httpx
 
+from m3ad_rl.core.http_retry import retry_after_seconds
 from m3ad_rl.engines.base import Completion, GenerationRequest, SamplingParams
-from m3ad_rl.http_retry import retry_after_seconds
 
 DEFAULT_BASE_URL = "https://api.openai.com/v1"  # what the official client falls back to
 _RETRY_STATUS = frozenset({408, 409, 425, 429})  # and every 5xx

@@ -232,7 +232,7 @@ def serve(engine: Engine, model_name: str, host: str = "127.0.0.1", port: int = 
     UsageError before uvicorn starts."""
     import uvicorn
 
-    from m3ad_rl.guards import check_port_free
+    from m3ad_rl.core.guards import check_port_free
 
     check_port_free(host, port)
     uvicorn.run(make_app(engine, model_name), host=host, port=port, log_level="info")

@@ -33,7 +33,7 @@ class VLLMEngine:
         import vllm
         from transformers import AutoProcessor
 
-        from m3ad_rl.storage import local_model
+        from m3ad_rl.core.storage import local_model
 
         model = local_model(model)
         kwargs: dict[str, Any] = {}
@@ -92,7 +92,7 @@ class VLLMEngine:
 
     def load_weights(self, state_dict: dict) -> int:
         """Push new weights into every vLLM worker (HF parameter names; vLLM's loader maps them)."""
-        from m3ad_rl.weights import pack_state
+        from m3ad_rl.engines.weight_transfer import pack_state
 
         meta, flat = pack_state(state_dict)
         self.llm.collective_rpc("m3ad_load_weights", args=([list(m) for m in meta], flat.tobytes()))

@@ -8,10 +8,10 @@ class WeightSync:
     """Mixed into vLLM's worker class; ``self.model_runner`` is the worker's."""
 
     def m3ad_load_weights(self, meta: list, data: bytes) -> int:
-        """``meta``/``data``: ``m3ad_rl.weights.pack_state`` output, the buffer as bytes."""
+        """``meta``/``data``: ``m3ad_rl.engines.weight_transfer.pack_state`` output, the buffer as bytes."""
         import numpy as np
 
-        from m3ad_rl.weights import unpack_state
+        from m3ad_rl.engines.weight_transfer import unpack_state
 
         sd = unpack_state((meta, np.frombuffer(bytearray(data), dtype=np.uint8)))
         self.model_runner.model.load_weights(weights=list(sd.items()))

@@ -67,9 +67,9 @@ class TinySpec:
 
 def _corpus() -> list[str]:
     """Text the small BPE learns from: prompts, the taxonomy, and synthetic model outputs."""
-    from m3ad_rl.prompts import question
-    from m3ad_rl.synthetic_outputs import make_records
-    from m3ad_rl.taxonomy import default_taxonomy
+    from m3ad_rl.core.prompts import question
+    from m3ad_rl.core.taxonomy import default_taxonomy
+    from m3ad_rl.data.simulated_responses import make_records
 
     texts = [question(True)]
     tax = default_taxonomy()

@@ -133,8 +133,8 @@ def run(paths: list[str], strict: bool = False) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m m3ad_rl.k8s_validate [PATH...] [--strict]`` (default: the repository's manifests/)."""
-    parser = argparse.ArgumentParser(prog="python -m m3ad_rl.k8s_validate", description=__doc__.splitlines()[0])
+    """``python -m m3ad_rl.k8s.validate [PATH...] [--strict]`` (default: the repository's manifests/)."""
+    parser = argparse.ArgumentParser(prog="python -m m3ad_rl.k8s.validate", description=__doc__.splitlines()[0])
     parser.add_argument("paths", nargs="*", help="files, folders or kustomizations (default: manifests/)")
     parser.add_argument("--strict", action="store_true", help="report checks that cannot be made (a missing ConfigMap)")
     args = parser.parse_args(argv)

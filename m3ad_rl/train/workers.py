@@ -26,19 +26,19 @@ from verl import DataProto
 from verl.single_controller.base import Worker
 from verl.single_controller.base.decorator import Dispatch, register
 
-from m3ad_rl import storage
-from m3ad_rl.actor import build_batch, response_log_probs
-from m3ad_rl.algorithms import GRPOConfig, grpo_loss
-from m3ad_rl.deepspeed_setup import OptimConfig, full_state_dict, init_distributed, make_engine
+from m3ad_rl.core import storage
 from m3ad_rl.engines.base import GenerationRequest, SamplingParams
-from m3ad_rl.weights import pack_state, unpack_state
+from m3ad_rl.engines.weight_transfer import pack_state, unpack_state
+from m3ad_rl.train.deepspeed_engine import OptimConfig, full_state_dict, init_distributed, make_engine
+from m3ad_rl.train.grpo import GRPOConfig, grpo_loss
+from m3ad_rl.train.logprobs import build_batch, response_log_probs
 
 
 def load_policy(path: str, bf16: bool = False):
     """(model, processor) from a model reference (folder, hub id, ``hf://``, any storage URL)."""
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
-    from m3ad_rl.storage import local_model
+    from m3ad_rl.core.storage import local_model
 
     path = local_model(path)
     dtype = torch.bfloat16 if bf16 else torch.float32

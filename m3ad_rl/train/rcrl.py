@@ -24,11 +24,11 @@ import numpy as np
 import pyarrow.parquet as pq
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from m3ad_rl import storage as storage
-from m3ad_rl.algorithms import GRPOConfig
-from m3ad_rl.deepspeed_setup import OptimConfig
+from m3ad_rl.core import storage
 from m3ad_rl.engines.base import SamplingParams
-from m3ad_rl.tracking import LoggingConfig
+from m3ad_rl.train.deepspeed_engine import OptimConfig
+from m3ad_rl.train.grpo import GRPOConfig
+from m3ad_rl.train.tracking import LoggingConfig
 from rewards.config import RewardConfig
 
 
@@ -144,7 +144,7 @@ class PromptSet:
     def __init__(self, url: str, seed: int):
         import fsspec
 
-        from m3ad_rl.preflight import check_images
+        from m3ad_rl.train.preflight import check_images
 
         with fsspec.open(url, "rb") as fh:
             t = pq.read_table(fh).to_pylist()
@@ -184,8 +184,8 @@ def image_bytes(row: dict) -> bytes:
 
 def _outcome_stats(texts: list[str], gts: list[dict], parts: list[dict]) -> dict[str, float]:
     """Reflection rate, outcome counts and accuracy before / after reflection, over the step's responses."""
-    from m3ad_rl.labels import GroundTruth
-    from m3ad_rl.output_format import parse
+    from m3ad_rl.core.ground_truth import GroundTruth
+    from m3ad_rl.core.output_format import parse
 
     n = max(len(texts), 1)
     out: dict[str, float] = {f"reflection/{k}": 0.0 for k in ("correct", "ineffective", "erroneous")}
@@ -224,8 +224,8 @@ class RCRLTrainer:
 
     # ---- setup -------------------------------------------------------------------------------
     def setup(self) -> None:
-        from m3ad_rl.ray_setup import init_ray
-        from m3ad_rl.tracking import Tracker
+        from m3ad_rl.train.ray_setup import init_ray
+        from m3ad_rl.train.tracking import Tracker
 
         cfg = self.cfg
         self.preflight()
@@ -254,9 +254,9 @@ class RCRLTrainer:
 
     def preflight(self) -> None:
         """Everything that can be checked before Ray and DeepSpeed start (seconds, not a minute)."""
-        from m3ad_rl import checkpoint as ck
-        from m3ad_rl import preflight as pf
-        from m3ad_rl.errors import UsageError
+        from m3ad_rl.core.errors import UsageError
+        from m3ad_rl.train import checkpoint as ck
+        from m3ad_rl.train import preflight as pf
 
         cfg = self.cfg
         pf.check_model(cfg.model)
@@ -296,7 +296,7 @@ class RCRLTrainer:
         import ray
         from verl.single_controller.ray import RayClassWithInitArgs, RayResourcePool, RayWorkerGroup
 
-        from m3ad_rl.workers import PolicyWorker
+        from m3ad_rl.train.workers import PolicyWorker
 
         cfg, a = self.cfg, self.cfg.actor
         mini_rows = cfg.batch_prompts * cfg.rollout.sampling.n // a.workers // cfg.mini_batches  # per rank
@@ -323,7 +323,7 @@ class RCRLTrainer:
             self.ref.init_model()
 
     def _setup_rollout(self) -> None:
-        from m3ad_rl.workers import RolloutWorker
+        from m3ad_rl.train.workers import RolloutWorker
 
         r = self.cfg.rollout
         opts = {"num_cpus": 1, "num_gpus": r.num_gpus}
@@ -483,7 +483,7 @@ class RCRLTrainer:
         """GRPO advantages, and the loss mask after the optional filters; returns the group metrics."""
         import torch
 
-        from m3ad_rl.algorithms import equal_reward_groups, grpo_advantages, update_mask
+        from m3ad_rl.train.grpo import equal_reward_groups, grpo_advantages, update_mask
 
         s, uid, g = torch.from_numpy(scores), batch.non_tensor_batch["uid"], self.cfg.grpo
         batch.batch["advantages"] = grpo_advantages(s, batch.batch["response_mask"], uid, g)
@@ -510,7 +510,7 @@ class RCRLTrainer:
     # ---- checkpoints -------------------------------------------------------------------------
     def save_checkpoint(self) -> str:
         """Each actor rank uploads its own shards; the driver adds its state, then the marker."""
-        from m3ad_rl import checkpoint as ck
+        from m3ad_rl.train import checkpoint as ck
 
         url = ck.step_dir(self.cfg.checkpoint_root, self.step)
         storage.remove(url)  # a half-written folder of an earlier, killed attempt at this step

@@ -26,8 +26,8 @@ from typing import Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from m3ad_rl.deepspeed_setup import OptimConfig
-from m3ad_rl.tracking import LoggingConfig, read_metrics
+from m3ad_rl.train.deepspeed_engine import OptimConfig
+from m3ad_rl.train.tracking import LoggingConfig, read_metrics
 
 
 class SFTOptimConfig(OptimConfig):
@@ -121,10 +121,10 @@ def train_loop(config: dict) -> None:
     import ray.train
     import torch
 
-    from m3ad_rl.actor import build_batch, response_log_probs
-    from m3ad_rl.deepspeed_setup import init_distributed, make_engine
-    from m3ad_rl.tracking import Tracker
-    from m3ad_rl.workers import load_policy
+    from m3ad_rl.train.deepspeed_engine import init_distributed, make_engine
+    from m3ad_rl.train.logprobs import build_batch, response_log_probs
+    from m3ad_rl.train.tracking import Tracker
+    from m3ad_rl.train.workers import load_policy
 
     cfg = SFTConfig(**config)
     ctx = ray.train.get_context()
@@ -209,8 +209,8 @@ def _report_checkpoint(engine, metrics: dict, step: int) -> None:
 
 
 def _save_model(engine, processor, cfg: SFTConfig, rank: int) -> None:
-    from m3ad_rl import storage
-    from m3ad_rl.deepspeed_setup import full_state_dict
+    from m3ad_rl.core import storage
+    from m3ad_rl.train.deepspeed_engine import full_state_dict
 
     sd = full_state_dict(engine)  # collective under ZeRO-3
     if rank == 0:  # written on this worker's disk, uploaded by this worker
@@ -237,13 +237,13 @@ def run(cfg: SFTConfig, resume: bool = False) -> dict:
     from ray.train import CheckpointConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
-    from m3ad_rl import storage
-    from m3ad_rl.ray_setup import init_ray
+    from m3ad_rl.core import storage
+    from m3ad_rl.train.ray_setup import init_ray
 
     # Ray Train workers run in their own folders (and on other nodes): no relative paths.
     cfg = cfg.model_copy(update={"model": storage.absolute_model(cfg.model), "data": storage.absolute(cfg.data),
                                  "out": storage.absolute(cfg.out)})  # fmt: skip
-    from m3ad_rl import preflight as pf
+    from m3ad_rl.train import preflight as pf
 
     pf.check_model(cfg.model)  # seconds, before Ray and DeepSpeed start
     pf.check_parquet(cfg.data, "sft")

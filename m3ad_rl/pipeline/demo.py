@@ -21,7 +21,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.markdown import Markdown
 
-REPO_CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "train"
+REPO_CONFIGS = Path(__file__).resolve().parents[2] / "configs" / "train"
 
 
 def _step(console: Console, n: int, title: str) -> float:
@@ -44,7 +44,7 @@ def _config(name: str) -> str | None:
 
 def _eval(model: str, dataset: str, out: Path, limit: int | None) -> dict:
     from m3ad_rl.engines.base import SamplingParams
-    from m3ad_rl.evaluation import EvalRunConfig, run
+    from m3ad_rl.eval.run import EvalRunConfig, run
 
     cfg = EvalRunConfig(
         model=model, dataset=dataset, out=str(out), workers=1, batch_size=8, limit=limit,
@@ -54,12 +54,12 @@ def _eval(model: str, dataset: str, out: Path, limit: int | None) -> dict:
 
 
 def run_demo(out: Path, quick: bool = False) -> int:
-    from m3ad_rl.config import load_config
-    from m3ad_rl.ray_setup import init_ray
-    from m3ad_rl.rcrl import RCRLConfig
-    from m3ad_rl.rcrl import run as run_rcrl
-    from m3ad_rl.sft import SFTConfig
-    from m3ad_rl.sft import run as run_sft
+    from m3ad_rl.core.config import load_config
+    from m3ad_rl.train.ray_setup import init_ray
+    from m3ad_rl.train.rcrl import RCRLConfig
+    from m3ad_rl.train.rcrl import run as run_rcrl
+    from m3ad_rl.train.sft import SFTConfig
+    from m3ad_rl.train.sft import run as run_sft
 
     console = Console()
     out = out.resolve()
@@ -113,8 +113,8 @@ def run_demo(out: Path, quick: bool = False) -> int:
 
 
 def _report(out: Path, reports: dict, sft_hist: list, rcrl_hist: list, times: dict, console: Console) -> None:
-    from m3ad_rl.report import markdown_table
-    from m3ad_rl.sweep_eval import comparison_table
+    from m3ad_rl.eval.compare import comparison_table
+    from m3ad_rl.eval.report import markdown_table
 
     table = comparison_table(reports)
     refl = markdown_table(

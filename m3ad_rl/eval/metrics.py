@@ -18,11 +18,11 @@ from dataclasses import dataclass, field
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from m3ad_rl.errors import DataError
-from m3ad_rl.labels import GroundTruth, reflection_outcome
-from m3ad_rl.matching import greedy_pairs
-from m3ad_rl.output_format import ParseConfig, iou, parse
-from m3ad_rl.taxonomy import SimilarityConfig, Taxonomy, default_taxonomy
+from m3ad_rl.core.errors import DataError
+from m3ad_rl.core.ground_truth import GroundTruth, reflection_outcome
+from m3ad_rl.core.matching import greedy_pairs
+from m3ad_rl.core.output_format import ParseConfig, iou, parse
+from m3ad_rl.core.taxonomy import SimilarityConfig, Taxonomy, default_taxonomy
 
 SCENE_ORDER = ("texture", "workpiece", "electronic", "logical")  # SPEC §1's scenes, in table order
 _EPS = 1e-9  # thresholds are inclusive; absorb float error such as IoU 0.29999999999999993

@@ -12,8 +12,8 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 
-from m3ad_rl.output_format import Box, format_box, render
-from m3ad_rl.taxonomy import Node, default_taxonomy
+from m3ad_rl.core.output_format import Box, format_box, render
+from m3ad_rl.core.taxonomy import Node, default_taxonomy
 
 SCENES = {
     "texture": (["carpet", "leather", "wood", "tile", "fabric"], ["mvtec-ad", "aitex", "dagm"]),

@@ -155,7 +155,7 @@ def config_files(spec: SweepSpec) -> dict[str, str]:
 
 def load_template(ref: TemplateRef) -> dict:
     """The template RayJob, from a file or a rendered kustomization."""
-    from m3ad_rl.k8s_validate import render_kustomization
+    from m3ad_rl.k8s.validate import render_kustomization
 
     path = Path(ref.path)
     text = render_kustomization(path) if path.is_dir() else path.read_text()
@@ -297,8 +297,8 @@ def plot(reports: dict[str, dict], path: str | Path) -> None:
 
 def report(spec: SweepSpec, runs: str | None = None, out: str | None = None) -> tuple[str, list[str]]:
     """Write sweep.md (comparison table) and sweep.png into ``out`` (any storage URL); returns (table, missing)."""
-    from m3ad_rl.storage import staged_dir
-    from m3ad_rl.sweep_eval import comparison_table
+    from m3ad_rl.core.storage import staged_dir
+    from m3ad_rl.eval.compare import comparison_table
 
     reports, missing = gather(spec, runs)
     table = comparison_table(reports) if reports else "(no reports yet)"

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import fsspec
 
-from m3ad_rl.errors import UsageError
+from m3ad_rl.core.errors import UsageError
 
 Where = str | os.PathLike | None
 

@@ -11,8 +11,8 @@ import json
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from m3ad_rl.output_format import Box, ParsedOutput
-from m3ad_rl.taxonomy import Node, Taxonomy, default_taxonomy
+from m3ad_rl.core.output_format import Box, ParsedOutput
+from m3ad_rl.core.taxonomy import Node, Taxonomy, default_taxonomy
 
 LABELS = ("anomalous", "normal")
 Outcome = Literal["none", "correct", "ineffective", "erroneous"]

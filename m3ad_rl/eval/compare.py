@@ -12,7 +12,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from m3ad_rl.engines.base import SamplingParams
-from m3ad_rl.metrics import EvalConfig
+from m3ad_rl.eval.metrics import EvalConfig
 
 
 class SweepModel(BaseModel):
@@ -38,7 +38,7 @@ class SweepConfig(BaseModel):
 
 def run_sweep(cfg: SweepConfig) -> str:
     """Evaluate every model (each resumable in OUT/<name>) and write OUT/comparison.md."""
-    from m3ad_rl.evaluation import EvalRunConfig, run
+    from m3ad_rl.eval.run import EvalRunConfig, run
 
     reports = {}
     for m in cfg.models:

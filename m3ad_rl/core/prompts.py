@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from m3ad_rl.taxonomy import default_taxonomy
+from m3ad_rl.core.taxonomy import default_taxonomy
 
 QUESTION = "Are there any defects in the test image?"
 

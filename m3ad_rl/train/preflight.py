@@ -14,8 +14,8 @@ import hashlib
 import json
 import uuid
 
-from m3ad_rl import storage
-from m3ad_rl.errors import DataError, UsageError
+from m3ad_rl.core import storage
+from m3ad_rl.core.errors import DataError, UsageError
 
 RL_COLUMNS = {"prompt", "images", "reward_model", "extra_info"}
 SFT_COLUMNS = {"messages", "images"}

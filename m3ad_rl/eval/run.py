@@ -24,7 +24,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from m3ad_rl.engines.base import SamplingParams
-from m3ad_rl.metrics import EvalConfig
+from m3ad_rl.eval.metrics import EvalConfig
 
 
 class EvalRunConfig(BaseModel):
@@ -52,8 +52,8 @@ class _Predictor:
     """A Ray Data actor holding one engine; maps a batch of samples to responses."""
 
     def __init__(self, cfg: dict):
+        from m3ad_rl.core.prompts import question
         from m3ad_rl.engines import make_engine
-        from m3ad_rl.prompts import question
 
         self.cfg = EvalRunConfig(**cfg)
         self.engine = make_engine(self.cfg.engine, self.cfg.model, **self.cfg.engine_kwargs)
@@ -99,7 +99,7 @@ def done_ids(path: Path) -> set[str]:
 
 def provenance(cfg: EvalRunConfig) -> dict:
     """What made the predictions: a resumed run must be the same (model files, dataset, engine, sampling)."""
-    from m3ad_rl import storage
+    from m3ad_rl.core import storage
 
     model_files = None  # hub ids, hf:// references and served names are recorded by name only
     remote = not storage.is_local(cfg.model) and not cfg.model.startswith(storage.HF_SCHEME)
@@ -115,7 +115,7 @@ def provenance(cfg: EvalRunConfig) -> dict:
 
 def _check_provenance(cfg: EvalRunConfig, out: Path) -> None:
     """Refuse to append to another run's predictions; record this run's provenance."""
-    from m3ad_rl.errors import UsageError
+    from m3ad_rl.core.errors import UsageError
 
     preds, meta = out / "predictions.jsonl", out / "run.json"
     now = provenance(cfg)
@@ -169,7 +169,7 @@ def workspace(out: str) -> Iterator[tuple[Path, Callable[[], None]]]:
     """(local folder, publish) for ``out``: the folder itself if local; for a storage URL a local copy
     (holding the predictions made so far, for resuming) whose files ``publish`` uploads - called
     as predictions come in, and always at the end, so a killed run loses little."""
-    from m3ad_rl import storage
+    from m3ad_rl.core import storage
 
     if storage.is_local(out):
         path = storage.local_path(out)
@@ -240,11 +240,11 @@ def predict(cfg: EvalRunConfig, out: Path, publish: Callable[[], None] = lambda:
 
 def score(cfg: EvalRunConfig, preds: Path, out: Path | None = None) -> dict:
     """Score predictions and write report.json, report.md and the plots into ``out`` (default: beside them)."""
-    from m3ad_rl.jsonl import LineErrors, read_records
-    from m3ad_rl.labels import GroundTruth
-    from m3ad_rl.metrics import Prediction, evaluate
-    from m3ad_rl.output_format import parse
-    from m3ad_rl.report import markdown_report, plot_iou_sweep, plot_reflection
+    from m3ad_rl.core.ground_truth import GroundTruth
+    from m3ad_rl.core.jsonl import LineErrors, read_records
+    from m3ad_rl.core.output_format import parse
+    from m3ad_rl.eval.metrics import Prediction, evaluate
+    from m3ad_rl.eval.report import markdown_report, plot_iou_sweep, plot_reflection
 
     rows = [obj for _, obj in read_records(str(preds), lambda o: o, LineErrors(str(preds), quiet=True))]
     report = evaluate(
@@ -297,7 +297,7 @@ def chance_statement(report: dict, readable: int, n: int) -> str:
 
 def run(cfg: EvalRunConfig) -> dict:
     """Predict (resumably) and score; ``cfg.out`` may be any storage URL."""
-    from m3ad_rl import storage
+    from m3ad_rl.core import storage
 
     # the engine actors may run on other nodes and in other folders
     cfg = cfg.model_copy(update={"model": storage.absolute_model(cfg.model), "dataset": storage.absolute(cfg.dataset)})

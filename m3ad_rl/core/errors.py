@@ -57,7 +57,7 @@ class DataError(UserError):
 
 def explain(e: BaseException) -> UserError | None:
     """``e`` as a ``UserError`` when a user can fix it; None for a bug."""
-    from m3ad_rl.config import ConfigError
+    from m3ad_rl.core.config import ConfigError
 
     if isinstance(e, UserError):
         return e

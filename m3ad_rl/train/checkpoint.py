@@ -17,7 +17,7 @@ import sys
 import fsspec
 from fsspec.core import url_to_fs
 
-from m3ad_rl import storage
+from m3ad_rl.core import storage
 
 MARKER = "COMPLETE"
 _STEP = re.compile(r"step_(\d+)$")

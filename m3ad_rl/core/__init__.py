@@ -1,0 +1,1 @@
+"""The pure core: formats, taxonomy, ground truth, config, storage URLs. No torch, no Ray."""

@@ -1,0 +1,1 @@
+"""Evaluation: M3-AD-Bench runs over any engine, metrics, reports, model comparisons."""

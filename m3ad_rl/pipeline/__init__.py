@@ -1,0 +1,1 @@
+"""Whole pipelines built from the stages below: the demo."""

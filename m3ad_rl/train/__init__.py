@@ -1,0 +1,1 @@
+"""Training: RAWS SFT and RCRL (GRPO) on Ray + DeepSpeed, checkpoints, tracking."""

@@ -263,7 +263,7 @@ def test_exit_codes(tmp_path, capsys):
     assert e.value.code == 2
 
 
-def test_the_old_module_name_still_runs(tmp_path):
+def test_python_dash_m_runs_the_validator(tmp_path):
     (tmp_path / "job.yaml").write_text(yaml.safe_dump(rcrl()))
     res = subprocess.run([sys.executable, "-m", "m3ad_rl.k8s.validate", str(tmp_path)], capture_output=True, text=True)
     assert res.returncode == 0, res.stdout + res.stderr

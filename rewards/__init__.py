@@ -6,9 +6,10 @@
 
 from rewards.config import RewardConfig, load_reward_config
 from rewards.presets import REFLECTION_PRESETS, ReflectionValues
-from rewards.scorer import RewardFunction, RewardResult
+from rewards.scorer import PART_NAMES, RewardFunction, RewardResult
 
 __all__ = [
+    "PART_NAMES",
     "REFLECTION_PRESETS",
     "ReflectionValues",
     "RewardConfig",

@@ -10,7 +10,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, fields
 from typing import Any
 
 from m3ad_rl.core.ground_truth import GroundTruth
@@ -38,15 +38,13 @@ class RewardResult:
         return self.answer + self.type + self.location
 
     def to_dict(self) -> dict[str, Any]:
-        return {
-            "score": self.score,
-            "consistency": self.consistency,
-            "answer": self.answer,
-            "type": self.type,
-            "location": self.location,
-            "reflection": self.reflection,
-            "reflection_outcome": self.reflection_outcome,
-        }
+        return asdict(self)
+
+
+# The weighted parts, in the order of the dataclass: the one list every log, metric and CLI output uses.
+PART_NAMES: tuple[str, ...] = tuple(
+    f.name for f in fields(RewardResult) if f.name not in ("score", "reflection_outcome")
+)
 
 
 class RewardFunction:

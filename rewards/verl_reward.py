@@ -19,7 +19,7 @@ from functools import lru_cache
 from typing import Any
 
 from rewards.config import load_reward_config
-from rewards.scorer import RewardFunction
+from rewards.scorer import PART_NAMES, RewardFunction
 
 OUTCOMES = ("correct", "ineffective", "erroneous")
 
@@ -44,16 +44,8 @@ def compute_score(
     if isinstance(extra_info, dict) and extra_info.get("width") and extra_info.get("height"):
         size = (int(extra_info["width"]), int(extra_info["height"]))
     r = fn(solution_str, ground_truth, size)
-    out = {
-        "score": r.score,
-        "acc": r.answer,
-        "consistency": r.consistency,
-        "answer": r.answer,
-        "type": r.type,
-        "location": r.location,
-        "reflection": r.reflection,
-        "reflected": float(r.reflection_outcome != "none"),
-    }
+    out = {"score": r.score, "acc": r.answer, **{k: getattr(r, k) for k in PART_NAMES},
+           "reflected": float(r.reflection_outcome != "none")}  # fmt: skip
     for name in OUTCOMES:
         out[f"reflection_{name}"] = float(r.reflection_outcome == name)
     return out

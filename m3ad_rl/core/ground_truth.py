@@ -115,3 +115,42 @@ def reflection_outcome(parsed: ParsedOutput, gt: GroundTruth) -> Outcome:
     if pre_ok and not post_ok:
         return "erroneous"
     return "ineffective"
+
+
+@dataclass
+class AnswerTally:
+    """Yes/no answers before and after reflection, split by the truth, and what each reflection did.
+
+    The counts behind accuracy and balanced accuracy before vs after reflection (the paper's Figure 5):
+    the evaluation report and RCRL's step metrics both read them, so the two cannot disagree. The answer
+    "before" is the ``<think>`` decision when the response reflects, else the final answer.
+    """
+
+    n: int = 0
+    pos: int = 0
+    correct: int = 0
+    pos_correct: int = 0
+    neg_correct: int = 0
+    pre_correct: int = 0
+    pre_pos_correct: int = 0
+    pre_neg_correct: int = 0
+    reflected: int = 0
+    outcomes: dict[str, int] = field(default_factory=lambda: {"correct": 0, "ineffective": 0, "erroneous": 0})
+
+    def add(self, parsed: ParsedOutput, gt: GroundTruth) -> None:
+        y = gt.verdict
+        ok = parsed.answer == y
+        pre = (parsed.initial if parsed.reflection is not None else parsed.answer) == y
+        self.n += 1
+        self.correct += ok
+        self.pre_correct += pre
+        if gt.anomalous:
+            self.pos += 1
+            self.pos_correct += ok
+            self.pre_pos_correct += pre
+        else:
+            self.neg_correct += ok
+            self.pre_neg_correct += pre
+        if parsed.reflection is not None:
+            self.reflected += 1
+            self.outcomes[reflection_outcome(parsed, gt)] += 1

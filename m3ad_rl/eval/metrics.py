@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from m3ad_rl.core.errors import DataError
-from m3ad_rl.core.ground_truth import GroundTruth, reflection_outcome
+from m3ad_rl.core.ground_truth import AnswerTally, GroundTruth
 from m3ad_rl.core.matching import greedy_pairs
 from m3ad_rl.core.output_format import ParseConfig, iou, parse
 from m3ad_rl.core.taxonomy import SimilarityConfig, Taxonomy, default_taxonomy
@@ -73,17 +73,9 @@ class Prediction:
 
 
 @dataclass
-class _Tally:
-    n: int = 0
-    correct: int = 0
-    pos: int = 0
-    pos_correct: int = 0
-    neg_correct: int = 0
-    pre_correct: int = 0
-    pre_pos_correct: int = 0
-    pre_neg_correct: int = 0
-    reflected: int = 0
-    outcomes: dict[str, int] = field(default_factory=lambda: {"correct": 0, "ineffective": 0, "erroneous": 0})
+class _Tally(AnswerTally):
+    """A scene's answer counts (before/after reflection) plus its type and box matches."""
+
     type_counts: list[int] = field(default_factory=lambda: [0, 0, 0])
     loc_counts: dict[float, list[int]] = field(default_factory=dict)
 
@@ -186,22 +178,7 @@ def unique_predictions(
 def _add(t: _Tally, pr: Prediction, cfg: EvalConfig, tax: Taxonomy, rows: dict, thresholds: list[float]) -> None:
     gt = pr.ground_truth
     p = parse(pr.response, cfg.parse, pr.image_size)
-    y = gt.verdict
-    ok = p.answer == y
-    pre = (p.initial if p.reflection is not None else p.answer) == y
-    t.n += 1
-    t.correct += ok
-    t.pre_correct += pre
-    if gt.anomalous:
-        t.pos += 1
-        t.pos_correct += ok
-        t.pre_pos_correct += pre
-    else:
-        t.neg_correct += ok
-        t.pre_neg_correct += pre
-    if p.reflection is not None:
-        t.reflected += 1
-        t.outcomes[reflection_outcome(p, gt)] += 1
+    t.add(p, gt)
     says_yes = p.answer == "yes"
     ptypes = tax.resolve_set(p.types) if says_yes else []
     type_pairs = greedy_pairs(tax.type_scores(ptypes, gt.types, rows))

@@ -18,192 +18,14 @@ import json
 import sys
 import time
 from pathlib import Path
-from typing import Literal
 
 import numpy as np
-import pyarrow.parquet as pq
-from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from m3ad_rl.core import storage
-from m3ad_rl.engines.base import SamplingParams
-from m3ad_rl.train.deepspeed_engine import OptimConfig
-from m3ad_rl.train.grpo import GRPOConfig
-from m3ad_rl.train.tracking import LoggingConfig
-from rewards.config import RewardConfig
-
-
-class RolloutConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    engine: Literal["hf", "vllm"] = Field("hf", description="hf on CPU; vllm on GPU.")
-    workers: int = Field(1, ge=1, description="Rollout engine replicas (prompts are split between them).")
-    threads: int = Field(1, ge=1, description="torch threads per rollout worker (CPU).")
-    num_gpus: float = Field(0, ge=0, description="GPUs per rollout worker.")
-    engine_kwargs: dict = Field(default_factory=dict, description="Passed to the engine (e.g. vLLM's).")
-    sampling: SamplingParams = SamplingParams(n=4, temperature=1.0, top_p=1.0, max_new_tokens=512, logprobs=False)
-
-
-class ActorConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    workers: int = Field(1, ge=1, description="Data-parallel DeepSpeed ranks.")
-    nodes: int = Field(1, ge=1, description="Spread the ranks over this many nodes (workers/nodes per node).")
-    threads: int = Field(1, ge=1, description="torch threads per rank (CPU).")
-    use_gpu: bool = Field(False, description="One GPU per rank.")
-    micro_batch_rows: int = Field(4, ge=1, description="Rows (prompt + response) per forward pass.")
-    ppo_mini_batch_prompts: int | None = Field(
-        None, ge=1, description="Prompts per optimiser step (verl's ppo_mini_batch_size); default the whole batch."
-    )
-    ppo_epochs: int = Field(
-        1, ge=1, description="Passes over each rollout batch (verl ppo_epochs, TRL num_iterations)."
-    )
-    optim: OptimConfig = OptimConfig(lr=1e-6, zero_stage=2)
-
-
-class RefConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    colocate: bool = Field(True, description="Frozen copy inside the actor ranks; false: its own worker group.")
-
-
-class RewardServiceConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    url: str | None = Field(None, description="An already running service (e.g. the RayService); else deploy one.")
-    replicas: int = Field(1, ge=1, description="Replicas of the deployed service.")
-    http_port: int | None = Field(
-        None, description="Also expose the deployed service over HTTP on this port, at /rewards-<run>-<hash>."
-    )
-
-
-class CheckpointConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    every: int = Field(50, ge=1, description="Save every N steps (and at the last step).")
-    keep: int = Field(3, ge=0, description="Complete checkpoints kept (0: all).")
-    dir: str | None = Field(None, description="fsspec URL; default {out}/checkpoints.")
-
-
-class RCRLConfig(BaseModel):
-    """One RCRL run. Every field is documented here; YAML files only set values."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    model: str = Field(..., description="HF model folder: the RAWS SFT model (actor init and reference).")
-    data: str = Field(..., description="rl.parquet (verl layout, from `m3ad-rl data build-ft`).")
-    out: str = Field(..., description="Run folder: metrics.jsonl, tensorboard/, checkpoints/, model/.")
-    seed: int = 0
-    steps: int = Field(..., ge=1, description="Optimiser steps (one rollout batch each).")
-    batch_prompts: int = Field(8, ge=1, description="Prompts per step; rows = batch_prompts × sampling.n.")
-    address: str | None = Field(None, description="Ray address (default: start local Ray).")
-    num_cpus: int | None = Field(None, description="Logical CPUs for a local Ray (default: enough for all workers).")
-    rollout: RolloutConfig = RolloutConfig()
-    actor: ActorConfig = ActorConfig()
-    ref: RefConfig = RefConfig()
-    grpo: GRPOConfig = GRPOConfig()
-    reward: RewardConfig = RewardConfig()
-    reward_service: RewardServiceConfig = RewardServiceConfig()
-    checkpoint: CheckpointConfig = CheckpointConfig()
-    logging: LoggingConfig = LoggingConfig()
-
-    @model_validator(mode="after")
-    def _divisible(self) -> RCRLConfig:
-        rows = self.batch_prompts * self.rollout.sampling.n
-        if self.actor.workers % self.actor.nodes:
-            raise ValueError(f"actor.workers={self.actor.workers} must be a multiple of actor.nodes={self.actor.nodes}")
-        mini = self.actor.ppo_mini_batch_prompts or self.batch_prompts
-        if self.batch_prompts % mini or (rows // self.actor.workers) % (self.batch_prompts // mini):
-            raise ValueError(
-                f"actor.ppo_mini_batch_prompts={mini} must divide batch_prompts={self.batch_prompts}, and each "
-                f"rank's {rows // max(self.actor.workers, 1)} rows must split into {self.batch_prompts // mini} "
-                "equal mini-batches"
-            )
-        if rows % self.actor.workers:
-            raise ValueError(
-                f"batch_prompts × rollout.sampling.n = {rows} rows must divide among actor.workers="
-                f"{self.actor.workers}; set batch_prompts to a multiple of {self.actor.workers}"
-            )
-        return self
-
-    @property
-    def mini_batches(self) -> int:
-        return self.batch_prompts // (self.actor.ppo_mini_batch_prompts or self.batch_prompts)
-
-    @property
-    def optimizer_steps_per_batch(self) -> int:
-        return self.mini_batches * self.actor.ppo_epochs
-
-    @property
-    def checkpoint_root(self) -> str:
-        return self.checkpoint.dir or f"{self.out.rstrip('/')}/checkpoints"
-
-
-class PromptSet:
-    """rl.parquet in memory: prompt text, image bytes, ground truth, image size; a seeded order per epoch."""
-
-    def __init__(self, url: str, seed: int):
-        import fsspec
-
-        from m3ad_rl.train.preflight import check_images
-
-        with fsspec.open(url, "rb") as fh:
-            t = pq.read_table(fh).to_pylist()
-        if not t:
-            raise ValueError(f"{url}: no rows")
-        check_images(t, url, lambda r: r["extra_info"]["id"], image_bytes)
-        self.rows = t
-        self.seed = seed
-
-    def __len__(self) -> int:
-        return len(self.rows)
-
-    def batch(self, step: int, size: int) -> list[dict]:
-        """Rows ``[step·size, (step+1)·size)`` of the endless sequence of shuffled epochs (step from 0)."""
-        out = []
-        for pos in range(step * size, (step + 1) * size):
-            epoch, i = divmod(pos, len(self.rows))
-            order = np.random.default_rng([self.seed, epoch]).permutation(len(self.rows))
-            out.append(self.rows[order[i]])
-        return out
-
-
-def sample_seeds(seed: int, step: int, prompts: int, n: int) -> list[list[int]]:
-    """``[prompts][n]`` sampling seeds, one per (run seed, step, prompt index in the step, sample): no two
-    samples share a random stream, and a resumed run draws exactly what an uninterrupted one does."""
-    return [[int(np.random.SeedSequence([seed, step, i, j]).generate_state(1)[0]) for j in range(n)]
-            for i in range(prompts)]  # fmt: skip
-
-
-def prompt_text(row: dict) -> str:
-    return str(row["prompt"][-1]["content"]).replace("<image>", "", 1)
-
-
-def image_bytes(row: dict) -> bytes:
-    return bytes(row["images"][0]["bytes"])
-
-
-def _outcome_stats(texts: list[str], gts: list[dict], parts: list[dict]) -> dict[str, float]:
-    """Reflection rate, outcome counts and accuracy before / after reflection, over the step's responses."""
-    from m3ad_rl.core.ground_truth import GroundTruth
-    from m3ad_rl.core.output_format import parse
-
-    n = max(len(texts), 1)
-    out: dict[str, float] = {f"reflection/{k}": 0.0 for k in ("correct", "ineffective", "erroneous")}
-    before = after = refl = 0
-    for text, gt, p in zip(texts, gts, parts, strict=True):
-        verdict = GroundTruth.from_obj(gt).verdict
-        parsed = parse(text)
-        final = parsed.answer == verdict if parsed.answer is not None else False
-        if parsed.reflection is not None:
-            refl += 1
-            first = parsed.initial == verdict if parsed.initial is not None else False
-        else:
-            first = final
-        before, after = before + first, after + final
-        if p["reflection_outcome"] != "none":
-            out[f"reflection/{p['reflection_outcome']}"] += 1
-    out.update({"reflection/rate": refl / n, "acc/before_reflection": before / n, "acc/after_reflection": after / n})
-    return out
+from m3ad_rl.train.rcrl.config import RCRLConfig
+from m3ad_rl.train.rcrl.metrics import reward_metrics
+from m3ad_rl.train.rcrl.prompts import PromptSet, image_bytes, prompt_text, sample_seeds
+from m3ad_rl.train.rcrl.reward_client import RewardClient
 
 
 class RCRLTrainer:
@@ -218,7 +40,8 @@ class RCRLTrainer:
         self.cfg, self.resume, self.progress = cfg, resume, progress
         self.overwrite, self.force = overwrite, force
         self.step = 0
-        self.reward_handle = self.tracker = None
+        self.reward: RewardClient | None = None
+        self.tracker = None
         self.rollout: list = []
         self._resume_from: str | None = None
 
@@ -333,26 +156,8 @@ class RCRLTrainer:
         ]
 
     def _setup_reward(self) -> None:
-        from ray import serve
-
-        from rewards.service import build_app
-
         sc = self.cfg.reward_service
-        self.reward_handle = None
-        if sc.url:
-            return
-        http = {"host": "127.0.0.1", "port": sc.http_port} if sc.http_port else {"location": "NoServer"}
-        serve.start(http_options=http)
-        # one application per run, on its own route: runs of a sweep share the cluster's Serve instance
-        self.reward_handle = serve.run(
-            build_app(self.cfg.reward, sc.replicas), name=self.reward_app, route_prefix=f"/{self.reward_app}"
-        )
-
-    @property
-    def reward_app(self) -> str:
-        import hashlib
-
-        return f"rewards-{Path(self.cfg.out).name}-{hashlib.sha1(self.cfg.out.encode()).hexdigest()[:6]}"
+        self.reward = RewardClient(self.cfg.reward, self.cfg.out, sc.url, sc.replicas, sc.http_port)
 
     def _write_config(self) -> None:
         import fsspec
@@ -457,27 +262,9 @@ class RCRLTrainer:
              "image_size": [rows[i // n]["extra_info"]["width"], rows[i // n]["extra_info"]["height"]]}
             for i, (t, gt) in enumerate(zip(texts, gts, strict=True))
         ]  # fmt: skip
-        parts = self._score(items)
+        parts = self.reward.score(items)
         scores = np.array([p["score"] for p in parts], dtype=np.float32)
-        m = {"reward/score": float(scores.mean()), "reward/score_std": float(scores.std())}
-        for k in ("consistency", "answer", "type", "location", "reflection"):
-            m[f"reward/{k}"] = float(np.mean([p[k] for p in parts]))
-        m.update(_outcome_stats(texts, gts, parts))
-        return scores, parts, m
-
-    def _score(self, items: list[dict]) -> list[dict]:
-        url = self.cfg.reward_service.url
-        if url is None:
-            return self.reward_handle.score_items.remote(items).result()
-        import httpx
-
-        out = []
-        with httpx.Client(timeout=120) as client:
-            for s in range(0, len(items), 4096):
-                resp = client.post(f"{url.rstrip('/')}/score", json={"items": items[s : s + 4096]})
-                resp.raise_for_status()
-                out.extend(resp.json()["results"])
-        return out
+        return scores, parts, reward_metrics(texts, gts, parts)
 
     def compute_advantage(self, batch, scores: np.ndarray) -> dict[str, float]:
         """GRPO advantages, and the loss mask after the optional filters; returns the group metrics."""
@@ -545,18 +332,25 @@ class RCRLTrainer:
         self.actor.save_model(url)
         return url
 
-    def cleanup(self) -> None:
-        """Release what setup got this far (a failed setup must surface its own error, not cleanup's)."""
+    def cleanup(self, after_error: bool = False) -> None:
+        """Release what setup got this far. After an error (a lost node, say) each step is best effort and
+        never replaces the error that stopped the run."""
         import ray
 
-        if self.tracker is not None:
-            self.tracker.close()
-        if self.reward_handle is not None:
-            from ray import serve
-
-            serve.delete(self.reward_app)
-        for w in self.rollout:
-            ray.kill(w)
+        steps = [("tracker", self.tracker and self.tracker.close),
+                 ("reward service", self.reward and self.reward.close),
+                 *[("rollout worker", lambda w=w: ray.kill(w)) for w in self.rollout]]  # fmt: skip
+        for what, step in steps:
+            if not step:
+                continue
+            if not after_error:
+                step()
+                continue
+            try:
+                step()
+            except Exception as e:
+                print(f"warning: could not release the {what} after the error: {type(e).__name__}: {e}",
+                      file=sys.stderr)  # fmt: skip
 
 
 def _node_placement_groups(per_node: int, nodes: int, use_gpu: bool, role: str) -> list:
@@ -590,6 +384,8 @@ def run(
         trainer.setup()
         history = trainer.fit()
         model = trainer.export_model()
-    finally:
-        trainer.cleanup()
+    except BaseException:
+        trainer.cleanup(after_error=True)
+        raise
+    trainer.cleanup()
     return {"history": history, "model": model}

@@ -8,6 +8,7 @@ import pytest
 from m3ad_rl.core.taxonomy import default_taxonomy
 from m3ad_rl.data import synth_surface as sf
 from m3ad_rl.data.schema import validate
+from m3ad_rl.data.synth_backgrounds import wood
 from m3ad_rl.data.synth_objects import Item, cut, draw_item
 from m3ad_rl.data.synthetic import CATEGORIES, SynthConfig, defect_types, generate, generate_parallel
 
@@ -57,7 +58,7 @@ def test_normal_and_anomalous_are_not_separable_by_brightness():
 def test_each_painter_changes_pixels_only_inside_its_box(name):
     rng = np.random.default_rng(0)
     for trial in range(3):
-        bg = sf.wood(rng, 160)
+        bg = wood(rng, 160)
         img = bg.copy()
         x1, y1, x2, y2 = sf.SURFACE_PAINTERS[name](img, rng, (80, 80), 12 + 8 * trial)
         changed = np.abs(img - bg).max(axis=2) > 1e-4
@@ -87,3 +88,13 @@ def test_cuts_remove_material_inside_the_box(kind):
 def test_bad_config_is_refused():
     with pytest.raises(ValueError, match="unknown categories"):
         list(generate(SynthConfig(n=1, categories=("unicorn",))))
+
+
+def test_split_modules_keep_the_public_names_of_synthetic():
+    """Callers import the catalogue and render names from ``synthetic``, as before the split."""
+    from m3ad_rl.data import synthetic
+
+    before_split = "CATEGORIES CUTS ITEM_EDITS KIT_COLORS SURFACE_ON_PARTS TEXTURE_DEFECTS Category PixBox Rng"
+    before_split += " SynthConfig categories_for defect_types generate generate_parallel make_sample"
+    assert [n for n in before_split.split() if not hasattr(synthetic, n)] == []
+    assert synthetic.CATEGORIES["pcb"].scene == "electronic" and "gap" in synthetic.CUTS

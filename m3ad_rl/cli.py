@@ -8,9 +8,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import sys
-import time
 import traceback
 from collections.abc import Sequence
 from pathlib import Path
@@ -397,68 +395,24 @@ def cmd_serve_rewards(args: argparse.Namespace) -> int:
 
 
 def cmd_reward_score(args: argparse.Namespace) -> int:
-    from m3ad_rl.core.ground_truth import GroundTruth
-    from m3ad_rl.core.guards import refuse_overwrite, replaced_when_done, require_file, require_output_file
-    from m3ad_rl.core.jsonl import LineErrors, read_records, require, write_jsonl
     from rewards import RewardFunction, load_reward_config
+    from rewards.files import score_file
 
-    require_file(args.input)
-    require_output_file(args.output)
-    refuse_overwrite([args.input, args.config], [args.output])
     fn = RewardFunction(load_reward_config(args.config, args.overrides))
-
-    def convert(obj: dict) -> tuple[str, str, GroundTruth]:
-        return require(obj, "id"), require(obj, "response"), GroundTruth.from_obj(require(obj, "ground_truth", dict))
-
-    errors = LineErrors(args.input)
-    n, total, t0 = 0, 0.0, time.perf_counter()
-    with replaced_when_done(args.output) as tmp, open(tmp, "wb") as out:
-        for _, (rid, response, gt) in read_records(args.input, convert, errors):
-            r = fn(response, gt)
-            write_jsonl(out, {"id": rid, **r.to_dict()})
-            n, total = n + 1, total + r.score
-    dt = time.perf_counter() - t0
-    mean = total / n if n else 0.0
-    print(f"scored {n} responses in {dt:.2f}s, mean score {mean:.3f}; skipped {len(errors.skipped)}", file=sys.stderr)
-    return EXIT_SKIPPED if errors else 0
+    r = score_file(args.input, args.output, fn, config_file=args.config)
+    print(f"scored {r.n} responses in {r.seconds:.2f}s, mean score {r.mean:.3f}; skipped {len(r.errors.skipped)}",
+          file=sys.stderr)  # fmt: skip
+    return EXIT_SKIPPED if r.errors else 0
 
 
 def cmd_eval_score(args: argparse.Namespace) -> int:
     from m3ad_rl.core.config import load_config
-    from m3ad_rl.core.ground_truth import GroundTruth
-    from m3ad_rl.core.guards import refuse_overwrite, replaced_when_done, require_file, require_output_file
-    from m3ad_rl.core.jsonl import LineErrors, read_records, require
-    from m3ad_rl.eval.metrics import EvalConfig, Prediction, evaluate, unique_predictions
-    from m3ad_rl.eval.report import markdown_report, print_report
+    from m3ad_rl.eval.metrics import EvalConfig
+    from m3ad_rl.eval.report import print_report
+    from m3ad_rl.eval.score import score_file
 
-    require_file(args.input)
-    require_output_file(args.output)
-    if args.markdown:
-        require_output_file(args.markdown, "--markdown")
-    refuse_overwrite([args.input, args.config], [args.output, args.markdown])
     cfg = load_config(EvalConfig, args.config, args.overrides)
-
-    def convert(obj: dict) -> Prediction:
-        source = obj.get("source")
-        if source is not None and not isinstance(source, str):
-            raise TypeError("field 'source' must be str")
-        return Prediction(
-            id=require(obj, "id"),
-            scene=require(obj, "scene"),
-            response=require(obj, "response"),
-            ground_truth=GroundTruth.from_obj(require(obj, "ground_truth", dict)),
-            source=source,
-        )
-
-    errors = LineErrors(args.input)
-    records = read_records(args.input, convert, errors)
-    report = evaluate(unique_predictions(records, errors.add, args.input), cfg)  # nothing written on a DataError
-    report["skipped_lines"] = sorted(n for n, _ in errors.skipped)
-    with replaced_when_done(args.output) as tmp:
-        tmp.write_text(json.dumps(report, indent=2) + "\n")
-    if args.markdown:
-        with replaced_when_done(args.markdown) as tmp:
-            tmp.write_text(markdown_report(report))
+    report, errors = score_file(args.input, args.output, args.markdown, cfg, config_file=args.config)
     if report["scenes"]:
         print_report(report)
     else:
@@ -483,17 +437,11 @@ def _finish_write(report, url: str) -> int:
 def cmd_data_synth(args: argparse.Namespace) -> int:
     from m3ad_rl.core.config import load_config
     from m3ad_rl.core.guards import refuse_overwrite
-    from m3ad_rl.data.store import DatasetWriter
-    from m3ad_rl.data.synthetic import SynthConfig, categories_for, generate_parallel
+    from m3ad_rl.data.synthetic import SynthConfig, synthesize
 
     refuse_overwrite([args.config], [args.out])
     cfg = load_config(SynthConfig, args.config, [*args.overrides, f"n={args.n}", f"seed={args.seed}"])
-    categories_for(cfg)  # scenes and categories that leave something to draw, before anything is written
-    with DatasetWriter(args.out) as w, _progress(cfg.n, "synth") as bar:
-        for sample in generate_parallel(cfg, args.workers):
-            w.write(sample)
-            bar.update()
-    return _finish_write(w.report, args.out)
+    return _finish_write(synthesize(cfg, args.out, args.workers), args.out)
 
 
 def cmd_data_import(args: argparse.Namespace) -> int:
@@ -532,29 +480,15 @@ def cmd_data_import(args: argparse.Namespace) -> int:
 
 def cmd_data_split(args: argparse.Namespace) -> int:
     from m3ad_rl.core.config import load_config
-    from m3ad_rl.core.guards import refuse_overwrite
-    from m3ad_rl.data.splits import SplitConfig, assign, check_disjoint, check_inputs
-    from m3ad_rl.data.store import DatasetWriter, iter_samples
+    from m3ad_rl.data.splits import SplitConfig, split_datasets
 
-    refuse_overwrite([*args.input, args.config], [args.out])
     cfg = load_config(SplitConfig, args.config, args.overrides)
-    pairs = check_inputs(args.input)  # each dataset once, each id once; their (scene, category) pairs
-    side = assign(pairs, cfg)
-    check_disjoint([k for k, v in side.items() if v == "ft"], [k for k, v in side.items() if v == "bench"])
-    out = args.out.rstrip("/")
-    with DatasetWriter(f"{out}/ft") as ft, DatasetWriter(f"{out}/bench") as bench:
-        for url in args.input:
-            for s in iter_samples(url):
-                s.split = side[(s.scene, s.category)]
-                (ft if s.split == "ft" else bench).write(s)
+    r = split_datasets(args.input, args.out, cfg, config_file=args.config)
     for name in ("ft", "bench"):
-        cats = sorted(f"{sc}/{c}" for (sc, c), v in side.items() if v == name)
-        print(f"{name}: {', '.join(cats)}")
-    rejected = len(ft.report.rejected) + len(bench.report.rejected)
-    print(
-        f"wrote {ft.report.rows} FT and {bench.report.rows} benchmark samples under {out}; rejected {rejected}",
-        file=sys.stderr,
-    )
+        print(f"{name}: {', '.join(r.categories(name))}")
+    rejected = len(r.ft.rejected) + len(r.bench.rejected)
+    print(f"wrote {r.ft.rows} FT and {r.bench.rows} benchmark samples under {args.out.rstrip('/')}; "
+          f"rejected {rejected}", file=sys.stderr)  # fmt: skip
     return EXIT_SKIPPED if rejected else 0
 
 
@@ -624,56 +558,25 @@ def _caption_openai(samples, preds, cfg, args, report) -> list:
 
 
 def cmd_data_stats(args: argparse.Namespace) -> int:
-    from m3ad_rl.core.errors import UsageError
-    from m3ad_rl.core.guards import refuse_overwrite, replaced_when_done, require_output_file
-    from m3ad_rl.data.stats import dataset_stats, plot_stats, print_stats, undecodable
+    from m3ad_rl.data.stats import check_dataset_stats
 
-    refuse_overwrite([args.input], [args.plot])
-    if args.plot:
-        if Path(args.plot).suffix.lower() not in (".png", ".jpg", ".jpeg", ".svg", ".pdf"):
-            raise UsageError(f"--plot {args.plot} must end in .png, .jpg, .svg or .pdf", "name the image file")
-        require_output_file(args.plot, "--plot")
-    stats = dataset_stats(args.input)
-    print_stats(stats)
-    bad = 0
+    def bad(sid: str, why: str) -> None:
+        print(f"sample {sid!r}: {why}", file=sys.stderr)
+
+    stats, n_bad = check_dataset_stats(args.input, args.plot, args.check_images, on_bad=bad)
     if args.check_images:
-        for sid, why in undecodable(args.input):
-            print(f"sample {sid!r}: {why}", file=sys.stderr)
-            bad += 1
-        print(f"images checked: {stats['n'] - bad} decode, {bad} do not", file=sys.stderr)
+        print(f"images checked: {stats['n'] - n_bad} decode, {n_bad} do not", file=sys.stderr)
     if args.plot:
-        with replaced_when_done(args.plot) as tmp:
-            plot_stats(stats, str(tmp))
         print(f"wrote {args.plot}", file=sys.stderr)
-    return EXIT_DATA if bad else 0
+    return EXIT_DATA if n_bad else 0
 
 
 def cmd_data_gallery(args: argparse.Namespace) -> int:
-    import random
+    from m3ad_rl.data.gallery import write_gallery
 
-    from m3ad_rl.core.errors import UsageError
-    from m3ad_rl.core.guards import refuse_overwrite, replaced_when_done, require_output_file
-    from m3ad_rl.data.gallery import contact_sheet
-    from m3ad_rl.data.store import iter_samples
-
-    if Path(args.out).suffix.lower() not in (".png", ".jpg", ".jpeg"):
-        raise UsageError(f"--out {args.out} must end in .png or .jpg", "name the image file")
-    require_output_file(args.out, "--out")
-    refuse_overwrite([args.input], [args.out])
-    pool = [s for s in iter_samples(args.input) if s.anomalous or not args.anomalous_only]
-    if not pool:
-        raise UsageError(f"no samples to show in {args.input}", "drop --anomalous-only or choose another dataset")
-    chosen = random.Random(args.seed).sample(pool, min(args.n, len(pool)))
-    broken: list[str] = []
-
-    def report(sample, error) -> None:
-        print(f"left out: {error.what}", file=sys.stderr)
-        broken.append(sample.id)
-
-    sheet = contact_sheet(chosen, cols=args.cols, on_error=report)
-    with replaced_when_done(args.out) as tmp:
-        sheet.save(tmp)
-    print(f"wrote {args.out} ({len(chosen) - len(broken)} samples)", file=sys.stderr)
+    shown, broken = write_gallery(args.input, args.out, args.n, args.cols, args.seed, args.anomalous_only,
+                                  on_error=lambda _, e: print(f"left out: {e.what}", file=sys.stderr))  # fmt: skip
+    print(f"wrote {args.out} ({shown} samples)", file=sys.stderr)
     return EXIT_SKIPPED if broken else 0
 
 
@@ -690,12 +593,9 @@ def cmd_cluster_down(args: argparse.Namespace) -> int:
 
 
 def cmd_model_tiny(args: argparse.Namespace) -> int:
-    from m3ad_rl.core.storage import staged_dir
-    from m3ad_rl.models.tiny import TinySpec, build_tiny
+    from m3ad_rl.models.tiny import TinySpec, write_tiny
 
-    with staged_dir(args.out, clear=True) as d:  # any storage URL
-        build_tiny(d, TinySpec(vocab=args.vocab, seed=args.seed))
-        info = json.loads((d / "m3ad_tiny.json").read_text())
+    info = write_tiny(args.out, TinySpec(vocab=args.vocab, seed=args.seed))
     print(f"wrote a tiny Qwen3-VL ({info['parameters']:,} parameters, {args.vocab} vocabulary) to {args.out}")
     return 0
 

@@ -47,3 +47,37 @@ def contact_sheet(
     for i, t in enumerate(tiles):
         sheet.paste(t, ((i % cols) * (thumb + 4) + 2, (i // cols) * (thumb + 4) + 2))
     return sheet
+
+
+def write_gallery(
+    input: str, out: str, n: int = 24, cols: int = 6, seed: int = 0, anomalous_only: bool = False,
+    on_error: Callable[[Sample, DataError], None] | None = None,
+) -> tuple[int, list[str]]:  # fmt: skip
+    """A contact sheet of ``n`` random samples of ``input`` saved as ``out`` (.png/.jpg, replaced only
+    when complete); returns (samples drawn, ids left out because their image did not decode)."""
+    import random
+    from pathlib import Path
+
+    from m3ad_rl.core.errors import UsageError
+    from m3ad_rl.core.guards import refuse_overwrite, replaced_when_done, require_output_file
+    from m3ad_rl.data.store import iter_samples
+
+    if Path(out).suffix.lower() not in (".png", ".jpg", ".jpeg"):
+        raise UsageError(f"--out {out} must end in .png or .jpg", "name the image file")
+    require_output_file(out, "--out")
+    refuse_overwrite([input], [out])
+    pool = [s for s in iter_samples(input) if s.anomalous or not anomalous_only]
+    if not pool:
+        raise UsageError(f"no samples to show in {input}", "drop --anomalous-only or choose another dataset")
+    chosen = random.Random(seed).sample(pool, min(n, len(pool)))
+    broken: list[str] = []
+
+    def left_out(sample: Sample, error: DataError) -> None:
+        broken.append(sample.id)
+        if on_error:
+            on_error(sample, error)
+
+    sheet = contact_sheet(chosen, cols=cols, on_error=left_out)
+    with replaced_when_done(out) as tmp:
+        sheet.save(tmp)
+    return len(chosen) - len(broken), broken

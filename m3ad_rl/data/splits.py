@@ -8,11 +8,13 @@ from __future__ import annotations
 import random
 from collections import defaultdict
 from collections.abc import Iterable
+from dataclasses import dataclass
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from m3ad_rl.core.errors import DataError, UsageError
 from m3ad_rl.data.schema import SCENES
+from m3ad_rl.data.store import WriteReport
 
 
 class SplitConfig(BaseModel):
@@ -118,3 +120,36 @@ def check_inputs(urls: list[str]) -> set[tuple[str, str]]:
             "pool each sample once: datasets whose ids differ (synth: other seeds; import: another --source)",
         )
     return pairs
+
+
+@dataclass
+class SplitResult:
+    """Which side each (scene, category) went to, and what each side's writer wrote."""
+
+    side: dict[tuple[str, str], str]
+    ft: WriteReport
+    bench: WriteReport
+
+    def categories(self, name: str) -> list[str]:
+        return sorted(f"{sc}/{c}" for (sc, c), v in self.side.items() if v == name)
+
+
+def split_datasets(
+    inputs: list[str], out: str, cfg: SplitConfig | None = None, config_file: str | None = None
+) -> SplitResult:
+    """Write ``{out}/ft`` and ``{out}/bench`` from the datasets ``inputs``: every input is checked (each
+    dataset once, each id once) and the split is proven disjoint before anything is written."""
+    from m3ad_rl.core.guards import refuse_overwrite
+    from m3ad_rl.data.store import DatasetWriter, iter_samples
+
+    cfg = cfg or SplitConfig()
+    refuse_overwrite([*inputs, *([config_file] if config_file else [])], [out])
+    side = assign(check_inputs(inputs), cfg)
+    check_disjoint([k for k, v in side.items() if v == "ft"], [k for k, v in side.items() if v == "bench"])
+    out = out.rstrip("/")
+    with DatasetWriter(f"{out}/ft") as ft, DatasetWriter(f"{out}/bench") as bench:
+        for url in inputs:
+            for s in iter_samples(url):
+                s.split = side[(s.scene, s.category)]
+                (ft if s.split == "ft" else bench).write(s)
+    return SplitResult(side, ft.report, bench.report)

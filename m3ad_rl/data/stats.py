@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 from m3ad_rl.core.errors import DataError
 from m3ad_rl.data.store import iter_samples, read_table
@@ -99,3 +99,32 @@ def plot_stats(stats: dict, path: str) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def check_dataset_stats(
+    input: str, plot: str | None = None, check_images: bool = False, on_bad: Callable[[str, str], None] | None = None
+) -> tuple[dict, int]:
+    """Counts of ``input`` (printed), optionally every image decoded (``on_bad(id, why)`` for each that does
+    not) and a plot saved; returns (the counts, how many images do not decode)."""
+    from pathlib import Path
+
+    from m3ad_rl.core.errors import UsageError
+    from m3ad_rl.core.guards import refuse_overwrite, replaced_when_done, require_output_file
+
+    refuse_overwrite([input], [plot])
+    if plot:
+        if Path(plot).suffix.lower() not in (".png", ".jpg", ".jpeg", ".svg", ".pdf"):
+            raise UsageError(f"--plot {plot} must end in .png, .jpg, .svg or .pdf", "name the image file")
+        require_output_file(plot, "--plot")
+    stats = dataset_stats(input)
+    print_stats(stats)
+    bad = 0
+    if check_images:
+        for sid, why in undecodable(input):
+            bad += 1
+            if on_bad:
+                on_bad(sid, why)
+    if plot:
+        with replaced_when_done(plot) as tmp:
+            plot_stats(stats, str(tmp))
+    return stats, bad

@@ -31,6 +31,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from m3ad_rl.core.errors import UsageError
 from m3ad_rl.data.schema import SCENES, DefectRecord, Sample
+from m3ad_rl.data.store import WriteReport
 from m3ad_rl.data.synth_catalogue import CATEGORIES, KIT_COLORS, TEXTURE_DEFECTS, Category, defect_types
 from m3ad_rl.data.synth_render import CUTS, ITEM_EDITS, SURFACE_ON_PARTS, PixBox, render
 
@@ -200,3 +201,18 @@ def generate_parallel(cfg: SynthConfig, workers: int = 1, chunk: int = 64) -> It
     with ProcessPoolExecutor(workers) as pool:
         for batch in pool.map(_chunk, jobs):
             yield from batch
+
+
+def synthesize(cfg: SynthConfig, out: str, workers: int = 1, progress: bool = True) -> WriteReport:
+    """``cfg.n`` scenes written as a dataset at ``out`` (any URL), ``workers`` processes drawing; the scenes
+    and categories are checked before anything is written."""
+    from tqdm import tqdm
+
+    from m3ad_rl.data.store import DatasetWriter
+
+    categories_for(cfg)
+    with DatasetWriter(out) as w, tqdm(total=cfg.n, desc="synth", unit="img", disable=not progress) as bar:
+        for sample in generate_parallel(cfg, workers):
+            w.write(sample)
+            bar.update()
+    return w.report

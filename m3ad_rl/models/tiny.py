@@ -206,3 +206,12 @@ def build_tiny(out: str | Path, spec: TinySpec | None = None) -> Path:
     n_params = sum(p.numel() for p in model.parameters())
     (out / "m3ad_tiny.json").write_text(json.dumps({**asdict(spec), "parameters": n_params}, indent=1))
     return out
+
+
+def write_tiny(url: str, spec: TinySpec | None = None) -> dict:
+    """``build_tiny`` to any storage URL (published only when complete); returns its ``m3ad_tiny.json``."""
+    from m3ad_rl.core.storage import staged_dir
+
+    with staged_dir(url, clear=True) as d:
+        build_tiny(d, spec)
+        return json.loads((d / "m3ad_tiny.json").read_text())

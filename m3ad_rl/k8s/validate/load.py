@@ -10,9 +10,11 @@ from pathlib import Path
 
 import yaml
 
+from m3ad_rl.core.package_data import package_path
+
 CRDS_ENV = "M3AD_KUBERAY_CRDS"
 RENDERED = " (kustomize)"  # the source suffix of a rendered kustomization
-SHIPPED_CRDS = Path(__file__).resolve().parents[2] / "resources" / "kuberay-crds"
+SHIPPED_CRDS = package_path("resources/kuberay-crds")
 
 
 def crd_dir() -> Path | None:

@@ -19,7 +19,6 @@ from m3ad_rl.k8s.validate.configrefs import check_config_files, configmap_keys
 from m3ad_rl.k8s.validate.load import CRDS_ENV, RENDERED, crd_dir, load_documents
 from m3ad_rl.k8s.validate.schema import check_core_object, check_pod_template, check_schema, crd_schemas
 
-ROOT = Path(__file__).resolve().parents[3]
 EXIT_FINDINGS, EXIT_USAGE = 1, 2
 
 
@@ -102,8 +101,9 @@ def validate_paths(paths: Iterable[str | Path], strict: bool = False) -> list[Fi
     return findings
 
 
-def yamllint_paths(paths: Iterable[str | Path], config: str | Path = ROOT / ".yamllint.yaml") -> list[str]:
-    """yamllint problems (``file:line:col: [level] message``) for YAML files under ``paths``."""
+def yamllint_paths(paths: Iterable[str | Path], config: str | Path = ".yamllint.yaml") -> list[str]:
+    """yamllint problems (``file:line:col: [level] message``) for YAML files under ``paths`` (``config``:
+    the yamllint settings, by default the current folder's, as yamllint itself looks)."""
     from yamllint import linter
     from yamllint.config import YamlLintConfig
 
@@ -112,7 +112,8 @@ def yamllint_paths(paths: Iterable[str | Path], config: str | Path = ROOT / ".ya
     for p in map(Path, paths):
         files = [p] if p.is_file() else sorted([*p.rglob("*.yaml"), *p.rglob("*.yml")])
         for f in files:
-            name = str(f.resolve().relative_to(ROOT)) if f.resolve().is_relative_to(ROOT) else str(f)
+            here = Path.cwd().resolve()
+            name = str(f.resolve().relative_to(here)) if f.resolve().is_relative_to(here) else str(f)
             for problem in linter.run(f.read_text(), conf, name):
                 out.append(f"{f}:{problem.line}:{problem.column}: [{problem.level}] {problem.message}")
     return out
@@ -133,9 +134,9 @@ def run(paths: list[str], strict: bool = False) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m m3ad_rl.k8s.validate [PATH...] [--strict]`` (default: the repository's manifests/)."""
+    """``python -m m3ad_rl.k8s.validate [PATH...] [--strict]`` (default: ./manifests)."""
     parser = argparse.ArgumentParser(prog="python -m m3ad_rl.k8s.validate", description=__doc__.splitlines()[0])
     parser.add_argument("paths", nargs="*", help="files, folders or kustomizations (default: manifests/)")
     parser.add_argument("--strict", action="store_true", help="report checks that cannot be made (a missing ConfigMap)")
     args = parser.parse_args(argv)
-    return run(args.paths or [str(ROOT / "manifests")], args.strict)
+    return run(args.paths or ["manifests"], args.strict)

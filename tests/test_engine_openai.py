@@ -190,7 +190,7 @@ def fake_url():
 
 
 def client(url: str, **kw) -> OpenAIEngine:
-    return OpenAIEngine(**{"model": "fake", "base_url": url, "max_retries": 3, "backoff": 0.001, "timeout": 5, **kw})
+    return OpenAIEngine(**{"model": "fake", "base_url": url, "max_retries": 3, "timeout": 5, **kw})
 
 
 def reqs(k: int) -> list[GenerationRequest]:

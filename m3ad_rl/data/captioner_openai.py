@@ -11,23 +11,20 @@ failed caption comes back as a ``CaptionResult`` with its error and never stops 
 from __future__ import annotations
 
 import asyncio
-import base64
 import hashlib
 import json
-import os
-import random
 import re
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import fsspec
-import httpx
 
-from m3ad_rl.core.http_retry import retry_after_seconds
+from m3ad_rl.core.chat import ChatClient, ChatError, RateLimit, image_data_url
 from m3ad_rl.core.output_format import parse, render
 from m3ad_rl.core.taxonomy import Taxonomy, default_taxonomy
 from m3ad_rl.data.captioner_template import where
+from m3ad_rl.data.ft import CaptionJob, CaptionResult
 from m3ad_rl.data.schema import Sample, read_uri
 
 _FORMAT_RULES = """Rules:
@@ -78,7 +75,6 @@ Output format:
 <reflection>your re-examination ... final decision.</reflection>"""
 
 _MARKER_AT_END = re.compile(r"\s*initial answer\s*[:：=\-]?\s*[*\"'`]*\s*(yes|no)\b[*\"'`]*\s*\.?\s*$", re.I)
-_RETRY_STATUS = {408, 409, 425, 429, 500, 502, 503, 504}
 
 
 @dataclass(slots=True)
@@ -139,17 +135,6 @@ class CaptionRequest:
         return "\n".join(lines)
 
 
-@dataclass(slots=True)
-class CaptionResult:
-    """Outcome of one request: the rendered trajectory, or the error that stopped it."""
-
-    id: str
-    text: str | None = None
-    error: str | None = None
-    cached: bool = False
-    attempts: int = 0
-
-
 class CaptionInvalid(ValueError):
     """The LLM's text does not fit the request (retried like a server error)."""
 
@@ -182,13 +167,13 @@ def finish(req: CaptionRequest, content: str) -> str:
     )
 
 
-def _data_url(image: bytes) -> str:
-    mime = "image/jpeg" if image[:3] == b"\xff\xd8\xff" else "image/png"
-    return f"data:{mime};base64,{base64.b64encode(image).decode('ascii')}"
-
-
 class OpenAICaptioner:
-    """Batch captioner: ``caption_all(requests)`` -> one ``CaptionResult`` per request, in order."""
+    """Batch captioner: ``caption_all(requests)`` -> one ``CaptionResult`` per request, in order.
+
+    HTTP goes through ``core.chat.ChatClient`` (the SDK's retries, our concurrency and rate limits).
+    ``max_retries`` is one budget per caption: HTTP retries and asking again after an invalid
+    caption both spend it, so a caption costs at most ``max_retries + 1`` requests.
+    """
 
     name = "openai"
 
@@ -199,20 +184,20 @@ class OpenAICaptioner:
         api_key_env: str | None = "OPENAI_API_KEY",
         concurrency: int = 8,
         max_retries: int = 5,
-        backoff: float = 0.5,
         timeout: float = 60.0,
         cache_dir: str | None = ".cache/captions",
         temperature: float | None = 0.7,
         max_tokens: int | None = None,
         extra_body: dict | None = None,
-        max_delay: float = 60.0,
+        requests_per_second: float | None = None,
     ):
         self.base_url = base_url.rstrip("/")
         self.model = model
         self.api_key_env = api_key_env
         self.concurrency = max(1, concurrency)
         self.max_retries = max(0, max_retries)
-        self.backoff, self.timeout, self.max_delay = backoff, timeout, max_delay
+        self.timeout = timeout
+        self.rate = RateLimit(requests_per_second)
         self.temperature, self.max_tokens, self.extra_body = temperature, max_tokens, dict(extra_body or {})
         self.fs, self.root = fsspec.core.url_to_fs(cache_dir) if cache_dir else (None, "")
 
@@ -263,7 +248,7 @@ class OpenAICaptioner:
     def _payload(self, req: CaptionRequest) -> dict:
         content: list[dict] = [{"type": "text", "text": self.prompt(req)}]
         if req.image is not None:
-            content.append({"type": "image_url", "image_url": {"url": _data_url(req.image)}})
+            content.append({"type": "image_url", "image_url": {"url": image_data_url(req.image)}})
         body: dict = {"model": self.model, "messages": [{"role": "user", "content": content}]}
         if self.temperature is not None:
             body["temperature"] = self.temperature
@@ -271,12 +256,7 @@ class OpenAICaptioner:
             body["max_tokens"] = self.max_tokens
         return {**body, **self.extra_body}
 
-    def _delay(self, attempt: int, retry_after: float | None) -> float:
-        if retry_after is not None:
-            return min(retry_after, self.max_delay)
-        return min(self.backoff * 2 ** (attempt - 1) * random.uniform(0.5, 1.5), self.max_delay)
-
-    async def _one(self, client: httpx.AsyncClient, sem: asyncio.Semaphore, req: CaptionRequest) -> CaptionResult:
+    async def _one(self, chat: ChatClient, req: CaptionRequest) -> CaptionResult:
         res = CaptionResult(req.id)
         if problems := req.problems():
             res.error = "bad request: " + "; ".join(problems)
@@ -287,51 +267,41 @@ class OpenAICaptioner:
             return res
         payload = self._payload(req)
         while res.attempts <= self.max_retries:
-            res.attempts += 1
-            retry_after = None
             try:
-                async with sem:  # held only while a request is in flight, not while backing off
-                    resp = await client.post(f"{self.base_url}/chat/completions", json=payload)
-                if resp.status_code != 200:
-                    res.error = f"HTTP {resp.status_code}: {resp.text[:200]}"
-                    if resp.status_code not in _RETRY_STATUS:
-                        return res  # 400/401/404…: asking again will not help
-                    retry_after = retry_after_seconds(resp)
-                else:
-                    msg = resp.json()["choices"][0]["message"]["content"]
-                    if isinstance(msg, list):  # some servers return content parts
-                        msg = "".join(part.get("text", "") for part in msg if isinstance(part, dict))
-                    if not isinstance(msg, str):
-                        raise CaptionInvalid("response has no text content")
-                    res.text, res.error = finish(req, msg), None
-                    if self.fs is not None:
-                        await asyncio.to_thread(self._cache_write, req, key, msg, res.text)
-                    return res
-            except httpx.HTTPError as e:
-                res.error = f"{type(e).__name__}: {e}"
+                reply = await chat.complete(payload, max_retries=self.max_retries - res.attempts)
+            except ChatError as e:  # not retryable, or the SDK spent the rest of the budget
+                res.attempts += e.attempts
+                res.error = str(e)
+                return res
+            res.attempts += reply.attempts
+            try:
+                msg = reply.data["choices"][0]["message"]["content"]
+                if isinstance(msg, list):  # some servers return content parts
+                    msg = "".join(part.get("text", "") for part in msg if isinstance(part, dict))
+                if not isinstance(msg, str):
+                    raise CaptionInvalid("response has no text content")
+                res.text, res.error = finish(req, msg), None
             except (CaptionInvalid, ValueError, KeyError, IndexError, TypeError) as e:
-                res.error = f"invalid caption: {e}"
-            if res.attempts <= self.max_retries:
-                await asyncio.sleep(self._delay(res.attempts, retry_after))
+                res.error = f"invalid caption: {e}"  # the LLM may do better on another try
+                continue
+            if self.fs is not None:
+                await asyncio.to_thread(self._cache_write, req, key, msg, res.text)
+            return res
         return res
 
     async def acaption_all(
         self, requests: Sequence[CaptionRequest], progress: bool | Callable[[CaptionResult], None] = False
     ) -> list[CaptionResult]:
         """Caption every request, ``concurrency`` at a time; never raises for a single failure."""
-        key = os.environ.get(self.api_key_env) if self.api_key_env else None
-        headers = {"Authorization": f"Bearer {key}"} if key else {}  # no key: fine for local servers
-        sem = asyncio.Semaphore(self.concurrency)
         bar = None
         if progress is True:
             from tqdm.auto import tqdm
 
             bar = tqdm(total=len(requests), desc="captions", unit="img")
-        limits = httpx.Limits(max_connections=self.concurrency, max_keepalive_connections=self.concurrency)
 
-        async def run(client: httpx.AsyncClient, req: CaptionRequest) -> CaptionResult:
+        async def run(chat: ChatClient, req: CaptionRequest) -> CaptionResult:
             try:
-                res = await self._one(client, sem, req)
+                res = await self._one(chat, req)
             except Exception as e:  # a bug or a cache outage must not sink the whole batch
                 res = CaptionResult(req.id, error=f"{type(e).__name__}: {e}")
             if bar is not None:
@@ -340,9 +310,17 @@ class OpenAICaptioner:
                 progress(res)
             return res
 
+        chat = ChatClient(
+            self.base_url,
+            api_key_env=self.api_key_env,
+            concurrency=self.concurrency,
+            max_retries=self.max_retries,
+            timeout=self.timeout,
+            rate=self.rate,
+        )
         try:
-            async with httpx.AsyncClient(headers=headers, timeout=self.timeout, limits=limits) as client:
-                return list(await asyncio.gather(*(run(client, r) for r in requests)))
+            async with chat:
+                return list(await asyncio.gather(*(run(chat, r) for r in requests)))
         finally:
             if bar is not None:
                 bar.close()
@@ -352,3 +330,7 @@ class OpenAICaptioner:
     ) -> list[CaptionResult]:
         """Synchronous ``acaption_all`` (not from inside a running event loop)."""
         return asyncio.run(self.acaption_all(requests, progress))
+
+    def caption_samples(self, jobs: Sequence[CaptionJob], progress: bool = False) -> list[CaptionResult]:
+        """The ``ft.Captioner`` interface: one result per job, in order; a failure has ``error`` set."""
+        return self.caption_all([CaptionRequest.from_sample(j.sample, j.mode, j.initial) for j in jobs], progress)

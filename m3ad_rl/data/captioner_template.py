@@ -11,9 +11,11 @@ The ``<type>``, ``<location>`` and ``<answer>`` always come from the ground trut
 from __future__ import annotations
 
 import random
+from collections.abc import Sequence
 
 from m3ad_rl.core.output_format import render
 from m3ad_rl.core.taxonomy import default_taxonomy
+from m3ad_rl.data.ft import CaptionJob, CaptionResult
 from m3ad_rl.data.schema import Sample
 
 _OPEN = [
@@ -105,7 +107,12 @@ class TemplateCaptioner:
         self.seed = seed
         self.taxonomy = default_taxonomy()
 
+    def caption_samples(self, jobs: Sequence[CaptionJob], progress: bool = False) -> list[CaptionResult]:
+        """The ``ft.Captioner`` interface; templates never fail and are fast, so there is no bar."""
+        return [CaptionResult(j.sample.id, text=self.caption(j.sample, j.mode, j.initial)) for j in jobs]
+
     def caption(self, s: Sample, mode: str, initial: str) -> str:
+        """One trajectory; the same sample, mode and initial decision always give the same text."""
         rng = random.Random(f"{self.seed}/{s.id}")
         verdict = "yes" if s.anomalous else "no"
         opening = rng.choice(_OPEN).format(

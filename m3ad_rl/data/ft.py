@@ -8,6 +8,9 @@
    it is the base model's wrong answer: the reflection then corrects it.
 4. A captioner writes the text; the SFT set holds chat messages with the image, the RL set is
    verl's Parquet layout (``prompt``, ``images``, ``data_source``, ``reward_model``, ``extra_info``).
+
+Captioners share one interface (``Captioner.caption_samples``) and are made by name
+(``make_captioner``); ``build_ft`` runs the whole construction from a dataset URL to the sets.
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ import json
 import posixpath
 import random
 import uuid
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -25,11 +28,13 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from pydantic import BaseModel, ConfigDict, Field
 
-from m3ad_rl.core.errors import DataError
+from m3ad_rl.core.errors import DataError, UsageError
+from m3ad_rl.core.guards import refuse_overwrite, require_file
 from m3ad_rl.core.output_format import parse
 from m3ad_rl.core.prompts import question
+from m3ad_rl.core.registry import Registry
 from m3ad_rl.data.schema import Sample, decode_image
-from m3ad_rl.data.store import move_file, remove_file
+from m3ad_rl.data.store import DatasetWriter, iter_samples, move_file, remove_file
 
 
 class FTConfig(BaseModel):
@@ -44,19 +49,76 @@ class FTConfig(BaseModel):
     data_source: str = Field("m3ad", description="verl data_source of the RL rows.")
 
 
+@dataclass(slots=True)
+class CaptionJob:
+    """One trajectory to write: the sample, its mode and the initial decision the text must reach."""
+
+    sample: Sample
+    mode: str  # thinking | reflective
+    initial: str  # yes | no
+
+
+@dataclass(slots=True)
+class CaptionResult:
+    """Outcome of one caption: the rendered trajectory, or the error that stopped it."""
+
+    id: str
+    text: str | None = None
+    error: str | None = None
+    cached: bool = False  # served from the captioner's cache (captioners that keep one)
+    attempts: int = 0  # requests sent for it (captioners that ask a server)
+
+
 class Captioner(Protocol):
+    """What FT construction needs from a captioner (template, LLM endpoint …)."""
+
     name: str
 
-    def caption(self, sample: Sample, mode: str, initial: str) -> str: ...
+    def caption_samples(self, jobs: Sequence[CaptionJob], progress: bool = False) -> list[CaptionResult]:
+        """One result per job, in order; a failed caption has ``error`` set and never raises."""
+        ...
+
+
+CAPTIONERS: Registry[Callable[..., Captioner]] = Registry("captioner")
+
+
+@CAPTIONERS.register("template")
+def _template_captioner(*, seed: int = 0, **_unused: object) -> Captioner:
+    """Offline phrase-bank trajectories (the endpoint options do not apply)."""
+    from m3ad_rl.data.captioner_template import TemplateCaptioner
+
+    return TemplateCaptioner(seed)
+
+
+@CAPTIONERS.register("openai")
+def _openai_captioner(
+    *, base_url: str | None = None, model: str | None = None, seed: int | None = None, **options: object
+) -> Captioner:
+    """An LLM behind an OpenAI-compatible endpoint writes the reasoning (``seed`` does not apply)."""
+    if not (base_url and model):
+        raise UsageError("--captioner openai needs --base-url and --model", "add both")
+    from m3ad_rl.data.captioner_openai import OpenAICaptioner
+
+    return OpenAICaptioner(base_url=base_url, model=model, **options)  # type: ignore[arg-type]
+
+
+def make_captioner(name: str, **options: object) -> Captioner:
+    """A captioner by name (``CAPTIONERS.names()``); options one does not use are ignored
+    (``seed`` by openai; ``base_url``, ``model`` … by template), so a CLI can pass all its flags."""
+    return CAPTIONERS.get(name)(**options)
 
 
 @dataclass
 class FTReport:
+    """What FT construction built and left out (``skipped``: (sample id, reason), in the order met)."""
+
     easy: int = 0
     hard: int = 0
     reflective: int = 0
     thinking: int = 0
     skipped: list[tuple[str, str]] = field(default_factory=list)
+    sft_rows: int = 0  # rows written to sft.parquet (build_ft)
+    rl_rows: int = 0  # rows written to rl.parquet (build_ft)
 
 
 def read_predictions(path: str) -> dict[str, str | None]:
@@ -116,25 +178,70 @@ def assign(sample: Sample, base_answer: str | None, cfg: FTConfig) -> tuple[str,
     return difficulty, mode, initial
 
 
+def plan(
+    samples: Iterable[Sample], predictions: dict[str, str | None], cfg: FTConfig, report: FTReport
+) -> list[CaptionJob]:
+    """Difficulty and mode set on each sample with a prediction; the others go to ``report.skipped``."""
+    jobs = []
+    for s in samples:
+        if s.id not in predictions:
+            report.skipped.append((s.id, "no base-model prediction"))
+            continue
+        s.difficulty, s.mode, initial = assign(s, predictions[s.id], cfg)
+        jobs.append(CaptionJob(s, s.mode, initial))
+    return jobs
+
+
 def build(
     samples: Iterable[Sample],
     predictions: dict[str, str | None],
     captioner: Captioner,
     cfg: FTConfig,
     report: FTReport | None = None,
-) -> Iterator[Sample]:
-    """Yield FT samples with difficulty, mode and target set; samples without a prediction are
-    reported in ``report.skipped`` and left out."""
+    progress: bool = False,
+) -> list[Sample]:
+    """The FT samples with difficulty, mode and target set, in input order. Samples without a
+    prediction, then samples whose caption failed, are reported in ``report.skipped`` and left out."""
     report = report if report is not None else FTReport()
-    for s in samples:
-        if s.id not in predictions:
-            report.skipped.append((s.id, "no base-model prediction"))
+    jobs = plan(samples, predictions, cfg, report)
+    built = []
+    for job, res in zip(jobs, captioner.caption_samples(jobs, progress), strict=True):
+        s = job.sample
+        if res.text is None:
+            report.skipped.append((s.id, f"caption failed: {res.error}"))
             continue
-        s.difficulty, s.mode, initial = assign(s, predictions[s.id], cfg)
-        s.target = captioner.caption(s, s.mode, initial)
+        s.target = res.text
         setattr(report, s.difficulty, getattr(report, s.difficulty) + 1)
         setattr(report, s.mode, getattr(report, s.mode) + 1)
-        yield s
+        built.append(s)
+    return built
+
+
+def build_ft(
+    input: str, predictions: str, out: str, cfg: FTConfig, captioner: Captioner, *, progress: bool = True
+) -> FTReport:
+    """FT construction end to end: ``OUT/samples`` (a dataset), ``OUT/sft.parquet``, ``OUT/rl.parquet``.
+
+    Checks come first (predictions a file, ``out`` apart from the inputs, every predictions line
+    valid), so a mistake costs no captions. Old SFT/RL sets are removed before the new samples are
+    written, so an interrupted run never leaves old sets beside new samples. Every sample left out
+    is in ``report.skipped`` with the reason (undecodable image, no prediction, caption failed,
+    rejected by the writer); nothing is printed.
+    """
+    require_file(predictions, "--predictions")
+    refuse_overwrite([input, predictions], [out])
+    preds = read_predictions(predictions)  # a bad or conflicting line fails here, before any work
+    report = FTReport()
+    samples = list(decodable(iter_samples(input), report))
+    built = build(samples, preds, captioner, cfg, report, progress)
+    out = out.rstrip("/")
+    remove_sets(out)
+    with DatasetWriter(f"{out}/samples") as w:
+        kept = [s for s in built if w.write(s)]
+    report.skipped += [(r.id, "; ".join(r.reasons)) for r in w.report.rejected]
+    report.sft_rows = write_parquet(f"{out}/sft.parquet", (sft_row(s, cfg) for s in kept), SFT_SCHEMA)
+    report.rl_rows = write_parquet(f"{out}/rl.parquet", (rl_row(s, i, cfg) for i, s in enumerate(kept)), RL_SCHEMA)
+    return report
 
 
 def decodable(samples: Iterable[Sample], report: FTReport) -> Iterator[Sample]:

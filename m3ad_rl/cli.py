@@ -382,11 +382,10 @@ def cmd_serve_rewards(args: argparse.Namespace) -> int:
     cfg = load_reward_config(args.config, args.overrides)
     if args.address is None and not os.environ.get("RAY_ADDRESS"):
         check_port_free(args.host, args.port)  # a local Ray: Serve's proxy will listen here
-    import ray
-
+    from m3ad_rl.train.ray_setup import init_ray
     from rewards.service import start
 
-    ray.init(address=args.address, ignore_reinit_error=True, include_dashboard=False)
+    init_ray(args.address, dashboard=False)
     print(
         f"reward service on http://{args.host}:{args.port}/rewards/score ({args.replicas} replica(s))", file=sys.stderr
     )

@@ -189,6 +189,8 @@ def predict(cfg: EvalRunConfig, out: Path, publish: Callable[[], None] = lambda:
     import ray
     from tqdm import tqdm
 
+    from m3ad_rl.train.ray_setup import init_ray
+
     preds = out / "predictions.jsonl"
     _check_provenance(cfg, out)
     skip = done_ids(preds)
@@ -198,7 +200,7 @@ def predict(cfg: EvalRunConfig, out: Path, publish: Callable[[], None] = lambda:
     if not records:
         return preds
     if not ray.is_initialized():
-        ray.init(address=cfg.address, ignore_reinit_error=True, include_dashboard=False, log_to_driver=False)
+        init_ray(cfg.address, log_to_driver=False, dashboard=False)
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = False
     gpus = cfg.gpus_per_worker

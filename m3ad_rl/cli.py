@@ -494,66 +494,22 @@ def cmd_data_split(args: argparse.Namespace) -> int:
 def cmd_data_build_ft(args: argparse.Namespace) -> int:
     from m3ad_rl.core.config import load_config
     from m3ad_rl.core.errors import UsageError
-    from m3ad_rl.core.guards import refuse_overwrite, require_file
-    from m3ad_rl.data import ft as ftmod
-    from m3ad_rl.data.store import DatasetWriter, iter_samples
+    from m3ad_rl.core.guards import refuse_overwrite
+    from m3ad_rl.data.ft import FTConfig, build_ft, make_captioner
 
-    require_file(args.predictions, "--predictions")
-    refuse_overwrite([args.input, args.predictions, args.config], [args.out])
-    cfg = load_config(ftmod.FTConfig, args.config, args.overrides)
+    refuse_overwrite([args.config], [args.out])
+    cfg = load_config(FTConfig, args.config, args.overrides)
     if args.captioner == "openai" and not (args.base_url and args.model):
         raise UsageError("--captioner openai needs --base-url and --model", "add both")
-    preds = ftmod.read_predictions(args.predictions)  # a bad or conflicting line fails here, before any work
-    report = ftmod.FTReport()
-    samples = list(ftmod.decodable(iter_samples(args.input), report))
-    if args.captioner == "openai":
-        built = _caption_openai(samples, preds, cfg, args, report)
-    else:
-        from m3ad_rl.data.captioner_template import TemplateCaptioner
-
-        built = list(ftmod.build(samples, preds, TemplateCaptioner(cfg.seed), cfg, report))
-    out = args.out.rstrip("/")
-    ftmod.remove_sets(out)  # never old SFT/RL sets beside new samples, even if this run is interrupted
-    with DatasetWriter(f"{out}/samples") as w:
-        kept = [s for s in built if w.write(s)]
-    report.skipped += [(r.id, "; ".join(r.reasons)) for r in w.report.rejected]
-    n_sft = ftmod.write_parquet(f"{out}/sft.parquet", (ftmod.sft_row(s, cfg) for s in kept), ftmod.SFT_SCHEMA)
-    n_rl = ftmod.write_parquet(
-        f"{out}/rl.parquet", (ftmod.rl_row(s, i, cfg) for i, s in enumerate(kept)), ftmod.RL_SCHEMA
-    )
+    captioner = make_captioner(args.captioner, seed=cfg.seed, base_url=args.base_url, model=args.model,
+                               cache_dir=args.cache_dir)  # fmt: skip
+    report = build_ft(args.input, args.predictions, args.out, cfg, captioner)
     for sid, why in report.skipped:
         print(f"skipped {sid}: {why}", file=sys.stderr)
-    print(
-        f"easy {report.easy}, hard {report.hard}; thinking {report.thinking}, reflective {report.reflective}; "
-        f"wrote {n_sft} SFT rows and {n_rl} RL rows under {out}",
-        file=sys.stderr,
-    )
+    print(f"easy {report.easy}, hard {report.hard}; thinking {report.thinking}, reflective {report.reflective}; "
+          f"wrote {report.sft_rows} SFT rows and {report.rl_rows} RL rows under {args.out.rstrip('/')}",
+          file=sys.stderr)  # fmt: skip
     return EXIT_SKIPPED if report.skipped else 0
-
-
-def _caption_openai(samples, preds, cfg, args, report) -> list:
-    """Trajectories from an OpenAI-compatible endpoint; failures are reported and left out."""
-    from m3ad_rl.data import ft as ftmod
-    from m3ad_rl.data.captioner_openai import CaptionRequest, OpenAICaptioner
-
-    captioner = OpenAICaptioner(base_url=args.base_url, model=args.model, cache_dir=args.cache_dir)
-    todo = []
-    for s in samples:
-        if s.id not in preds:
-            report.skipped.append((s.id, "no base-model prediction"))
-            continue
-        s.difficulty, s.mode, initial = ftmod.assign(s, preds[s.id], cfg)
-        todo.append((s, CaptionRequest.from_sample(s, s.mode, initial)))
-    built = []
-    for (s, _), res in zip(todo, captioner.caption_all([r for _, r in todo], progress=True), strict=True):
-        if res.text is None:
-            report.skipped.append((s.id, f"caption failed: {res.error}"))
-            continue
-        s.target = res.text
-        setattr(report, s.difficulty, getattr(report, s.difficulty) + 1)
-        setattr(report, s.mode, getattr(report, s.mode) + 1)
-        built.append(s)
-    return built
 
 
 def cmd_data_stats(args: argparse.Namespace) -> int:

@@ -21,25 +21,10 @@ from pathlib import Path
 from rich.console import Console
 from rich.markdown import Markdown
 
-REPO_CONFIGS = Path(__file__).resolve().parents[2] / "configs" / "train"
-
 
 def _step(console: Console, n: int, title: str) -> float:
     console.rule(f"[bold]{n}/7 {title}")
     return time.perf_counter()
-
-
-def _cli(args: list[str]) -> None:
-    from m3ad_rl.cli import main
-
-    rc = main(args)
-    if rc not in (0, 3):
-        raise SystemExit(f"m3ad-rl {' '.join(args[:2])} failed with exit code {rc}")
-
-
-def _config(name: str) -> str | None:
-    path = REPO_CONFIGS / name
-    return str(path) if path.exists() else None
 
 
 def _eval(model: str, dataset: str, out: Path, limit: int | None) -> dict:
@@ -55,6 +40,11 @@ def _eval(model: str, dataset: str, out: Path, limit: int | None) -> dict:
 
 def run_demo(out: Path, quick: bool = False) -> int:
     from m3ad_rl.core.config import load_config
+    from m3ad_rl.core.package_data import config_file
+    from m3ad_rl.data.ft import FTConfig, build_ft, make_captioner
+    from m3ad_rl.data.splits import split_datasets
+    from m3ad_rl.data.synthetic import SynthConfig, synthesize
+    from m3ad_rl.models.tiny import write_tiny
     from m3ad_rl.train.ray_setup import init_ray
     from m3ad_rl.train.rcrl import RCRLConfig
     from m3ad_rl.train.rcrl import run as run_rcrl
@@ -69,22 +59,23 @@ def run_demo(out: Path, quick: bool = False) -> int:
     init_ray(None, 8)
 
     t = _step(console, 1, f"synthesize {n_images} images; split categories into FT and benchmark")
-    _cli(["data", "synth", "--out", str(out / "data/synth"), "--n", str(n_images), "--workers", "2"])
-    _cli(["data", "split", "--input", str(out / "data/synth"), "--out", str(out / "data/split")])
+    synthesize(SynthConfig(n=n_images), str(out / "data/synth"), workers=2)
+    split_datasets([str(out / "data/synth")], str(out / "data/split"))
     times["data"] = time.perf_counter() - t
 
     t = _step(console, 2, "build the tiny Qwen3-VL (random weights, offline)")
-    _cli(["model", "tiny", "--out", str(out / "models/tiny")])
+    write_tiny(str(out / "models/tiny"))
     times["model"] = time.perf_counter() - t
 
     t = _step(console, 3, "base model over the FT set (easy/hard); Thinking/Reflective trajectories")
     _eval(str(out / "models/tiny"), str(out / "data/split/ft"), out / "base-on-ft", None)
-    _cli(["data", "build-ft", "--input", str(out / "data/split/ft"),
-          "--predictions", str(out / "base-on-ft/predictions.jsonl"), "--out", str(out / "ft")])  # fmt: skip
+    ft_cfg = FTConfig()
+    build_ft(str(out / "data/split/ft"), str(out / "base-on-ft/predictions.jsonl"), str(out / "ft"), ft_cfg,
+             make_captioner("template", seed=ft_cfg.seed))  # fmt: skip
     times["ft"] = time.perf_counter() - t
 
     t = _step(console, 4, f"RAWS SFT: {sft_steps} steps, Ray Train + DeepSpeed ZeRO-2 on CPU")
-    sft_cfg = load_config(SFTConfig, _config("sft-cpu.yaml"), [
+    sft_cfg = load_config(SFTConfig, str(config_file("train/sft-cpu.yaml")), [
         f"model={out / 'models/tiny'}", f"data={out / 'ft/sft.parquet'}", f"out={out / 'sft'}",
         f"max_steps={sft_steps}", "optim.lr=3e-3", "optim.warmup_steps=5"])  # fmt: skip
     sft = run_sft(sft_cfg)
@@ -92,7 +83,7 @@ def run_demo(out: Path, quick: bool = False) -> int:
     console.print(f"SFT: loss {sft['history'][0]['sft/loss']:.3f} → {sft['loss']:.3f}")
 
     t = _step(console, 5, f"RCRL: {rcrl_steps} GRPO steps (rollout → reward service → actor/ref → update)")
-    rcrl_cfg = load_config(RCRLConfig, _config("rcrl-cpu.yaml"), [
+    rcrl_cfg = load_config(RCRLConfig, str(config_file("train/rcrl-cpu.yaml")), [
         f"model={out / 'sft/model'}", f"data={out / 'ft/rl.parquet'}", f"out={out / 'rcrl'}",
         f"steps={rcrl_steps}", f"checkpoint.every={max(rcrl_steps // 2, 1)}"])  # fmt: skip
     rcrl = run_rcrl(rcrl_cfg, overwrite=True)  # the demo owns its folder: a rerun starts over

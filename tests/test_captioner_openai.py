@@ -175,6 +175,29 @@ def test_500_twice_then_ok(base_url, tmp_path):
     assert r.error is None and r.text and r.attempts == 3 and S.count == 3
 
 
+RETRIED = [408, 409, 429, 500, 502, 503, 504]  # the SDK's rule, now the same for the engine and the captioner
+NOT_RETRIED = [400, 401, 403, 404, 422]
+
+
+@pytest.mark.parametrize("code", RETRIED + NOT_RETRIED)
+def test_which_statuses_are_retried(base_url, tmp_path, code):
+    S.statuses = [(code, {"Retry-After": "0.01"})]  # a server's Retry-After does not make a 4xx retryable
+    (r,) = make(base_url, tmp_path, cache_dir=None).caption_all([req("x")])
+    if code in RETRIED:
+        assert r.error is None and r.attempts == 2 and S.count == 2, r
+    else:
+        assert r.text is None and r.error.startswith(f"HTTP {code}") and r.attempts == 1 and S.count == 1, r
+
+
+def test_one_budget_for_http_retries_and_invalid_captions(base_url, tmp_path):
+    S.statuses = [(503, {"Retry-After": "0.01"})] * 2
+    S.bad = {"*": "missing_think"}
+    (r,) = make(base_url, tmp_path, max_retries=2).caption_all([req("x")])
+    assert (
+        r.error.startswith("invalid caption") and r.attempts == 3 and S.count == 3
+    )  # not 3 HTTP tries per caption try
+
+
 def test_invalid_captions_fail_after_max_retries(base_url, tmp_path):
     S.bad = {"bolt": "missing_think", "nut": "wrong_initial"}
     reqs = [req("a", category="bolt"), req("b", category="nut", mode="reflective"), req("c")]

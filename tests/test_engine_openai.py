@@ -249,6 +249,21 @@ def test_concurrency_limit(fake_url):
     assert all(g[0].error is None for g in out) and F.count == 8 and F.max_in_flight == 2
 
 
+def test_retries_wait_for_their_start_slot(fake_url):
+    F.statuses = [(503, {"Retry-After": "0.01"})] * 2
+    engine = client(fake_url, requests_per_second=10)
+    (group,) = engine.generate(reqs(1), SamplingParams())
+    assert group[0].error is None and F.count == 3 and engine.usage["requests"] == 3
+    assert F.starts[2] - F.starts[1] >= 0.08 and F.starts[1] - F.starts[0] >= 0.08  # a retry is paced like a first try
+
+
+def test_a_request_backing_off_holds_no_slot(fake_url):
+    F.statuses = [(429, {"Retry-After": "0.5"})]
+    out = client(fake_url, concurrency=1).generate(reqs(2), SamplingParams())
+    assert all(g[0].error is None for g in out) and F.count == 3 and F.max_in_flight == 1
+    assert F.starts[1] - F.starts[0] < 0.3  # the other prompt went while the first waited out its Retry-After
+
+
 def test_payload_images_and_authorization(fake_url, monkeypatch):
     from PIL import Image
 

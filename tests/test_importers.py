@@ -366,3 +366,49 @@ def test_cli_import_writes_a_dataset_and_reports_skips(mvtec, tmp_path, capsys):
     assert rc == EXIT_SKIPPED
     err = capsys.readouterr().err
     assert "skipped" in err and "002.png" in err  # the file that is not an image
+
+
+# -- import_dataset: the library call behind `data import` ------------------------------------
+
+
+def test_import_dataset_writes_and_reports(mvtec, tmp_path, capsys):
+    from m3ad_rl.data.importers import import_dataset
+
+    out = str(tmp_path / "imported")
+    res = import_dataset("mvtec-ad", str(mvtec), out, embed_images=True, progress=False)
+    back = list(iter_samples(out))
+    assert res.written.rows == len(back) == res.imported == 4 and res.written.rejected == []
+    assert len(res.skipped) == 6 and any("002.png" in path for path, _ in res.skipped)
+    assert all(s.image is not None and s.image_uri is None and s.source == "mvtec-ad" for s in back)
+    assert "skipped" in capsys.readouterr().err  # skips are echoed as they happen; the summary is the caller's
+
+    linked = str(tmp_path / "linked")  # the CLI passes its --source default ("custom"): a folder's option only
+    import_dataset("mvtec-ad", str(mvtec), linked, source="custom", scene="texture", category="x", progress=False)
+    linked_back = list(iter_samples(linked, with_images=False))
+    assert {s.source for s in linked_back} == {"mvtec-ad"} and all(s.image_uri for s in linked_back)
+
+
+def test_import_dataset_folder_and_refusals(tmp_path):
+    from m3ad_rl.core.registry import UnknownName
+    from m3ad_rl.data.importers import import_dataset
+
+    root = tmp_path / "line3"
+    _image(root / "images/a.png")
+    _image(root / "images/b.png")
+    _mask(root / "masks/b.png", [A])
+    (root / "labels.csv").write_text("image,type\nb.png,dent\n")
+    out = str(tmp_path / "out")
+    res = import_dataset("folder", str(root), out, scene="workpiece", category="plate", progress=False)
+    got = _by_id(iter_samples(out, with_images=False))
+    assert res.written.rows == 2 and res.skipped == []
+    assert sorted(got) == ["custom/plate/images/a", "custom/plate/images/b"]
+    b = got["custom/plate/images/b"]
+    assert _boxes(b) == [("dent", BOX_A)] and b.scene == "workpiece"
+
+    with pytest.raises(UnknownName, match=r"unknown dataset 'kolektor'; choose one of: .*mvtec-ad"):
+        import_dataset("kolektor", str(root), str(tmp_path / "k"))
+    with pytest.raises(UsageError, match="needs --scene and --category"):
+        import_dataset("folder", str(root), str(tmp_path / "f"), scene="workpiece")
+    with pytest.raises(UsageError, match="would write over what it reads"):
+        import_dataset("folder", str(root), str(root / "out"), scene="workpiece", category="plate")
+    assert not (tmp_path / "f").exists() and not (root / "out").exists()  # refused before anything was written

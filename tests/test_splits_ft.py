@@ -104,3 +104,98 @@ def test_sft_and_rl_rows(tmp_path):
     sft = pq.read_table(tmp_path / "sft.parquet").to_pylist()
     msgs = json.loads(sft[0]["messages"])
     assert msgs[0]["content"][0] == {"type": "image"} and msgs[1]["content"][0]["text"] == built[0].target
+
+
+# -- the captioner interface and build_ft (the library call behind `data build-ft`) -------------
+
+
+class FailingCaptioner:
+    """The ``Captioner`` interface with a caption that fails, as an LLM endpoint's can."""
+
+    name = "failing"
+
+    def __init__(self, fail: str):
+        self.fail, self.inner = fail, TemplateCaptioner()
+        self.calls = 0
+
+    def caption_samples(self, jobs, progress=False):
+        self.calls += 1
+        out = self.inner.caption_samples(jobs)
+        for r in out:
+            if r.id == self.fail:
+                r.text, r.error = None, "HTTP 503: busy"
+        return out
+
+
+def test_build_leaves_out_failed_captions_after_missing_predictions():
+    samples = list(generate(SynthConfig(n=6, seed=3, size=64)))
+    preds = {s.id: "no" for s in samples[1:]}
+    report, cap = ft.FTReport(), FailingCaptioner(fail=samples[2].id)
+    built = ft.build(samples, preds, cap, ft.FTConfig(), report)
+    assert [s.id for s in built] == [s.id for s in samples[1:] if s.id != samples[2].id] and cap.calls == 1
+    assert report.skipped == [
+        (samples[0].id, "no base-model prediction"),
+        (samples[2].id, "caption failed: HTTP 503: busy"),
+    ]
+    assert report.easy + report.hard == report.thinking + report.reflective == 4 and all(s.target for s in built)
+
+
+@pytest.fixture
+def ft_input(tmp_path):
+    from m3ad_rl.data.store import write_dataset
+
+    samples = list(generate(SynthConfig(n=10, seed=6, size=64)))
+    write_dataset(str(tmp_path / "in"), samples, quiet=True)
+    preds = tmp_path / "preds.jsonl"
+    preds.write_text("".join(json.dumps({"id": s.id, "answer": "yes"}) + "\n" for s in samples[:-1]))
+    return str(tmp_path / "in"), str(preds), samples
+
+
+def test_build_ft_writes_samples_sft_and_rl(ft_input, tmp_path):
+    from m3ad_rl.data.store import iter_samples
+
+    ds, preds, samples = ft_input
+    out = str(tmp_path / "ft")
+    report = ft.build_ft(ds, preds, out + "/", ft.FTConfig(seed=1), ft.make_captioner("template", seed=1))
+    assert report.skipped == [(samples[-1].id, "no base-model prediction")]
+    assert report.sft_rows == report.rl_rows == report.easy + report.hard == report.thinking + report.reflective == 9
+    kept = list(iter_samples(f"{out}/samples", with_images=False))
+    assert [s.id for s in kept] == [s.id for s in samples[:-1]] and all(s.target and s.mode for s in kept)
+    rl = pq.read_table(f"{out}/rl.parquet").to_pylist()
+    assert [r["extra_info"]["id"] for r in rl] == [s.id for s in kept] and pq.read_metadata(
+        f"{out}/sft.parquet"
+    ).num_rows == 9
+
+
+def test_build_ft_removes_old_sets_before_writing_samples(ft_input, tmp_path, monkeypatch):
+    from m3ad_rl.data.store import DatasetWriter
+
+    ds, preds, _ = ft_input
+    out = tmp_path / "ft"
+    out.mkdir()
+    (out / "sft.parquet").write_bytes(b"old")
+    (out / "rl.parquet").write_bytes(b"old")
+
+    def interrupted(self, sample):
+        raise RuntimeError("disk full")
+
+    monkeypatch.setattr(DatasetWriter, "write", interrupted)
+    with pytest.raises(RuntimeError, match="disk full"):
+        ft.build_ft(ds, preds, str(out), ft.FTConfig(), TemplateCaptioner(), progress=False)
+    assert not (out / "sft.parquet").exists() and not (out / "rl.parquet").exists()  # never old sets beside new samples
+
+
+def test_build_ft_checks_before_any_work(ft_input, tmp_path):
+    from m3ad_rl.core.errors import DataError, UsageError
+
+    ds, preds, _ = ft_input
+    cap = FailingCaptioner(fail="")
+    with pytest.raises(UsageError, match="would write over what it reads"):
+        ft.build_ft(ds, preds, f"{ds}/ft", ft.FTConfig(), cap)
+    with pytest.raises(UsageError, match="--predictions"):
+        ft.build_ft(ds, str(tmp_path / "nowhere.jsonl"), str(tmp_path / "a"), ft.FTConfig(), cap)
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"id": "x", "answer": "maybe"}\n')
+    with pytest.raises(DataError, match=r"bad\.jsonl:1"):
+        ft.build_ft(ds, str(bad), str(tmp_path / "b"), ft.FTConfig(), cap)
+    assert cap.calls == 0 and not (tmp_path / "a").exists() and not (tmp_path / "b").exists()

@@ -65,8 +65,8 @@ def import_dataset(
 ) -> ImportResult:
     """Import the dataset at ``root`` (a ``DATASETS`` name) into a new dataset at ``out``.
 
-    ``source`` names the samples' source (default: the dataset's name, ``custom`` for a folder);
-    ``scene`` and ``category`` are needed by ``folder`` only (the others name their own).
+    ``source`` (default ``custom``), ``scene`` and ``category`` describe a ``folder`` dataset and
+    are ignored for the public datasets, which name their own (``mvtec-ad/<category>/…`` ids).
     ``embed_images`` stores the image bytes instead of their paths. Skips and rejections are
     echoed on stderr as they happen and returned; the summary is the caller's to print. A bad
     ``out`` (over ``root``), a folder without scene/category, a missing root or one not laid out

@@ -72,12 +72,12 @@ def _mvtec_loco(imp: Importer, cats: list[str]) -> Iterator[Sample]:
 
 
 @IMPORTERS.register("mvtec-ad")
-def _mvtec_ad_entry(root: str, *, report: ImportReport, source: str | None = None, **_: object) -> Iterator[Sample]:
-    """The dataset names its own categories (``scene``/``category`` do not apply)."""
-    return import_mvtec_ad(root, source=source or "mvtec-ad", report=report)
+def _mvtec_ad_entry(root: str, *, report: ImportReport, **_: object) -> Iterator[Sample]:
+    """The dataset names its own source, scenes and categories (``import_dataset``'s options do not apply)."""
+    return import_mvtec_ad(root, report=report)
 
 
 @IMPORTERS.register("mvtec-loco")
-def _mvtec_loco_entry(root: str, *, report: ImportReport, source: str | None = None, **_: object) -> Iterator[Sample]:
-    """The dataset names its own categories (``scene``/``category`` do not apply)."""
-    return import_mvtec_loco(root, source=source or "mvtec-loco", report=report)
+def _mvtec_loco_entry(root: str, *, report: ImportReport, **_: object) -> Iterator[Sample]:
+    """The dataset names its own source, scenes and categories (``import_dataset``'s options do not apply)."""
+    return import_mvtec_loco(root, report=report)

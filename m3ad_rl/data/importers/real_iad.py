@@ -64,6 +64,6 @@ def _real_iad(imp: Importer, jsons: list[str], resolution: str | int) -> Iterato
 
 
 @IMPORTERS.register("real-iad")
-def _real_iad_entry(root: str, *, report: ImportReport, source: str | None = None, **_: object) -> Iterator[Sample]:
-    """The dataset names its own categories (``scene``/``category`` do not apply)."""
-    return import_real_iad(root, source=source or "real-iad", report=report)
+def _real_iad_entry(root: str, *, report: ImportReport, **_: object) -> Iterator[Sample]:
+    """The dataset names its own source, scenes and categories (``import_dataset``'s options do not apply)."""
+    return import_real_iad(root, report=report)

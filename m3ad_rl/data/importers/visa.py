@@ -85,6 +85,6 @@ def _visa_sample(imp: Importer, image: str, cat_dir: str, category: str, scene: 
 
 
 @IMPORTERS.register("visa")
-def _visa_entry(root: str, *, report: ImportReport, source: str | None = None, **_: object) -> Iterator[Sample]:
-    """The dataset names its own categories (``scene``/``category`` do not apply)."""
-    return import_visa(root, source=source or "visa", report=report)
+def _visa_entry(root: str, *, report: ImportReport, **_: object) -> Iterator[Sample]:
+    """The dataset names its own source, scenes and categories (``import_dataset``'s options do not apply)."""
+    return import_visa(root, report=report)

@@ -135,6 +135,7 @@ class ChatClient:
         self.rate = rate
         self._sdk: openai.AsyncOpenAI | None = None
         self._transport: _Limited | None = None
+        self._headers: dict = {}  # per request: Omit() drops the Authorization header when there is no key
 
     async def __aenter__(self) -> ChatClient:
         key = os.environ.get(self.api_key_env) if self.api_key_env else None

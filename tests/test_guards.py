@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+import m3ad_rl.cli.eval  # noqa: F401 (cli.eval below)
 from m3ad_rl import cli
 from m3ad_rl.cli import main
 from m3ad_rl.core.errors import EXIT_DATA, EXIT_INTERRUPTED, EXIT_USAGE, UsageError
@@ -186,7 +187,7 @@ def test_ctrl_c_is_one_line_and_exit_130(monkeypatch, capsys):
     def interrupted(args):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(cli, "cmd_taxonomy", interrupted)
+    monkeypatch.setattr(cli.eval, "cmd_taxonomy", interrupted)
     assert main(["taxonomy"]) == EXIT_INTERRUPTED
     assert _one_line(capsys.readouterr().err).startswith("m3ad-rl: interrupted — ")
 

@@ -1,0 +1,65 @@
+"""``m3ad-rl train sft|rcrl`` and ``m3ad-rl model tiny``."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def add_commands(sub) -> None:
+    train = sub.add_parser("train", help="RAWS SFT and RCRL (GRPO) on Ray").add_subparsers(dest="cmd", required=True)
+    p = train.add_parser("sft", help="RAWS SFT: Ray Train TorchTrainer + DeepSpeed over sft.parquet")
+    p.add_argument("--config", help="YAML config (configs/train/sft-*.yaml)")
+    p.add_argument("--set", dest="overrides", nargs="+", default=[], metavar="KEY=VALUE", help="dotted overrides")
+    p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint under out")
+    p.set_defaults(func=cmd_train_sft)
+    p = train.add_parser("rcrl", help="RCRL: GRPO with rollout workers, the reward service and DeepSpeed actors")
+    p.add_argument("--config", help="YAML config (configs/train/rcrl-*.yaml)")
+    p.add_argument("--reward-config", help="reward YAML (configs/rewards/*.yaml), merged under `reward`")
+    p.add_argument("--set", dest="overrides", nargs="+", default=[], metavar="KEY=VALUE", help="dotted overrides")
+    p.add_argument("--resume", action="store_true", help="continue from the newest complete checkpoint")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar (logs only)")
+    p.add_argument("--overwrite", action="store_true", help="replace a run already in out (default: refuse)")
+    p.add_argument("--force", action="store_true", help="--resume even if run-defining settings changed")
+    p.set_defaults(func=cmd_train_rcrl)
+    model = sub.add_parser("model", help="models").add_subparsers(dest="cmd", required=True)
+    p = model.add_parser("tiny", help="build the tiny offline Qwen3-VL (random weights, real architecture)")
+    p.add_argument("--out", required=True, help="folder to save the model and processor in")
+    p.add_argument(
+        "--vocab",
+        choices=["small", "qwen"],
+        default="small",
+        help="small: a BPE trained here (fast tests); qwen: Qwen's real 151k vocabulary",
+    )
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=cmd_model_tiny)
+
+
+def cmd_train_sft(args: argparse.Namespace) -> int:
+    from m3ad_rl.core.config import load_config
+    from m3ad_rl.train.sft import SFTConfig, run
+
+    cfg = load_config(SFTConfig, args.config, args.overrides)
+    result = run(cfg, resume=args.resume)
+    print(f"SFT done: {result['steps']} steps, final loss {result['loss']:.4f}; model {result['model']}")
+    return 0
+
+
+def cmd_train_rcrl(args: argparse.Namespace) -> int:
+    from m3ad_rl.core.config import load_config
+    from m3ad_rl.train.rcrl import RCRLConfig, run
+
+    sections = {"reward": args.reward_config} if args.reward_config else None
+    cfg = load_config(RCRLConfig, args.config, args.overrides, sections=sections)
+    result = run(cfg, resume=args.resume, progress=not args.no_progress, overwrite=args.overwrite, force=args.force)
+    last = result["history"][-1] if result["history"] else {}
+    print(f"RCRL done at step {cfg.steps}: reward {last.get('reward/score', float('nan')):.3f}; "
+          f"metrics {cfg.out}/metrics.jsonl; model {result['model']}")  # fmt: skip
+    return 0
+
+
+def cmd_model_tiny(args: argparse.Namespace) -> int:
+    from m3ad_rl.models.tiny import TinySpec, write_tiny
+
+    info = write_tiny(args.out, TinySpec(vocab=args.vocab, seed=args.seed))
+    print(f"wrote a tiny Qwen3-VL ({info['parameters']:,} parameters, {args.vocab} vocabulary) to {args.out}")
+    return 0

@@ -26,7 +26,7 @@ import yaml
 
 from tests.helpers import shaped_reward_service
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 DEV = ROOT / "manifests" / "overlays" / "dev"
 BUCKET = "s3://m3ad-dev"
 

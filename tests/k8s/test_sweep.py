@@ -18,7 +18,7 @@ from m3ad_rl.core.config import load_config
 from m3ad_rl.k8s import validate as kv
 from m3ad_rl.k8s.sweep import SweepSpec, entrypoint, expand, job_name, label_value, render, report, write_rendered
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 SWEEPS = ROOT / "configs" / "sweeps"
 needs_crds = pytest.mark.skipif(kv.crd_dir() is None, reason=f"KubeRay CRDs not found (set {kv.CRDS_ENV})")
 needs_kubectl = pytest.mark.skipif(shutil.which("kubectl") is None, reason="the sweep templates are overlays")
@@ -69,7 +69,7 @@ def test_other_sweeps_render_valid(name, n, tmp_path):
 
 @needs_kubectl
 def test_sweep_entrypoints_parse_and_load(tmp_path, monkeypatch):
-    from tests.test_manifests import check_entrypoint
+    from tests.k8s.test_manifests import check_entrypoint
 
     docs = render(spec("presets-dev"))
     configs = docs[0]["data"]

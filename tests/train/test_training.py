@@ -83,7 +83,7 @@ def _comparable(rows: list[dict]) -> list[dict]:
     return [{k: round(v, 5) for k, v in r.items() if not k.startswith("timing/")} for r in rows]
 
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def test_rcrl_killed_mid_run_resumes_to_the_same_metrics(pipeline, tiny_model, tmp_path):

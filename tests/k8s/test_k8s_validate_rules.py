@@ -14,7 +14,7 @@ import yaml
 from m3ad_rl.k8s import validate as kv
 from m3ad_rl.k8s.validate.load import SHIPPED_CRDS
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 MANIFESTS = ROOT / "manifests"
 RCRL = yaml.safe_load((MANIFESTS / "base" / "rayjob.rcrl.yaml").read_text())
 CLUSTER = yaml.safe_load((MANIFESTS / "base" / "raycluster.autoscaler.yaml").read_text())

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 ENV = Path(os.environ.get("M3AD_VLLM_ENV", Path.home() / ".cache/m3ad-rl/vllm-cpu-env"))
 PY = ENV / "bin" / "python"
 

@@ -4,7 +4,7 @@ pod templates, KubeRay's and our rules, Ray Serve's schema, yamllint and hadolin
 fail naming the field; every RayJob entrypoint parses with the real CLI and loads its ConfigMap
 config with the project's schema; what the overlays promise (suspended stages with a short TTL,
 Pod Security labels, the dev overlay's in-cluster S3, Kueue quota that fits the jobs) holds.
-Each validator rule has its own test in tests/test_k8s_validate_rules.py."""
+Each validator rule has its own test in tests/k8s/test_k8s_validate_rules.py."""
 
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ import yaml
 
 from m3ad_rl.k8s import validate as kv
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 MANIFESTS = ROOT / "manifests"
 OVERLAYS = ["dev", "gpu"]
 needs_crds = pytest.mark.skipif(kv.crd_dir() is None, reason=f"KubeRay CRDs not found (set {kv.CRDS_ENV})")

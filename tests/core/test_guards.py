@@ -18,7 +18,7 @@ from m3ad_rl.data.synthetic import SynthConfig, generate
 from tests.helpers import out
 
 GT = {"label": "normal", "defects": []}
-README = Path(__file__).resolve().parents[1] / "README.md"
+README = Path(__file__).resolve().parents[2] / "README.md"
 
 
 def _one_line(err: str) -> str:

@@ -9,7 +9,7 @@ from tests.helpers import out
 
 verl_reward = pytest.importorskip("verl.trainer.ppo.reward")
 
-MODULE = Path(__file__).resolve().parents[1] / "rewards" / "verl_reward.py"
+MODULE = Path(__file__).resolve().parents[2] / "rewards" / "verl_reward.py"
 GT = {"label": "anomalous", "defects": [{"type": "bent", "box": [0.1, 0.1, 0.3, 0.3]}]}
 
 

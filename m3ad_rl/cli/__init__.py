@@ -58,7 +58,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return problem.exit_code
         if not _lost_worker(e):
             raise
-        print(f"m3ad-rl: a Ray worker or node was lost ({type(e).__name__}); nothing after the last complete "
+        if args.debug:
+            traceback.print_exc()
+        why = str(e) if type(e).__name__ == "LostWorkerError" else type(e).__name__
+        print(f"m3ad-rl: a Ray worker or node was lost ({why}); nothing after the last complete "
               "checkpoint was kept. Run the same command with --resume once the cluster has its nodes back "
               "(a RayJob's retry does this).", file=sys.stderr)  # fmt: skip
         return EXIT_LOST_WORKER
@@ -70,7 +73,16 @@ def _lost_worker(e: BaseException) -> bool:
         from ray import exceptions as rex
     except ImportError:
         return False
-    lost = (rex.RayActorError, rex.NodeDiedError, rex.OwnerDiedError, rex.ObjectLostError, rex.WorkerCrashedError)
+    from m3ad_rl.core.errors import LostWorkerError
+
+    lost = (
+        LostWorkerError,
+        rex.RayActorError,
+        rex.NodeDiedError,
+        rex.OwnerDiedError,
+        rex.ObjectLostError,
+        rex.WorkerCrashedError,
+    )
     seen = 0
     while e is not None and seen < 10:
         if isinstance(e, lost) or "RayActorError" in type(e).__name__ or "ActorDiedError" in type(e).__name__:

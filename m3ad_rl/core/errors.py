@@ -55,6 +55,12 @@ class DataError(UserError):
     exit_code = EXIT_DATA
 
 
+class LostWorkerError(RuntimeError):
+    """A worker or node of the run died mid-run (exit 4): nothing after the last complete checkpoint was
+    kept, and ``--resume`` continues once the cluster is whole. Raised from the error the death caused
+    (a failed collective on a surviving rank, say), found by asking every worker of the run."""
+
+
 def explain(e: BaseException) -> UserError | None:
     """``e`` as a ``UserError`` when a user can fix it; None for a bug."""
     from m3ad_rl.core.config import ConfigError

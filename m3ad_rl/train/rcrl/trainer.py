@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from m3ad_rl.core import storage
+from m3ad_rl.core.errors import LostWorkerError
 from m3ad_rl.train.rcrl.config import RCRLConfig
 from m3ad_rl.train.rcrl.metrics import reward_metrics
 from m3ad_rl.train.rcrl.prompts import PromptSet, image_bytes, prompt_text, sample_seeds
@@ -43,6 +44,7 @@ class RCRLTrainer:
         self.reward: RewardClient | None = None
         self.tracker = None
         self.rollout: list = []
+        self.actor = self.ref = None
         self._resume_from: str | None = None
 
     # ---- setup -------------------------------------------------------------------------------
@@ -332,6 +334,25 @@ class RCRLTrainer:
         self.actor.save_model(url)
         return url
 
+    def dead_workers(self, timeout: float = 20) -> list[str]:
+        """This run's workers that died (asked after an error: did a node go?). One busy in a collective that
+        will never finish does not answer in ``timeout`` and is not counted; its dead peer is."""
+        import ray
+
+        named = [(f"actor rank {i}", w) for i, w in enumerate(self.actor.workers if self.actor else [])]
+        if self.ref is not None and self.ref is not self.actor:
+            named += [(f"reference rank {i}", w) for i, w in enumerate(self.ref.workers)]
+        named += [(f"rollout worker {i}", w) for i, w in enumerate(self.rollout)]
+        pings = {w.__ray_ready__.remote(): name for name, w in named}
+        ready, _ = ray.wait(list(pings), num_returns=len(pings), timeout=timeout) if pings else ([], [])
+        dead = []
+        for ref in ready:
+            try:
+                ray.get(ref)
+            except ray.exceptions.RayActorError:
+                dead.append(pings[ref])
+        return dead
+
     def cleanup(self, after_error: bool = False) -> None:
         """Release what setup got this far. After an error (a lost node, say) each step is best effort and
         never replaces the error that stopped the run."""
@@ -384,8 +405,21 @@ def run(
         trainer.setup()
         history = trainer.fit()
         model = trainer.export_model()
+    except Exception as e:
+        dead = _dead_workers(trainer)
+        trainer.cleanup(after_error=True)
+        if dead:
+            raise LostWorkerError(f"{', '.join(dead)} died ({type(e).__name__})") from e
+        raise
     except BaseException:
         trainer.cleanup(after_error=True)
         raise
     trainer.cleanup()
     return {"history": history, "model": model}
+
+
+def _dead_workers(trainer: RCRLTrainer) -> list[str]:
+    try:
+        return trainer.dead_workers()
+    except Exception:
+        return []

@@ -90,14 +90,14 @@ class Backend(Protocol):
     def close(self) -> None: ...
 
 
-def _require(module: str, backend: str, pip_name: str) -> ModuleType:
-    """Import a backend's package, or say which one to install (they are optional: the ``tracking`` extra)."""
+def _require(module: str, setting: str, pip_name: str, extra: str) -> ModuleType:
+    """Import a backend's package, or say which one to install (a missing one would fail mid-run otherwise)."""
     try:
         return importlib.import_module(module)
     except ImportError as e:
         raise UsageError(
-            f"logging backend {backend!r} needs the package {pip_name} ({module}: {e})",
-            f"pip install {pip_name} (or pip install -c requirements/cpu.txt -e '.[tracking]')",
+            f"{setting} needs the package {pip_name} ({e})",
+            f"pip install {pip_name} (it is in the [{extra}] extra), or drop it from the config",
         ) from e
 
 
@@ -114,10 +114,9 @@ def _flatten(params: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 
 def _saved_run_id(run: RunInfo, backend: str) -> str | None:
     """The id of the run a resumed job continues (None for a fresh job, or when none was saved)."""
-    path = f"{run.out}/{backend}_run_id"
     if run.resume_step <= 0:
         return None
-    fs, p = fsspec.core.url_to_fs(path)
+    fs, p = fsspec.core.url_to_fs(f"{run.out}/{backend}_run_id")
     return fs.cat_file(p).decode().strip() if fs.exists(p) else None
 
 
@@ -169,7 +168,7 @@ class TensorBoardBackend:
     def __init__(self, run: RunInfo, cfg: LoggingConfig):
         self.writer = None
         if run.local:  # SummaryWriter writes local files only
-            tb = _require("torch.utils.tensorboard", "tensorboard", "tensorboard")
+            tb = _require("torch.utils.tensorboard", "logging.backends: tensorboard", "tensorboard", "train")
             self.writer = tb.SummaryWriter(os.path.join(run.out, "tensorboard"), purge_step=run.resume_step + 1)
 
     def log_params(self, params: dict[str, Any]) -> None:
@@ -195,7 +194,7 @@ class MlflowBackend:
         if uri is None:
             if not run.local:
                 raise UsageError(
-                    f"logging backend 'mlflow' keeps its file store under out, but out={run.out} is not local",
+                    f"logging.backends: mlflow keeps its file store under out, but out={run.out} is not local",
                     "set logging.mlflow_tracking_uri (e.g. http://mlflow:5000, or file:/a/local/folder)",
                 )
             uri = "file:" + os.path.abspath(os.path.join(run.out, "mlruns"))
@@ -204,7 +203,7 @@ class MlflowBackend:
         os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
         if uri.startswith("file:") or "://" not in uri:
             os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
-        _require("mlflow", "mlflow", "mlflow-skinny")
+        _require("mlflow", "logging.backends: mlflow", "mlflow-skinny", "tracking")
         from mlflow.entities import Metric, Param
         from mlflow.tracking import MlflowClient
 
@@ -242,11 +241,11 @@ class WandbBackend:
         folder = cfg.wandb_dir or run.out
         if "://" in folder:
             raise UsageError(
-                f"logging backend 'wandb' writes a local folder, but out={run.out} is not local",
+                f"logging.backends: wandb writes a local folder, but out={run.out} is not local",
                 "set logging.wandb_dir to a local folder (a mounted volume on Kubernetes)",
             )
         os.makedirs(folder, exist_ok=True)
-        wandb = _require("wandb", "wandb", "wandb")
+        wandb = _require("wandb", "logging.backends: wandb", "wandb", "tracking")
         run_id = _saved_run_id(run, "wandb")
         # offline for the whole process, not only this run: W&B 0.31's own usage analytics follow the
         # process's settings and would otherwise post to W&B's servers
@@ -273,7 +272,7 @@ class OtelBackend:
     """OpenTelemetry: each metric a gauge ``m3ad.<name>``, and the tracer the phase spans use."""
 
     def __init__(self, run: RunInfo, cfg: LoggingConfig):
-        _require("opentelemetry.sdk", "otel", "opentelemetry-sdk")
+        _require("opentelemetry.sdk", f"logging.otel: {cfg.otel}", "opentelemetry-sdk", "train")
         from opentelemetry.sdk.metrics import MeterProvider
         from opentelemetry.sdk.metrics.export import ConsoleMetricExporter, PeriodicExportingMetricReader
         from opentelemetry.sdk.resources import Resource
@@ -282,7 +281,8 @@ class OtelBackend:
 
         res = Resource.create({"service.name": cfg.service_name, "m3ad.run": run.name})
         if cfg.otel == "otlp":
-            _require("opentelemetry.exporter.otlp.proto.http", "otel", "opentelemetry-exporter-otlp-proto-http")
+            pkg = "opentelemetry-exporter-otlp-proto-http"
+            _require("opentelemetry.exporter.otlp.proto.http", "logging.otel: otlp", pkg, "train")
             from opentelemetry.exporter.otlp.proto.http.metric_exporter import OTLPMetricExporter
             from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 

@@ -104,6 +104,7 @@ def build_tokenizer(vocab: str = "small", small_vocab_size: int = 2048):
         tok.train_from_iterator(_corpus(), trainer)
     else:
         raise ValueError(f"vocab must be 'small' or 'qwen', got {vocab!r}")
+    tok = _plain_think_tags(tok)
     fast = PreTrainedTokenizerFast(
         tokenizer_object=tok,
         eos_token="<|im_end|>",
@@ -116,6 +117,21 @@ def build_tokenizer(vocab: str = "small", small_vocab_size: int = 2048):
     )
     fast.chat_template = CHAT_TEMPLATE
     return fast
+
+
+def _plain_think_tags(tok):
+    """``<think>``, ``</think>`` and the tool tags stay in decoded text, as in Qwen3's own tokenizer (its
+    added tokens mark them ``special: false``): engines decode with ``skip_special_tokens=True``, and a
+    response stripped of its ``<think>`` would never parse. Same ids, only the flag changes."""
+    import json
+
+    from tokenizers import Tokenizer
+
+    spec = json.loads(tok.to_str())
+    for added in spec["added_tokens"]:
+        if added["content"] in NOT_SPECIAL:
+            added["special"] = False
+    return Tokenizer.from_str(json.dumps(spec))
 
 
 def build_processor(tokenizer, spec: TinySpec):

@@ -147,6 +147,8 @@ def train_loop(config: dict) -> None:
             print(f"resumed SFT at step {done} of {steps}")
     mbs = micro_batches(len(rows), cfg, rank, world)[: steps * cfg.grad_accum]
     tracker = Tracker(cfg.out, cfg.logging, "sft", resume_step=done) if rank == 0 else None
+    if tracker is not None:
+        tracker.log_params(cfg.model_dump(mode="json"))  # MLflow params / W&B config
     engine.train()
     loss_sum, tok_sum, cut, t0 = 0.0, 0, 0, time.perf_counter()
     step_tokens = 0.0

@@ -62,3 +62,14 @@ def test_qwen_vocabulary_keeps_qwen_ids():
     ids = tok.convert_tokens_to_ids(["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|image_pad|>", "<think>"])
     assert ids == [151643, 151644, 151645, 151655, 151667]
     assert tok.decode(tok.encode("<think>A bent pin.</think>")) == "<think>A bent pin.</think>"
+
+
+@pytest.mark.parametrize("vocab", ["small", "qwen"])
+def test_decoded_text_keeps_the_think_tags(vocab):
+    """Engines decode with skip_special_tokens=True: <think> must survive it (as in Qwen3's tokenizer), or no
+    sampled response would ever parse and every reward would be the unparsable one."""
+    from m3ad_rl.models.tiny import build_tokenizer
+
+    tok = build_tokenizer(vocab)
+    text = "<think>I inspect the part.</think>\n<answer>no</answer>"
+    assert tok.decode(tok.encode(text) + [tok.eos_token_id], skip_special_tokens=True) == text

@@ -62,6 +62,7 @@ class RCRLTrainer:
         self._setup_reward()
         resumed = self._maybe_resume()
         self.tracker = Tracker(cfg.out, cfg.logging, Path(cfg.out).name, resume_step=resumed)
+        self.tracker.log_params(cfg.model_dump(mode="json"))  # MLflow params / W&B config
         self._write_config()
         if resumed:
             print(f"resumed from step {resumed}: continuing at step {resumed + 1} of {cfg.steps}")

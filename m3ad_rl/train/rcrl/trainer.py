@@ -57,6 +57,7 @@ class RCRLTrainer:
         self.data = PromptSet(cfg.data, cfg.seed)
         need = cfg.actor.workers * (1 + (not cfg.ref.colocate)) + cfg.rollout.workers + 2
         init_ray(cfg.address, cfg.num_cpus or max(need, 4))
+        self._check_local_cpus(need - 1.5)  # actor/ref ranks and rollout workers 1 CPU each, the reward 0.5
         self._setup_actor()
         self._setup_rollout()
         self._setup_reward()
@@ -67,6 +68,23 @@ class RCRLTrainer:
         if resumed:
             print(f"resumed from step {resumed}: continuing at step {resumed + 1} of {cfg.steps}")
         self._sync_weights()
+
+    def _check_local_cpus(self, need: float) -> None:
+        """A local Ray already started in this process (by an SFT run, say) cannot grow: say so rather than
+        wait forever for workers that will never be placed. A joined cluster may autoscale, so it is left be."""
+        import os
+
+        import ray
+
+        from m3ad_rl.core.errors import UsageError
+
+        if self.cfg.address or os.environ.get("RAY_ADDRESS"):
+            return
+        have = ray.cluster_resources().get("CPU", 0)
+        if have < need:
+            raise UsageError(f"the local Ray of this process has {have:g} CPUs; this RCRL run needs {need:g}",
+                             f"start Ray with more first (m3ad_rl.train.ray_setup.init_ray(num_cpus={int(need) + 2})) "
+                             "or run RCRL in its own process")  # fmt: skip
 
     RUN_FILES = ("checkpoints", "metrics.jsonl", "config.json", "model")
 

@@ -72,4 +72,4 @@ def test_decoded_text_keeps_the_think_tags(vocab):
 
     tok = build_tokenizer(vocab)
     text = "<think>I inspect the part.</think>\n<answer>no</answer>"
-    assert tok.decode(tok.encode(text) + [tok.eos_token_id], skip_special_tokens=True) == text
+    assert tok.decode([*tok.encode(text), tok.eos_token_id], skip_special_tokens=True) == text

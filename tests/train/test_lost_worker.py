@@ -52,14 +52,10 @@ def test_cli_reports_a_lost_worker_in_one_line(monkeypatch, capsys):
 
 def test_a_too_small_local_ray_is_a_clear_error_not_a_hang(local_ray, monkeypatch):
     """train_sft then train_rcrl in one process: SFT's 2-CPU local Ray cannot place RCRL's workers."""
-    from types import SimpleNamespace
-
     from m3ad_rl.core.errors import UsageError
-    from m3ad_rl.train.rcrl.trainer import RCRLTrainer
+    from m3ad_rl.train.rcrl.cluster import check_local_cpus
 
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
-    trainer = RCRLTrainer.__new__(RCRLTrainer)
-    trainer.cfg = SimpleNamespace(address=None)
-    trainer._check_local_cpus(2)
-    with pytest.raises(UsageError, match="has 2 CPUs; this RCRL run needs 4.5"):
-        trainer._check_local_cpus(4.5)
+    check_local_cpus(None, 2)
+    with pytest.raises(UsageError, match=r"has 2 CPUs; this RCRL run needs 4\.5"):
+        check_local_cpus(None, 4.5)

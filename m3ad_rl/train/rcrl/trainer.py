@@ -23,6 +23,7 @@ import numpy as np
 
 from m3ad_rl.core import storage
 from m3ad_rl.core.errors import LostWorkerError
+from m3ad_rl.train.rcrl.cluster import check_local_cpus, dead_actors, node_placement_groups
 from m3ad_rl.train.rcrl.config import RCRLConfig
 from m3ad_rl.train.rcrl.metrics import reward_metrics
 from m3ad_rl.train.rcrl.prompts import PromptSet, image_bytes, prompt_text, sample_seeds
@@ -57,7 +58,7 @@ class RCRLTrainer:
         self.data = PromptSet(cfg.data, cfg.seed)
         need = cfg.actor.workers * (1 + (not cfg.ref.colocate)) + cfg.rollout.workers + 2
         init_ray(cfg.address, cfg.num_cpus or max(need, 4))
-        self._check_local_cpus(need - 1.5)  # actor/ref ranks and rollout workers 1 CPU each, the reward 0.5
+        check_local_cpus(cfg.address, need - 1.5)  # actor/ref ranks and rollout workers 1 CPU each, the reward 0.5
         self._setup_actor()
         self._setup_rollout()
         self._setup_reward()
@@ -68,23 +69,6 @@ class RCRLTrainer:
         if resumed:
             print(f"resumed from step {resumed}: continuing at step {resumed + 1} of {cfg.steps}")
         self._sync_weights()
-
-    def _check_local_cpus(self, need: float) -> None:
-        """A local Ray already started in this process (by an SFT run, say) cannot grow: say so rather than
-        wait forever for workers that will never be placed. A joined cluster may autoscale, so it is left be."""
-        import os
-
-        import ray
-
-        from m3ad_rl.core.errors import UsageError
-
-        if self.cfg.address or os.environ.get("RAY_ADDRESS"):
-            return
-        have = ray.cluster_resources().get("CPU", 0)
-        if have < need:
-            raise UsageError(f"the local Ray of this process has {have:g} CPUs; this RCRL run needs {need:g}",
-                             f"start Ray with more first (m3ad_rl.train.ray_setup.init_ray(num_cpus={int(need) + 2})) "
-                             "or run RCRL in its own process")  # fmt: skip
 
     RUN_FILES = ("checkpoints", "metrics.jsonl", "config.json", "model")
 
@@ -156,7 +140,7 @@ class RCRLTrainer:
         def group(role: str):
             pool = RayResourcePool([a.workers // a.nodes] * a.nodes, use_gpu=a.use_gpu, max_colocate_count=1)
             if a.nodes > 1:
-                pool.pgs = _node_placement_groups(a.workers // a.nodes, a.nodes, a.use_gpu, role)
+                pool.pgs = node_placement_groups(a.workers // a.nodes, a.nodes, a.use_gpu, role)
             return RayWorkerGroup(pool, RayClassWithInitArgs(cls=ray.remote(PolicyWorker), cfg=wcfg, role=role))
 
         self.actor = group("actor_ref" if cfg.ref.colocate else "actor")
@@ -354,23 +338,12 @@ class RCRLTrainer:
         return url
 
     def dead_workers(self, timeout: float = 20) -> list[str]:
-        """This run's workers that died (asked after an error: did a node go?). One busy in a collective that
-        will never finish does not answer in ``timeout`` and is not counted; its dead peer is."""
-        import ray
-
+        """This run's workers that died (asked after an error: did a node go?)."""
         named = [(f"actor rank {i}", w) for i, w in enumerate(self.actor.workers if self.actor else [])]
         if self.ref is not None and self.ref is not self.actor:
             named += [(f"reference rank {i}", w) for i, w in enumerate(self.ref.workers)]
         named += [(f"rollout worker {i}", w) for i, w in enumerate(self.rollout)]
-        pings = {w.__ray_ready__.remote(): name for name, w in named}
-        ready, _ = ray.wait(list(pings), num_returns=len(pings), timeout=timeout) if pings else ([], [])
-        dead = []
-        for ref in ready:
-            try:
-                ray.get(ref)
-            except ray.exceptions.RayActorError:
-                dead.append(pings[ref])
-        return dead
+        return dead_actors(named, timeout)
 
     def cleanup(self, after_error: bool = False) -> None:
         """Release what setup got this far. After an error (a lost node, say) each step is best effort and
@@ -391,28 +364,6 @@ class RCRLTrainer:
             except Exception as e:
                 print(f"warning: could not release the {what} after the error: {type(e).__name__}: {e}",
                       file=sys.stderr)  # fmt: skip
-
-
-def _node_placement_groups(per_node: int, nodes: int, use_gpu: bool, role: str) -> list:
-    """One STRICT_PACK placement group per node, each aimed at a different node (verl's pool would let
-    Ray put them all on one), so the ranks really are spread: ``actor.nodes``."""
-    import ray
-    from ray.util.placement_group import placement_group
-
-    bundle = {"CPU": 1, **({"GPU": 1} if use_gpu else {})}
-    fits = [
-        n["NodeID"] for n in ray.nodes()
-        if n["Alive"] and all(n["Resources"].get(k, 0) >= v * per_node for k, v in bundle.items())
-    ]  # fmt: skip
-    if len(fits) < nodes:
-        raise RuntimeError(f"actor.nodes={nodes}, but only {len(fits)} node(s) have room for {per_node} rank(s)")
-    pgs = [
-        placement_group([dict(bundle) for _ in range(per_node)], strategy="STRICT_PACK", name=f"m3ad-{role}-{i}",
-                        _soft_target_node_id=node)
-        for i, node in enumerate(fits[:nodes])
-    ]  # fmt: skip
-    ray.get([pg.ready() for pg in pgs])
-    return pgs
 
 
 def run(

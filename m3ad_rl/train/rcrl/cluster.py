@@ -1,0 +1,60 @@
+"""Where RCRL's workers run and whether they still do: ranks spread over nodes, a local Ray big enough for
+them, and which workers died after an error (so a lost node is reported as one)."""
+
+from __future__ import annotations
+
+import os
+
+from m3ad_rl.core.errors import UsageError
+
+
+def node_placement_groups(per_node: int, nodes: int, use_gpu: bool, role: str) -> list:
+    """One STRICT_PACK placement group per node, each aimed at a different node (verl's pool would let
+    Ray put them all on one), so the ranks really are spread: ``actor.nodes``."""
+    import ray
+    from ray.util.placement_group import placement_group
+
+    bundle = {"CPU": 1, **({"GPU": 1} if use_gpu else {})}
+    fits = [
+        n["NodeID"] for n in ray.nodes()
+        if n["Alive"] and all(n["Resources"].get(k, 0) >= v * per_node for k, v in bundle.items())
+    ]  # fmt: skip
+    if len(fits) < nodes:
+        raise RuntimeError(f"actor.nodes={nodes}, but only {len(fits)} node(s) have room for {per_node} rank(s)")
+    pgs = [
+        placement_group([dict(bundle) for _ in range(per_node)], strategy="STRICT_PACK", name=f"m3ad-{role}-{i}",
+                        _soft_target_node_id=node)
+        for i, node in enumerate(fits[:nodes])
+    ]  # fmt: skip
+    ray.get([pg.ready() for pg in pgs])
+    return pgs
+
+
+def check_local_cpus(address: str | None, need: float) -> None:
+    """A local Ray already started in this process (by an SFT run, say) cannot grow: say so rather than
+    wait forever for workers that will never be placed. A joined cluster may autoscale, so it is left be."""
+    import ray
+
+    if address or os.environ.get("RAY_ADDRESS"):
+        return
+    have = ray.cluster_resources().get("CPU", 0)
+    if have < need:
+        raise UsageError(f"the local Ray of this process has {have:g} CPUs; this RCRL run needs {need:g}",
+                         f"start Ray with more first (m3ad_rl.train.ray_setup.init_ray(num_cpus={int(need) + 2})) "
+                         "or run RCRL in its own process")  # fmt: skip
+
+
+def dead_actors(named: list[tuple[str, object]], timeout: float = 20) -> list[str]:
+    """The names of the actors in ``named`` that died. One busy in a collective that will never finish does
+    not answer in ``timeout`` and is not counted; its dead peer is."""
+    import ray
+
+    pings = {handle.__ray_ready__.remote(): name for name, handle in named}
+    ready, _ = ray.wait(list(pings), num_returns=len(pings), timeout=timeout) if pings else ([], [])
+    dead = []
+    for ref in ready:
+        try:
+            ray.get(ref)
+        except ray.exceptions.RayActorError:
+            dead.append(pings[ref])
+    return dead

@@ -21,6 +21,13 @@ def add_commands(sub) -> None:
     p.add_argument("--overwrite", action="store_true", help="replace a run already in out (default: refuse)")
     p.add_argument("--force", action="store_true", help="--resume even if run-defining settings changed")
     p.set_defaults(func=cmd_train_rcrl)
+    check = sub.add_parser("check", help="checks that the loop learns").add_subparsers(dest="cmd", required=True)
+    p = check.add_parser("learning", help="from a weak start RCRL must raise the reward and held-out accuracy")
+    p.add_argument("--out", required=True, help="work folder (one subfolder per seed)")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
+    p.add_argument("--sabotage", choices=["advantage_sign", "no_weight_push", "zero_lr"],
+                   help="break the loop on purpose: the check must then fail")  # fmt: skip
+    p.set_defaults(func=cmd_check_learning)
     model = sub.add_parser("model", help="models").add_subparsers(dest="cmd", required=True)
     p = model.add_parser("tiny", help="build the tiny offline Qwen3-VL (random weights, real architecture)")
     p.add_argument("--out", required=True, help="folder to save the model and processor in")
@@ -63,3 +70,14 @@ def cmd_model_tiny(args: argparse.Namespace) -> int:
     info = write_tiny(args.out, TinySpec(vocab=args.vocab, seed=args.seed))
     print(f"wrote a tiny Qwen3-VL ({info['parameters']:,} parameters, {args.vocab} vocabulary) to {args.out}")
     return 0
+
+
+def cmd_check_learning(args: argparse.Namespace) -> int:
+    """Exit 0 only if every seed passes (1 otherwise: a loop that does not learn is a failure)."""
+    from m3ad_rl.pipeline.learning_check import LearningCheck, run_learning_check
+
+    results = [run_learning_check(f"{args.out.rstrip('/')}/seed-{s}", LearningCheck(seed=s, sabotage=args.sabotage))
+               for s in args.seeds]  # fmt: skip
+    for r in results:
+        print(r.line())
+    return 0 if all(r.passed for r in results) else 1

@@ -126,6 +126,22 @@ def answer_accuracy(model: str, dataset: str, samples: int, max_new_tokens: int,
 
 def run_learning_check(work: str | Path, check: LearningCheck | None = None) -> LearningResult:
     """Build the task under ``work``, SFT the weak start, measure, run RCRL, measure again."""
+    import ray
+
+    c = check or LearningCheck()
+    if c.sabotage not in (None, *SABOTAGES):
+        raise ValueError(f"sabotage={c.sabotage!r}; choose one of {', '.join(SABOTAGES)}")
+    work = Path(work).absolute()
+    work.mkdir(parents=True, exist_ok=True)
+    started = not ray.is_initialized()
+    try:
+        return _run(work, c)
+    finally:
+        if started:  # leave the process as it was (a test session, a notebook)
+            ray.shutdown()
+
+
+def _run(work: Path, c: LearningCheck) -> LearningResult:
     from m3ad_rl.engines.base import SamplingParams
     from m3ad_rl.models.tiny import TinySpec, write_tiny
     from m3ad_rl.train import rcrl
@@ -135,11 +151,6 @@ def run_learning_check(work: str | Path, check: LearningCheck | None = None) -> 
     from m3ad_rl.train.sft import run as run_sft
     from rewards import load_reward_config
 
-    c = check or LearningCheck()
-    if c.sabotage not in (None, *SABOTAGES):
-        raise ValueError(f"sabotage={c.sabotage!r}; choose one of {', '.join(SABOTAGES)}")
-    work = Path(work).absolute()
-    work.mkdir(parents=True, exist_ok=True)
     sets = _write_sets(work, c)
     init_ray(None, 8)  # room for SFT now and, later, RCRL's actor, rollout and reward workers together
     write_tiny(str(work / "tiny"), TinySpec(seed=c.seed))

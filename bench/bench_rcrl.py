@@ -85,8 +85,9 @@ def ours(model: Path, data: Path, args, out: Path, share_prefix: bool = True) ->
 
     cfg = RCRLConfig(
         model=str(model), data=str(data), out=str(out), steps=args.steps, batch_prompts=args.prompts,
-        rollout={"threads": 2, "engine_kwargs": {"share_prefix": share_prefix}, "sampling": {"n": args.n, "temperature": 1.0, "max_new_tokens": args.max_new_tokens,
-                                            "logprobs": False}},
+        rollout={"threads": 2, "engine_kwargs": {"share_prefix": share_prefix},
+                 "sampling": {"n": args.n, "temperature": 1.0, "max_new_tokens": args.max_new_tokens,
+                              "logprobs": False}},
         actor={"threads": 2, "micro_batch_rows": args.prompts * args.n, "optim": {"lr": 1e-6}},
         checkpoint={"every": 10**6}, logging={"tensorboard": False},
     )  # fmt: skip

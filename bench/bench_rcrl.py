@@ -78,13 +78,16 @@ def prompt_tokens(model: Path, data: Path, prompts: int, n: int) -> int:
     return total * n
 
 
-def ours(model: Path, data: Path, args, out: Path) -> dict:
+def ours(model: Path, data: Path, args, out: Path, share_prefix: bool = True) -> dict:
+    """``share_prefix=False``: the rollout engine expands each prompt n times before the prefill (the
+    lever's "before")."""
     from m3ad_rl.train.rcrl import RCRLConfig, run
 
     cfg = RCRLConfig(
         model=str(model), data=str(data), out=str(out), steps=args.steps, batch_prompts=args.prompts,
-        rollout={"threads": 2, "sampling": {"n": args.n, "temperature": 1.0, "max_new_tokens": args.max_new_tokens,
-                                            "logprobs": False}},
+        rollout={"threads": 2, "engine_kwargs": {"share_prefix": share_prefix},
+                 "sampling": {"n": args.n, "temperature": 1.0, "max_new_tokens": args.max_new_tokens,
+                              "logprobs": False}},
         actor={"threads": 2, "micro_batch_rows": args.prompts * args.n, "optim": {"lr": 1e-6}},
         checkpoint={"every": 10**6}, logging={"tensorboard": False},
     )  # fmt: skip
@@ -155,8 +158,8 @@ def one_side(args) -> None:
     root = Path(args.work)
     model, data = build_inputs(root, args.vocab, args.prompts)
     out = Path(tempfile.mkdtemp(prefix=f"{args.side}-", dir=root))
-    if args.side == "ours":
-        res = ours(model, data, args, out)
+    if args.side in ("ours", "ours-noshare"):
+        res = ours(model, data, args, out, share_prefix=args.side == "ours")
     else:
         res = trl_side(model, data, args, out, best=args.side == "trl-best")
     print(json.dumps({"side": args.side, **res}), flush=True)
@@ -225,7 +228,11 @@ def main() -> None:
     p.add_argument("--vocab", choices=["small", "qwen"], default="small")
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--sides", nargs="+", default=["ours", "trl-best", "trl-default"])
-    p.add_argument("--side", choices=["ours", "trl-best", "trl-default"], help="run one side here (a fresh process)")
+    p.add_argument(
+        "--side",
+        choices=["ours", "ours-noshare", "trl-best", "trl-default"],
+        help="run one side here (a fresh process)",
+    )
     p.add_argument("--work", default=None, help="folder for the model and data (reused)")
     args = p.parse_args()
     if args.side:

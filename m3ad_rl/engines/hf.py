@@ -48,7 +48,9 @@ class HFEngine:
 
     name = "hf"
 
-    def __init__(self, model: str, device: str | None = None, dtype: str = "auto", batch_size: int = 8):
+    def __init__(
+        self, model: str, device: str | None = None, dtype: str = "auto", batch_size: int = 8, share_prefix: bool = True
+    ):
         import torch
         from transformers import AutoModelForImageTextToText, AutoProcessor
 
@@ -63,6 +65,7 @@ class HFEngine:
         self.model = AutoModelForImageTextToText.from_pretrained(model, dtype=getattr(torch, dtype))
         self.model.to(self.device).eval()
         self.batch_size = batch_size
+        self.share_prefix = share_prefix
         tok = self.processor.tokenizer
         eos = self.model.generation_config.eos_token_id
         self.eos_ids = set(eos if isinstance(eos, list) else [eos]) | {tok.eos_token_id}
@@ -121,7 +124,10 @@ class HFEngine:
             gens = [torch.Generator().manual_seed(int(s)) for row in seeds for s in row]
         sampler = inverse_cdf_sampling(gens) if self.device == "cpu" or gens else contextlib.nullcontext()
         with torch.no_grad(), sampler:
-            res = self.model.generate(**inputs, **kwargs)
+            if params.n > 1 and self.share_prefix and "pixel_values" in inputs:
+                res = self._generate_shared_prefix(inputs, kwargs, params.n)
+            else:
+                res = self.model.generate(**inputs, **kwargs)
         new = res.sequences[:, inputs["input_ids"].shape[1] :]  # [B*n, T]
         token_lp = None
         if params.logprobs:
@@ -148,6 +154,26 @@ class HFEngine:
                 group.append(Completion(text, ids, lps, "stop" if end else "length"))
             results.append(group)
         return results
+
+    def _generate_shared_prefix(self, inputs, kwargs: dict, n: int):
+        """n samples per prompt without n prefills: the prompt (image included) runs once per request, its
+        KV cache is repeated n times, and generation continues from the last prompt token. HF's
+        ``num_return_sequences`` would expand the batch first and compute every prompt n times. Same
+        tokens as that path, sample for sample (tests/engines/test_engine_hf.py). Prompts with images only:
+        their positions come from the image grid and the mask; text-only prompts take the plain path."""
+        ids, mask = inputs["input_ids"], inputs["attention_mask"]
+        prefill = {k: (v[:, :-1] if k in ("input_ids", "attention_mask", "mm_token_type_ids") else v)
+                   for k, v in inputs.items()}  # fmt: skip
+        base = self.model.model
+        base.rope_deltas = None  # recomputed from this prompt's image grid
+        cache = self.model(**prefill, use_cache=True).past_key_values
+        cache.batch_repeat_interleave(n)
+        if base.rope_deltas is not None:  # multimodal RoPE offsets, one per row from now on
+            base.rope_deltas = base.rope_deltas.repeat_interleave(n, dim=0)
+        kwargs = {**kwargs, "num_return_sequences": 1}
+        return self.model.generate(input_ids=ids.repeat_interleave(n, dim=0),
+                                   attention_mask=mask.repeat_interleave(n, dim=0), past_key_values=cache,
+                                   **kwargs)  # fmt: skip
 
     def load_weights(self, state_dict: dict) -> int:
         """Take new weights in place (the RCRL actor's, after an update); all keys must match."""

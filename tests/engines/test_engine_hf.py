@@ -97,3 +97,27 @@ def test_inverse_cdf_sampling_draws_from_the_given_distribution():
     assert torch.allclose(freq, probs[0].double(), atol=0.01)
     assert several.shape == (3, 2)
     assert torch.multinomial is original  # restored on exit
+
+
+@pytest.mark.parametrize("with_images", [True, False])
+def test_shared_prefix_generation_draws_the_same_samples_as_expanding_the_batch(tiny_model, with_images):
+    """The prompt runs once per request and its KV cache is repeated n times: the samples must be exactly
+    those of HF's expand-then-prefill path, also in a left-padded batch of differently sized images."""
+    shared = make_engine("hf", str(tiny_model), batch_size=3)
+    plain = make_engine("hf", str(tiny_model), batch_size=3, share_prefix=False)
+    sizes = [(300, 200), (120, 90), (64, 64)]
+    reqs = []
+    for i, size in enumerate(sizes):
+        image = None
+        if with_images:
+            buf = io.BytesIO()
+            Image.new("RGB", size, (30 * i, 90, 20)).save(buf, "PNG")
+            image = buf.getvalue()
+        reqs.append(GenerationRequest(f"r{i}", question() + " Be brief." * i, image))
+    params = SamplingParams(n=3, max_new_tokens=16, temperature=1.0)
+    seeds = [[10 * i + j for j in range(3)] for i in range(3)]
+    a, b = shared.generate(reqs, params, seeds), plain.generate(reqs, params, seeds)
+    assert [[c.token_ids for c in g] for g in a] == [[c.token_ids for c in g] for g in b]
+    for ga, gb in zip(a, b, strict=True):
+        for ca, cb in zip(ga, gb, strict=True):
+            assert torch.allclose(torch.tensor(ca.logprobs), torch.tensor(cb.logprobs), atol=1e-4)

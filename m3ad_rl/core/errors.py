@@ -71,7 +71,7 @@ def explain(e: BaseException) -> UserError | None:
         return UsageError(f"config error: {e}", "fix the key named (allowed values are listed)")
     if isinstance(e, IsADirectoryError):
         return UsageError(f"{_name(e)} is a folder where a file was expected", "give the path of a file")
-    if isinstance(e, NotADirectoryError):
+    if isinstance(e, NotADirectoryError | FileExistsError):
         return UsageError(f"{_name(e)}: a file is in the way where a folder was expected", "give a folder path")
     if isinstance(e, FileNotFoundError):
         return UsageError(f"{_name(e)}: no such file or folder", "check the path")

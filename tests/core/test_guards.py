@@ -232,3 +232,12 @@ def test_readme_lists_every_exit_code():
     documented = {int(c) for c in re.findall(r"^\| (\d+) \|", section, flags=re.M)}
     codes = {v for k, v in vars(errors).items() if k.startswith("EXIT_")}
     assert codes | {1} == documented
+
+
+def test_a_file_where_a_folder_should_be_is_a_usage_error(tmp_path, capsys):
+    """`check learning --out FILE`: mkdir(parents=True) raises FileExistsError; one line and exit 2."""
+    (tmp_path / "f").write_text("x")
+    assert main(["check", "learning", "--out", str(tmp_path / "f"), "--seeds", "0"]) == 2
+    assert _one_line(capsys.readouterr().err).endswith(
+        "a file is in the way where a folder was expected — give a folder path"
+    )

@@ -30,7 +30,23 @@ def test_dead_workers_names_the_dead_one(local_ray):
     ray.get([w.ping.remote() for w in trainer.rollout])
     assert trainer.dead_workers() == []
     ray.kill(trainer.rollout[1])
+    _wait_dead(trainer.rollout[1])  # ray.kill is asynchronous; a node that died is dead already
     assert trainer.dead_workers() == ["rollout worker 1"]
+
+
+def _wait_dead(actor, timeout: float = 30) -> None:
+    import time
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            ray.get(actor.ping.remote(), timeout=5)
+        except ray.exceptions.RayActorError:
+            return
+        except ray.exceptions.GetTimeoutError:
+            pass
+        time.sleep(0.2)
+    raise AssertionError("the killed actor still answers")
 
 
 def test_cli_reports_a_lost_worker_in_one_line(monkeypatch, capsys):

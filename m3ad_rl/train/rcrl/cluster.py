@@ -44,9 +44,10 @@ def check_local_cpus(address: str | None, need: float) -> None:
                          "or run RCRL in its own process")  # fmt: skip
 
 
-def dead_actors(named: list[tuple[str, object]], timeout: float = 20) -> list[str]:
+def dead_actors(named: list[tuple[str, object]], timeout: float = 60) -> list[str]:
     """The names of the actors in ``named`` that died. One busy in a collective that will never finish does
-    not answer in ``timeout`` and is not counted; its dead peer is."""
+    not answer in ``timeout`` and is not counted; its dead peer is. The timeout leaves Ray's health check
+    (about 15 s by default) time to declare a vanished node's actors dead."""
     import ray
 
     pings = {handle.__ray_ready__.remote(): name for name, handle in named}

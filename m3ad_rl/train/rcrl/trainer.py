@@ -337,7 +337,7 @@ class RCRLTrainer:
         self.actor.save_model(url)
         return url
 
-    def dead_workers(self, timeout: float = 20) -> list[str]:
+    def dead_workers(self, timeout: float = 60) -> list[str]:
         """This run's workers that died (asked after an error: did a node go?)."""
         named = [(f"actor rank {i}", w) for i, w in enumerate(self.actor.workers if self.actor else [])]
         if self.ref is not None and self.ref is not self.actor:

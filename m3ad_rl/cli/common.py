@@ -1,4 +1,4 @@
-"""What the command modules share: config flags, number types, progress and the write summary."""
+"""What the command modules share: config flags, number types and the write summary."""
 
 from __future__ import annotations
 
@@ -35,12 +35,6 @@ POSITIVE = int_at_least(1)
 
 
 PORT = int_at_least(1, 65535)
-
-
-def progress(total: int | None, desc: str):
-    from tqdm import tqdm
-
-    return tqdm(total=total, desc=desc, unit="img", dynamic_ncols=True, file=sys.stderr)
 
 
 def finish_write(report, url: str) -> int:

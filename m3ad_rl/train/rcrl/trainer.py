@@ -56,9 +56,9 @@ class RCRLTrainer:
         cfg = self.cfg
         self.preflight()
         self.data = PromptSet(cfg.data, cfg.seed)
-        need = cfg.actor.workers * (1 + (not cfg.ref.colocate)) + cfg.rollout.workers + 2
-        init_ray(cfg.address, cfg.num_cpus or max(need, 4))
-        check_local_cpus(cfg.address, need - 1.5)  # actor/ref ranks and rollout workers 1 CPU each, the reward 0.5
+        placed = cfg.actor.workers * (1 + (not cfg.ref.colocate)) + cfg.rollout.workers  # 1 CPU each
+        init_ray(cfg.address, cfg.num_cpus or max(placed + 2, 4))
+        check_local_cpus(cfg.address, placed + 0.5)  # and the reward replica's 0.5
         self._setup_actor()
         self._setup_rollout()
         self._setup_reward()

@@ -124,15 +124,16 @@ def _poly_point(it: Item, x: float, y: float) -> tuple[float, float]:
 
 
 def render(
-    cat: Category, rng: Rng, size: int, kinds: list[str]
+    cat: Category, rng: Rng, size: int, kinds: list[str], scale: float = 1.0
 ) -> tuple[np.ndarray | Image.Image, list[tuple[str, PixBox]]]:
-    """The image (float array, or a PIL image when nothing needed float painting) and its labels."""
+    """The image (float array, or a PIL image when nothing needed float painting) and its labels;
+    ``scale`` multiplies the size of painted surface defects (1: as drawn; the random draws are the same)."""
     bg = cat.background(rng, size)
     if cat.layout is None:  # texture: paint on the background
         labels = []
         for kind in kinds:
             c = tuple(int(v) for v in rng.uniform(0.15, 0.85, 2) * size)
-            labels.append((kind, sf.SURFACE_PAINTERS[kind](bg, rng, c, size * rng.uniform(0.04, 0.14))))
+            labels.append((kind, sf.SURFACE_PAINTERS[kind](bg, rng, c, scale * size * rng.uniform(0.04, 0.14))))
         return bg, labels
     items = cat.layout(rng, size)
     pending: list[tuple[str, PixBox | None, list[int]]] = []
@@ -169,7 +170,7 @@ def render(
             painter = sf.SURFACE_PAINTERS["crack" if kind == "fracture" else kind]
             r = 0.3 * min(it.w, it.h)
             c = (int(it.cx + rng.uniform(-r, r)), int(it.cy + rng.uniform(-r, r) * 0.5))
-            box = painter(img, rng, c, max(4.0, min(it.w, it.h) * rng.uniform(0.25, 0.5)))
+            box = painter(img, rng, c, scale * max(4.0, min(it.w, it.h) * rng.uniform(0.25, 0.5)))
             if kind == "fracture":  # wider than a crack: a second, parallel break
                 box = sf._union(box, painter(img, rng, (c[0] + 3, c[1] + 2), min(it.w, it.h) * 0.4))
         labels.append((kind, box))

@@ -70,6 +70,9 @@ class SynthConfig(BaseModel):
         "jpeg", pattern="^(png|jpeg)$", description="Encoding of the stored image: jpeg (quality 92, fast) or png."
     )
     max_defects: int = Field(2, ge=1, le=4, description="Most defects on one anomalous image.")
+    defect_scale: float = Field(
+        1.0, gt=0, le=4, description="Size multiplier of painted surface defects (difficulty: >1 is easier to see)."
+    )
 
     @field_validator("scenes")
     @classmethod
@@ -156,7 +159,7 @@ def make_sample(cfg: SynthConfig, index: int, cats: list[Category] | None = None
         kinds = list(dict.fromkeys(str(k) for k in rng.choice(cat.defect_types, size=n)))
         edits = [k for k in kinds if k in ITEM_EDITS]
         kinds = [k for k in kinds if k not in ITEM_EDITS or k == (edits[0] if edits else None)]
-    img, labels = render(cat, rng, cfg.size, kinds)
+    img, labels = render(cat, rng, cfg.size, kinds, cfg.defect_scale)
     pil = _photometric(_to_pil(img), rng)
     defects = []
     for kind, (x1, y1, x2, y2) in labels:

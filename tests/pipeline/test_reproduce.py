@@ -10,7 +10,7 @@ import sys
 import pytest
 import yaml
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(1800)]
 
 TOY = {
     "seeds": [0, 1],

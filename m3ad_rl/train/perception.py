@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 import time
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -154,7 +155,14 @@ def run(cfg: PerceptionConfig, progress: bool = True) -> dict:
         return dense, torch.nn.functional.binary_cross_entropy_with_logits(logit, truth)
 
     model.train()
-    bar = tqdm(total=total, initial=done, desc="stage 0: perception", unit="step", disable=not progress)
+    bar = tqdm(
+        total=total,
+        initial=done,
+        desc="stage 0: perception",
+        unit="step",
+        disable=not progress,
+        mininterval=0.1 if sys.stderr.isatty() else 30,
+    )  # in a Ray task's log: a line every 30 s
     t0, sums = time.perf_counter(), [0.0, 0.0, 0]
     try:
         for step in range(done, total):

@@ -78,8 +78,9 @@ def prompt_tokens(model: Path, data: Path, prompts: int, n: int) -> int:
     return total * n
 
 
-def ours(model: Path, data: Path, args, out: Path, share_prefix: bool = True) -> dict:
-    """``share_prefix=False``: the rollout engine expands each prompt n times before the prefill (the
+def ours(model: Path, data: Path, args, out: Path, share_prefix: bool = True, share_actor: bool = True) -> dict:
+    """``share_prefix=False``: the rollout engine expands each prompt n times before the prefill;
+    ``share_actor=False``: the actor's and reference's log-prob passes run n full rows per prompt (each
     lever's "before")."""
     from m3ad_rl.train.rcrl import RCRLConfig, run
 
@@ -88,7 +89,8 @@ def ours(model: Path, data: Path, args, out: Path, share_prefix: bool = True) ->
         rollout={"threads": 2, "engine_kwargs": {"share_prefix": share_prefix},
                  "sampling": {"n": args.n, "temperature": 1.0, "max_new_tokens": args.max_new_tokens,
                               "logprobs": False}},
-        actor={"threads": 2, "micro_batch_rows": args.prompts * args.n, "optim": {"lr": 1e-6}},
+        actor={"threads": 2, "micro_batch_rows": args.prompts * args.n, "optim": {"lr": 1e-6},
+               "share_prefix": share_actor},
         checkpoint={"every": 10**6}, logging={"tensorboard": False},
     )  # fmt: skip
     hist = run(cfg, progress=False, overwrite=True)["history"][1:]
@@ -158,8 +160,8 @@ def one_side(args) -> None:
     root = Path(args.work)
     model, data = build_inputs(root, args.vocab, args.prompts)
     out = Path(tempfile.mkdtemp(prefix=f"{args.side}-", dir=root))
-    if args.side in ("ours", "ours-noshare"):
-        res = ours(model, data, args, out, share_prefix=args.side == "ours")
+    if args.side.startswith("ours"):  # ours: both levers; ours-genshare: generation only; ours-noshare: neither
+        res = ours(model, data, args, out, share_prefix=args.side != "ours-noshare", share_actor=args.side == "ours")
     else:
         res = trl_side(model, data, args, out, best=args.side == "trl-best")
     print(json.dumps({"side": args.side, **res}), flush=True)
@@ -230,7 +232,7 @@ def main() -> None:
     p.add_argument("--sides", nargs="+", default=["ours", "trl-best", "trl-default"])
     p.add_argument(
         "--side",
-        choices=["ours", "ours-noshare", "trl-best", "trl-default"],
+        choices=["ours", "ours-genshare", "ours-noshare", "trl-best", "trl-default"],
         help="run one side here (a fresh process)",
     )
     p.add_argument("--work", default=None, help="folder for the model and data (reused)")

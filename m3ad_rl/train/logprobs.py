@@ -24,12 +24,16 @@ class PolicyBatch:
     vision: dict  # pixel_values, image_grid_thw (all rows' images, in row order)
     response_len: torch.Tensor  # [N]
     prompt_len: torch.Tensor  # [N]
+    # the distinct prompts, left-padded ([U, P]: input_ids, attention_mask, mm_token_type_ids), the prompt of
+    # each row ("rows", [N]) and the responses alone, right-padded ("responses", [N, L]): share_prefix's inputs
+    prefix: dict | None = None
 
     def to(self, device) -> PolicyBatch:
         return PolicyBatch(
             self.input_ids.to(device), self.attention_mask.to(device), self.mm_token_type_ids.to(device),
             self.response_mask.to(device), {k: v.to(device) for k, v in self.vision.items()},
             self.response_len.to(device), self.prompt_len.to(device),
+            {k: v.to(device) for k, v in self.prefix.items()} if self.prefix is not None else None,
         )  # fmt: skip
 
 
@@ -74,9 +78,15 @@ def build_batch(processor, requests: list[GenerationRequest], responses: list[li
         vision["image_grid_thw"] = enc["image_grid_thw"][which]
         vision["unique_grid_thw"] = enc["image_grid_thw"]
         vision["image_rows"] = torch.tensor(which)
-    return PolicyBatch(
-        ids, att, mmt, rmask, vision, torch.tensor([len(r) for r in responses]), torch.tensor([len(p) for p in prompts])
-    )  # fmt: skip
+    resp = torch.full((len(rows), max(1, max(len(r) for r in responses))), pad, dtype=torch.long)
+    for i, r in enumerate(responses):
+        resp[i, : len(r)] = torch.tensor(list(r), dtype=torch.long)
+    prefix = {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"], "rows": torch.tensor(which),
+              "responses": resp}  # fmt: skip
+    if mm is not None:
+        prefix["mm_token_type_ids"] = mm
+    lengths = torch.tensor([len(r) for r in responses]), torch.tensor([len(p) for p in prompts])
+    return PolicyBatch(ids, att, mmt, rmask, vision, *lengths, prefix)
 
 
 def token_log_probs(model, batch: PolicyBatch, temperature: float = 1.0) -> torch.Tensor:
@@ -145,10 +155,16 @@ def _chunk_log_probs(head, hidden, targets, temperature: float, with_entropy: bo
 
 
 def response_log_probs(
-    model, batch: PolicyBatch, temperature: float = 1.0, with_entropy: bool = False
+    model, batch: PolicyBatch, temperature: float = 1.0, with_entropy: bool = False, share_prefix: bool = False
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """``[N, L]`` log-probs of the response tokens, left-aligned (row i: its ``response_len[i]`` tokens,
-    then zeros), the layout the controller's advantages use; plus the per-token entropy if asked."""
+    then zeros), the layout the controller's advantages use; plus the per-token entropy if asked.
+
+    ``share_prefix``: each distinct prompt (image included) runs once and its KV cache serves all the rows
+    that continue it (GRPO's n samples), instead of n full rows; same numbers to float rounding, gradients
+    included (tests/train/test_shared_prefix.py)."""
+    if share_prefix and batch.prefix is not None and hasattr(model, "lm_head") and hasattr(model, "model"):
+        return _shared_prefix_log_probs(model, batch, temperature, with_entropy)
     width = int(batch.response_len.max())
     pos = batch.prompt_len[:, None] - 1 + torch.arange(width, device=batch.input_ids.device)[None]  # [N, L]
     mask = torch.arange(width, device=pos.device)[None] < batch.response_len[:, None]
@@ -165,6 +181,12 @@ def response_log_probs(
             full = model(**inputs).logits  # already projected: the chunks only normalise
             head, selected = torch.nn.Identity(), full.gather(1, pos[:, :, None].expand(-1, -1, full.shape[-1]))
     targets = batch.input_ids.gather(1, (pos + 1).clamp(max=batch.input_ids.shape[1] - 1))
+    return _finish(head, selected, targets, mask, temperature, with_entropy)
+
+
+def _finish(head, selected, targets, mask, temperature: float, with_entropy: bool):
+    """The vocabulary projection and log-softmax in row chunks; zeros outside each row's response."""
+    width = selected.shape[1]
     vocab = getattr(head, "out_features", None) or selected.shape[-1]
     rows = max(1, _CHUNK_ELEMENTS // max(1, width * vocab))  # rows per chunk: bounded [rows, L, V] temporaries
     lps, ents = [], []
@@ -175,3 +197,38 @@ def response_log_probs(
     lp = torch.cat(lps) * mask
     ent = torch.cat(ents) * mask if with_entropy else None
     return lp, ent
+
+
+def _shared_prefix_log_probs(model, batch: PolicyBatch, temperature: float, with_entropy: bool):
+    """Prompt once per distinct prompt, then all responses against its repeated KV cache.
+
+    The prompts are left-padded, so every row's last prompt token sits at the end of the cache; response
+    token k takes position (prompt tokens + k + the prompt's multimodal RoPE offset, ``rope_deltas``), as in
+    generation. The last prompt position predicts response token 0; response position k predicts k+1."""
+    pre = batch.prefix
+    base = model.model
+    rows, resp = pre["rows"], pre["responses"]
+    width = int(batch.response_len.max())
+    vision = {k: v for k, v in batch.vision.items() if k in ("pixel_values",)}
+    if "unique_grid_thw" in batch.vision:
+        vision["image_grid_thw"] = batch.vision["unique_grid_thw"]
+    prompt_inputs = {k: pre[k] for k in ("input_ids", "attention_mask", "mm_token_type_ids") if k in pre}
+    base.rope_deltas = None  # recomputed from these prompts' image grids
+    out = base(**prompt_inputs, **vision, use_cache=True)
+    cache, last = out.past_key_values, out.last_hidden_state[:, -1]  # [U, H]
+    deltas = base.rope_deltas
+    base.rope_deltas = None  # nothing stale for the next plain forward
+    cache.batch_select_indices(rows)  # each row's copy of its prompt's keys and values (differentiable)
+    n = resp.shape[0]
+    steps = torch.arange(width - 1, device=resp.device)
+    hidden = last[rows][:, None]
+    if width > 1:
+        delta = deltas[rows].reshape(n, 1) if deltas is not None else torch.zeros(n, 1, dtype=torch.long)
+        filled = pre["attention_mask"].sum(1)[rows].reshape(n, 1)  # the prompt's tokens without its padding
+        pos = filled + steps[None] + delta.to(resp.device)  # [N, L-1]: text positions after the prompt
+        att = torch.cat([pre["attention_mask"][rows], torch.ones(n, width - 1, dtype=torch.long)], dim=1)
+        follow = base(input_ids=resp[:, : width - 1], attention_mask=att, position_ids=pos[None].expand(3, -1, -1),
+                      past_key_values=cache, use_cache=True)  # fmt: skip
+        hidden = torch.cat([hidden, follow.last_hidden_state], dim=1)  # [N, L, H]
+    mask = torch.arange(width, device=resp.device)[None] < batch.response_len[:, None]
+    return _finish(model.lm_head, hidden, resp[:, :width], mask, temperature, with_entropy)

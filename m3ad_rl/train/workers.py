@@ -75,6 +75,7 @@ class PolicyWorker(Worker):
         self.grpo = GRPOConfig(**cfg.get("grpo", {}))
         self.temperature = float(cfg.get("temperature", 1.0))
         self.micro = int(cfg.get("micro_batch_rows", 4))
+        self.share = bool(cfg.get("share_prefix", False))
 
     @register(dispatch_mode=Dispatch.ONE_TO_ALL)
     def init_model(self) -> None:
@@ -99,7 +100,7 @@ class PolicyWorker(Worker):
         with torch.inference_mode():
             for s in range(0, len(reqs), self.micro):
                 b = build_batch(self.processor, reqs[s : s + self.micro], resps[s : s + self.micro])
-                lp, ent = response_log_probs(model, b, self.temperature, with_entropy=entropy)
+                lp, ent = response_log_probs(model, b, self.temperature, with_entropy=entropy, share_prefix=self.share)
                 lps.append(_pad(lp, width))
                 if entropy:
                     ents.append(_pad(ent, width))
@@ -145,7 +146,9 @@ class PolicyWorker(Worker):
                 for s in range(0, len(rows), self.micro):
                     idx = rows[s : s + self.micro]
                     b = build_batch(self.processor, [reqs[i] for i in idx], [resps[i] for i in idx])
-                    lp, ent = response_log_probs(self.engine.module, b, self.temperature, with_entropy=True)
+                    lp, ent = response_log_probs(
+                        self.engine.module, b, self.temperature, with_entropy=True, share_prefix=self.share
+                    )
                     width = lp.shape[1]
                     mask = loss_mask[idx][:, :width].float()
                     old = data.batch["old_log_probs"][idx][:, :width] if has_old else lp.detach()

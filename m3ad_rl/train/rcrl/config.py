@@ -32,6 +32,11 @@ class ActorConfig(BaseModel):
     threads: int = Field(1, ge=1, description="torch threads per rank (CPU).")
     use_gpu: bool = Field(False, description="One GPU per rank.")
     micro_batch_rows: int = Field(4, ge=1, description="Rows (prompt + response) per forward pass.")
+    share_prefix: bool = Field(
+        False,
+        description="Run each prompt (and image) once per micro-batch and reuse its KV cache for the rows that "
+        "continue it (GRPO's n samples), in the actor's and reference's log-prob passes; false: n full rows.",
+    )
     ppo_mini_batch_prompts: int | None = Field(
         None, ge=1, description="Prompts per optimiser step (verl's ppo_mini_batch_size); default the whole batch."
     )

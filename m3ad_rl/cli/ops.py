@@ -75,6 +75,7 @@ def add_cluster_commands(sub) -> None:
     p.add_argument("--seeds", type=int, nargs="+", help="seeds of the RAWS and RCRL runs (default: the config's)")
     p.add_argument("--out", help="where every stage writes (any fsspec URL; default: the config's)")
     p.add_argument("--set", dest="overrides", nargs="+", default=[], metavar="KEY=VALUE", help="dotted overrides")
+    p.add_argument("--redo", nargs="+", default=[], metavar="STAGE", help="run these stages and those after them again")
     p.set_defaults(func=cmd_reproduce)
 
 
@@ -145,7 +146,7 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
     cfg = load_config(ReproduceConfig, path, overrides)
     if args.seeds:
         cfg = cfg.model_copy(update={"seeds": args.seeds})
-    reproduce(cfg)
+    reproduce(cfg, redo=args.redo)
     return 0
 
 

@@ -60,47 +60,101 @@ class ReproduceConfig(BaseModel):
 
 
 class Stages:
-    """Stage markers under ``{out}/stages``: what is done, its outputs and wall time."""
+    """Stage markers under ``{out}/stages``: what is done, with which settings, its result and wall time.
+
+    A stage's fingerprint hashes its own settings and its parent's fingerprint, so a changed setting
+    makes that stage and every stage after it stale: a rerun then refuses (one line naming the stage)
+    until ``--redo`` names it; ``redo`` removes the markers and outputs of a stage and its descendants."""
 
     def __init__(self, out: str):
-        self.root = f"{out.rstrip('/')}/stages"
+        self.out = out.rstrip("/")
+        self.root = f"{self.out}/stages"
+        self.plan: dict[str, tuple[str | None, str, list[str]]] = {}  # name -> (parent, fingerprint, outputs)
+
+    def add(self, name: str, parent: str | None, settings: Any, outputs: list[str]) -> None:
+        import hashlib
+
+        text = json.dumps([settings, self.plan[parent][1] if parent else None], sort_keys=True, default=str)
+        self.plan[name] = (parent, hashlib.sha256(text.encode()).hexdigest()[:16], outputs)
+
+    def descendants(self, name: str) -> list[str]:
+        found, grew = [name], True
+        while grew:
+            grew = False
+            for n, (parent, _, _) in self.plan.items():
+                if parent in found and n not in found:
+                    found.append(n)
+                    grew = True
+        return found
+
+    def redo(self, names: list[str]) -> None:
+        from m3ad_rl.core.errors import UsageError
+
+        unknown = [n for n in names if n not in self.plan]
+        if unknown:
+            raise UsageError(f"--redo {' '.join(unknown)}: no such stage", f"the stages are {', '.join(self.plan)}")
+        for name in names:
+            for n in self.descendants(name):
+                for url in [f"{self.root}/{n}.json", *(f"{self.out}/{o}" for o in self.plan[n][2])]:
+                    storage.remove(url)
 
     def done(self, name: str) -> dict | None:
         url = f"{self.root}/{name}.json"
         return json.loads(storage.read_text(url)) if storage.exists(url) else None
 
     def run(self, name: str, fn, *args, **kwargs) -> dict:
-        """``fn``'s result (a JSON-able dict), from the marker if the stage is done."""
+        """``fn``'s result (a JSON-able dict), from the marker if the stage is done with the same settings."""
+        from m3ad_rl.core.errors import UsageError
+
+        fingerprint = self.plan[name][1]
         prior = self.done(name)
         if prior is not None:
+            if prior.get("settings", fingerprint) != fingerprint:
+                raise UsageError(
+                    f"stage {name} in {self.out} was run with other settings",
+                    f"add --redo {name} to run it and the stages after it again, or choose another --out",
+                )
             print(f"[reproduce] {name}: done ({prior['seconds']:.0f} s), skipped", flush=True)
             return prior["result"]
         print(f"[reproduce] {name}: running", flush=True)
         t0 = time.perf_counter()
         result = fn(*args, **kwargs)
         seconds = time.perf_counter() - t0
-        storage.write_text(f"{self.root}/{name}.json", json.dumps({"result": result, "seconds": seconds}))
+        marker = {"result": result, "seconds": seconds, "settings": fingerprint}
+        storage.write_text(f"{self.root}/{name}.json", json.dumps(marker))
         print(f"[reproduce] {name}: finished in {seconds:.0f} s", flush=True)
         return result
 
     def seconds(self) -> dict[str, float]:
-        from fsspec.core import url_to_fs
-
-        fs, path = url_to_fs(self.root)
-        out = {}
-        for f in sorted(fs.ls(path, detail=False)) if fs.exists(path) else []:
-            name = f.rstrip("/").rsplit("/", 1)[-1].removesuffix(".json")
-            out[name] = json.loads(storage.read_text(f"{self.root}/{name}.json"))["seconds"]
-        return out
+        """Wall time of the planned stages that are done, in plan order."""
+        return {n: m["seconds"] for n in self.plan if (m := self.done(n)) is not None}
 
 
-def reproduce(cfg: ReproduceConfig) -> dict:
-    """Run (or resume) every stage; returns the report's summary."""
+def plan(cfg: ReproduceConfig) -> Stages:
+    """The stages of ``cfg``, each with the settings it depends on and the outputs it writes."""
+    stages = Stages(cfg.out)
+    evaluation = [cfg.eval_max_new_tokens, cfg.eval_batch_size]
+    stages.add("data", None, cfg.data.model_dump(), ["data"])
+    stages.add("init", "data", cfg.model, ["models/init"])
+    stages.add("perception", "init", cfg.perception, ["perception"])
+    stages.add("base-eval", "perception", evaluation, ["eval/base"])
+    for seed in cfg.seeds:
+        s = f"seed-{seed}"
+        stages.add(f"{s}-ft", "base-eval", seed, [f"{s}/ft"])
+        stages.add(f"{s}-sft", f"{s}-ft", cfg.sft, [f"{s}/sft"])
+        stages.add(f"{s}-rcrl", f"{s}-sft", [cfg.rcrl, cfg.reward_config], [f"{s}/rcrl"])
+        stages.add(f"{s}-eval", f"{s}-rcrl", evaluation, [f"{s}/eval"])
+    return stages
+
+
+def reproduce(cfg: ReproduceConfig, redo: list[str] | None = None) -> dict:
+    """Run (or resume) every stage; ``redo``: stages to run again, with every stage after them."""
     from m3ad_rl.train.ray_setup import init_ray
 
     out = storage.absolute(cfg.out).rstrip("/")
     cfg = cfg.model_copy(update={"out": out})
-    stages = Stages(out)
+    stages = plan(cfg)
+    stages.redo(redo or [])
     storage.write_text(f"{out}/reproduce.json", cfg.model_dump_json(indent=1))
     init_ray(cfg.address, 8)
     stages.run("data", _data, cfg)

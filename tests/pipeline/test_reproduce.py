@@ -10,7 +10,7 @@ import sys
 import pytest
 import yaml
 
-pytestmark = [pytest.mark.slow, pytest.mark.timeout(1800)]
+slow = [pytest.mark.slow, pytest.mark.timeout(1800)]
 
 TOY = {
     "seeds": [0, 1],
@@ -41,6 +41,8 @@ def _run(config, out, *extra):
     return subprocess.run(cmd, capture_output=True, text=True, timeout=1500)
 
 
+@slow[0]
+@slow[1]
 def test_reproduce_runs_every_stage_then_resumes_by_stage(tmp_path):
     config = tmp_path / "toy.yaml"
     config.write_text(yaml.safe_dump(TOY))
@@ -64,6 +66,7 @@ def test_reproduce_runs_every_stage_then_resumes_by_stage(tmp_path):
     assert "seed-1-eval: running" in second.stdout
 
 
+@slow[0]
 def test_reproduce_config_mistakes_are_one_line(tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text(yaml.safe_dump({**TOY, "data": {**TOY["data"], "bench_images": 0}}))
@@ -71,3 +74,37 @@ def test_reproduce_config_mistakes_are_one_line(tmp_path):
     assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
     r = _run(tmp_path / "missing.yaml", tmp_path / "x")
     assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
+
+
+def _stages(tmp_path, **changes):
+    from m3ad_rl.pipeline.reproduce import ReproduceConfig, plan
+
+    return plan(ReproduceConfig(**{**TOY, "out": str(tmp_path), **changes}))
+
+
+def test_a_changed_setting_makes_its_stage_and_the_later_ones_stale(tmp_path):
+    a, b = _stages(tmp_path), _stages(tmp_path, sft={**TOY["sft"], "max_steps": 4})
+    same = [n for n in a.plan if a.plan[n][1] == b.plan[n][1]]
+    assert same == ["data", "init", "perception", "base-eval", "seed-0-ft", "seed-1-ft"]
+    c = _stages(tmp_path, perception={**TOY["perception"], "steps": 5})
+    assert [n for n in a.plan if a.plan[n][1] == c.plan[n][1]] == ["data", "init"]
+
+
+def test_a_stale_stage_is_refused_and_redo_clears_it_and_its_descendants(tmp_path):
+    from m3ad_rl.core.errors import UsageError
+
+    a = _stages(tmp_path)
+    for name in ("seed-0-ft", "seed-0-sft"):
+        a.run(name, lambda: {"ok": 1})
+    (tmp_path / "seed-0/sft").mkdir(parents=True)
+    (tmp_path / "seed-0/sft/weights").write_text("x")
+    b = _stages(tmp_path, sft={**TOY["sft"], "max_steps": 4})
+    assert b.run("seed-0-ft", lambda: {"ok": 2}) == {"ok": 1}  # unchanged: skipped
+    with pytest.raises(UsageError, match=r"seed-0-sft .* other settings"):
+        b.run("seed-0-sft", lambda: {"ok": 2})
+    with pytest.raises(UsageError, match="no such stage"):
+        b.redo(["seed-9-sft"])
+    b.redo(["seed-0-sft"])
+    assert not (tmp_path / "seed-0/sft").exists() and (tmp_path / "stages/seed-0-ft.json").exists()
+    assert b.run("seed-0-sft", lambda: {"ok": 2}) == {"ok": 2}
+    assert b.descendants("seed-0-sft") == ["seed-0-sft", "seed-0-rcrl", "seed-0-eval"]

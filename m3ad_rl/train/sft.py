@@ -19,7 +19,9 @@ from __future__ import annotations
 import json
 import math
 import os
+import signal
 import tempfile
+import threading
 import time
 from typing import Literal
 
@@ -271,7 +273,12 @@ def run(cfg: SFTConfig, resume: bool = False) -> dict:
             checkpoint_config=CheckpointConfig(num_to_keep=cfg.checkpoint.keep),
         ),
     )  # fmt: skip
-    trainer.fit()
+    handler = signal.getsignal(signal.SIGINT)
+    try:
+        trainer.fit()
+    finally:  # Ray Train's fit leaves its own SIGINT handler behind: Ctrl-C in a later stage would be swallowed
+        if threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGINT, handler)
     history = read_metrics(cfg.out)
     loss = history[-1]["sft/loss"] if history else math.nan
     return {"steps": steps, "loss": loss, "model": f"{cfg.out.rstrip('/')}/model", "history": history}

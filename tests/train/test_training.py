@@ -45,9 +45,11 @@ def pipeline(tmp_path_factory, tiny_model):
         epochs=16, max_steps=SFT_STEPS, micro_batch=2, grad_accum=1,
         optim={"lr": 3e-3, "warmup_steps": 4, "schedule": "cosine"}, checkpoint={"every": 48},
     )  # fmt: skip
+    before = signal.getsignal(signal.SIGINT)
     result = run(cfg)
+    after = signal.getsignal(signal.SIGINT)
     ray.shutdown()
-    return {"ft": root / "ft", "sft": root / "sft", "result": result, "root": root}
+    return {"ft": root / "ft", "sft": root / "sft", "result": result, "root": root, "sigint": (before, after)}
 
 
 def _cli(*args: str) -> str:
@@ -57,6 +59,8 @@ def _cli(*args: str) -> str:
 
 
 def test_sft_learns_on_two_deepspeed_workers(pipeline):
+    before, after = pipeline["sigint"]
+    assert after is before, "Ray Train's SIGINT handler outlived the run: Ctrl-C in the next stage is swallowed"
     hist = pipeline["result"]["history"]
     assert [h["step"] for h in hist] == list(range(1, SFT_STEPS + 1))
     assert hist[-1]["sft/loss"] < 0.75 * hist[0]["sft/loss"]  # the response-token NLL went down

@@ -24,7 +24,15 @@ TOY = {
         "bench_images": 8,
     },
     "model": {"hidden_size": 64, "layers": 1, "intermediate_size": 128, "vision_hidden_size": 32, "vision_depth": 1},
-    "perception": {"steps": 4, "batch": 4, "checkpoint_every": 2, "eval_every": 2, "eval_images": 4},
+    "perception": {
+        "vision_steps": 2,
+        "vision_batch": 4,
+        "steps": 2,
+        "batch": 4,
+        "checkpoint_every": 2,
+        "eval_every": 2,
+        "eval_images": 4,
+    },
     "sft": {"epochs": 1, "max_steps": 3, "micro_batch": 4},
     "rcrl": {
         "steps": 2,

@@ -169,8 +169,12 @@ def plot_curves(perception: list[dict], hist: dict[int, dict[str, list[dict]]], 
     fig, ax = plt.subplots(2, 3, figsize=(15, 7.5))
     if perception:
         steps = [h["step"] for h in perception]
-        for key, label in (("perception/bal", "held-out Bal"), ("perception/image_bce", "phase 1: image BCE"),
-                           ("perception/nll", "phase 2: answer NLL"), ("perception/dense_bce", "defect-map BCE")):
+        for key, label in (
+            ("perception/bal", "held-out Bal"),
+            ("perception/image_bce", "phase 1: image BCE"),
+            ("perception/nll", "phase 2: answer NLL"),
+            ("perception/dense_bce", "defect-map BCE"),
+        ):
             ax[0, 0].plot(steps, [h.get(key, float("nan")) for h in perception], marker=".", label=label)
         switch = next((h["step"] for h in perception if "perception/nll" in h), None)
         if switch is not None:

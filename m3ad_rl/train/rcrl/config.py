@@ -33,7 +33,7 @@ class ActorConfig(BaseModel):
     use_gpu: bool = Field(False, description="One GPU per rank.")
     micro_batch_rows: int = Field(4, ge=1, description="Rows (prompt + response) per forward pass.")
     share_prefix: bool = Field(
-        False,
+        True,
         description="Run each prompt (and image) once per micro-batch and reuse its KV cache for the rows that "
         "continue it (GRPO's n samples), in the actor's and reference's log-prob passes; false: n full rows.",
     )

@@ -10,6 +10,8 @@ import sys
 import pytest
 import yaml
 
+from tests.data.test_data_errors import s3_bucket  # noqa: F401 (the moto S3 fixture)
+
 slow = [pytest.mark.slow, pytest.mark.timeout(1800)]
 
 TOY = {
@@ -82,6 +84,25 @@ def test_reproduce_config_mistakes_are_one_line(tmp_path):
     assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
     r = _run(tmp_path / "missing.yaml", tmp_path / "x")
     assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
+
+
+@slow[0]
+@slow[1]
+def test_reproduce_on_object_storage(tmp_path, s3_bucket):  # noqa: F811 (the imported fixture)
+    """Every stage's outputs on s3:// (moto on 127.0.0.1): the Ray task, Ray Train, RCRL and Ray Data workers
+    read and write through the URL; the report lands there too."""
+    import fsspec
+
+    config = tmp_path / "toy.yaml"
+    config.write_text(yaml.safe_dump({**TOY, "seeds": [0]}))
+    out = f"{s3_bucket}/reproduce"
+    r = _run(config, out)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    fs = fsspec.filesystem("s3")
+    for key in ("report/results.md", "report/curves.png", "perception/model/config.json",
+                "seed-0/rcrl/model/config.json", "stages/seed-0-eval.json"):  # fmt: skip
+        assert fs.exists(f"{out}/{key}"), key
+    assert "perception: done" in _run(config, out).stdout  # resumes from the markers on S3
 
 
 def _stages(tmp_path, **changes):

@@ -78,7 +78,9 @@ def prompt_tokens(model: Path, data: Path, prompts: int, n: int) -> int:
     return total * n
 
 
-def ours(model: Path, data: Path, args, out: Path, share_prefix: bool = True, share_actor: bool = True) -> dict:
+def ours(
+    model: Path, data: Path, args, out: Path, share_prefix: bool = True, share_actor: bool = True, bf16: bool = False
+) -> dict:
     """``share_prefix=False``: the rollout engine expands each prompt n times before the prefill;
     ``share_actor=False``: the actor's and reference's log-prob passes run n full rows per prompt (each
     lever's "before")."""
@@ -89,7 +91,7 @@ def ours(model: Path, data: Path, args, out: Path, share_prefix: bool = True, sh
         rollout={"threads": 2, "engine_kwargs": {"share_prefix": share_prefix},
                  "sampling": {"n": args.n, "temperature": 1.0, "max_new_tokens": args.max_new_tokens,
                               "logprobs": False}},
-        actor={"threads": 2, "micro_batch_rows": args.prompts * args.n, "optim": {"lr": 1e-6},
+        actor={"threads": 2, "micro_batch_rows": args.prompts * args.n, "optim": {"lr": 1e-6, "bf16": bf16},
                "share_prefix": share_actor},
         checkpoint={"every": 10**6}, logging={"tensorboard": False},
     )  # fmt: skip
@@ -161,7 +163,15 @@ def one_side(args) -> None:
     model, data = build_inputs(root, args.vocab, args.prompts)
     out = Path(tempfile.mkdtemp(prefix=f"{args.side}-", dir=root))
     if args.side.startswith("ours"):  # ours: both levers; ours-genshare: generation only; ours-noshare: neither
-        res = ours(model, data, args, out, share_prefix=args.side != "ours-noshare", share_actor=args.side == "ours")
+        res = ours(
+            model,
+            data,
+            args,
+            out,
+            share_prefix=args.side != "ours-noshare",
+            share_actor=args.side in ("ours", "ours-bf16"),
+            bf16=args.side == "ours-bf16",
+        )
     else:
         res = trl_side(model, data, args, out, best=args.side == "trl-best")
     print(json.dumps({"side": args.side, **res}), flush=True)
@@ -232,7 +242,7 @@ def main() -> None:
     p.add_argument("--sides", nargs="+", default=["ours", "trl-best", "trl-default"])
     p.add_argument(
         "--side",
-        choices=["ours", "ours-genshare", "ours-noshare", "trl-best", "trl-default"],
+        choices=["ours", "ours-bf16", "ours-genshare", "ours-noshare", "trl-best", "trl-default"],
         help="run one side here (a fresh process)",
     )
     p.add_argument("--work", default=None, help="folder for the model and data (reused)")

@@ -226,7 +226,8 @@ def _shared_prefix_log_probs(model, batch: PolicyBatch, temperature: float, with
         delta = deltas[rows].reshape(n, 1) if deltas is not None else torch.zeros(n, 1, dtype=torch.long)
         filled = pre["attention_mask"].sum(1)[rows].reshape(n, 1)  # the prompt's tokens without its padding
         pos = filled + steps[None] + delta.to(resp.device)  # [N, L-1]: text positions after the prompt
-        att = torch.cat([pre["attention_mask"][rows], torch.ones(n, width - 1, dtype=torch.long)], dim=1)
+        ones = torch.ones(n, width - 1, dtype=torch.long, device=resp.device)
+        att = torch.cat([pre["attention_mask"][rows], ones], dim=1)
         follow = base(input_ids=resp[:, : width - 1], attention_mask=att, position_ids=pos[None].expand(3, -1, -1),
                       past_key_values=cache, use_cache=True)  # fmt: skip
         hidden = torch.cat([hidden, follow.last_hidden_state], dim=1)  # [N, L, H]

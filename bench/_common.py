@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import base64
 import os
-import platform
 from functools import cache
 from importlib import resources
+
+from m3ad_rl.core.provenance import machine  # noqa: F401 (the benchmarks import it from here)
 
 
 @cache
@@ -36,13 +37,3 @@ def pin_one_core() -> str:
         os.sched_setaffinity(0, {0})
         return "pinned to core 0"
     return "not pinned"
-
-
-def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as fh:
-            cpu = next((ln.split(":", 1)[1].strip() for ln in fh if ln.startswith("model name")), cpu)
-    except OSError:
-        pass
-    return f"{cpu}, {os.cpu_count()} cores, Python {platform.python_version()}"

@@ -36,6 +36,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import machine
 
+from m3ad_rl.core import provenance
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -192,9 +194,9 @@ def leftovers(tmp: str) -> list[str]:
 def compare(args) -> None:
     root = Path(args.work or tempfile.mkdtemp(prefix="bench-rcrl-"))
     model, data = build_inputs(root, args.vocab, args.prompts)
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout
+    commit = provenance.commit(ROOT)
     p_tok = prompt_tokens(model, data, args.prompts, args.n)
-    print(f"machine: {machine()}; commit {commit.strip()}; model {model.name}; {args.prompts} prompts × {args.n}, "
+    print(f"machine: {machine()}; commit {commit}; model {model.name}; {args.prompts} prompts × {args.n}, "
           f"≤{args.max_new_tokens} new tokens; {args.repeats} repeats × {args.steps} steps (first is warm-up); "
           f"prompt tokens per step (both sides): {p_tok}", flush=True)  # fmt: skip
     runs: dict[str, list[dict]] = {s: [] for s in args.sides}

@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import json
 import statistics
-import subprocess
 from typing import Any
 
 from m3ad_rl.core import storage
+from m3ad_rl.core.provenance import commit, machine
 
 SETS = {"bench": "unseen categories (M3-AD-Bench side)", "ft-heldout": "seen categories, held-out images"}
 STAGE_NAMES = {"base": "Base (stage 0)", "raws": "RAWS (SFT)", "rcrl": "RCRL (GRPO, preset d)"}
@@ -279,28 +279,6 @@ def reflection_table(reports: dict) -> str:
     )
 
 
-def _machine() -> str:
-    import os
-    import platform
-
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as fh:
-            cpu = next((ln.split(":", 1)[1].strip() for ln in fh if ln.startswith("model name")), cpu)
-    except OSError:
-        pass
-    return f"{cpu}, {os.cpu_count()} logical CPUs, Python {platform.python_version()}"
-
-
-def _commit() -> str:
-    try:
-        return subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True
-        ).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-
-
 def write_report(cfg: Any, seconds: dict[str, float]) -> dict:
     """Write ``{out}/report/results.md``, ``curves.png``, ``reflection.png`` and ``summary.json``."""
     from m3ad_rl.eval.report import markdown_table
@@ -323,7 +301,7 @@ def write_report(cfg: Any, seconds: dict[str, float]) -> dict:
             [
                 "# m3ad-rl reproduce: base → RAWS → RCRL on a small Qwen3-VL trained from scratch\n",
                 f"Command: `m3ad-rl reproduce --config <config> --seeds {' '.join(map(str, seeds))}` · "
-                f"commit `{_commit()}` · {_machine()} · model {init['parameters'] / 1e6:.1f} M parameters.\n",
+                f"commit `{commit()}` · {machine()} · model {init['parameters'] / 1e6:.1f} M parameters.\n",
                 "Each cell is the mean ± std over the seeds; the base model is one model (stage 0, shared by all "
                 "seeds, as the paper's pretrained base), so its cells have no spread.\n",
                 f"## Unseen categories ({', '.join(cfg.data.bench_categories)})\n",

@@ -202,19 +202,9 @@ def _init_model(cfg: ReproduceConfig) -> dict:
 def _perception(cfg: ReproduceConfig) -> dict:
     import ray
 
-    from m3ad_rl.train.perception import PerceptionConfig
     from m3ad_rl.train.perception import run as run_perception
 
-    pc = PerceptionConfig(
-        **{
-            "model": f"{cfg.out}/models/init",
-            "out": f"{cfg.out}/perception",
-            "image_size": cfg.data.image_size,
-            "categories": tuple(cfg.data.ft_categories),
-            "defect_scale": cfg.data.defect_scale,
-            **cfg.perception,
-        }
-    )
+    pc = _perception_config(cfg)
     task = ray.remote(num_cpus=pc.threads)(run_perception)  # on a worker node; its outputs go to the URL
     res = ray.get(task.remote(pc))
     return {"model": res["model"], "history": res["history"]}
@@ -259,50 +249,16 @@ def _ft(cfg: ReproduceConfig, seed: int) -> dict:
 
 
 def _sft(cfg: ReproduceConfig, seed: int, base: str) -> dict:
-    from m3ad_rl.core.config import load_config
-    from m3ad_rl.core.package_data import config_file
-    from m3ad_rl.train.sft import SFTConfig
     from m3ad_rl.train.sft import run as run_sft
 
-    out = f"{cfg.out}/seed-{seed}/sft"
-    sc = load_config(SFTConfig, str(config_file("train/sft-cpu.yaml")), [])
-    sc = sc.model_copy(
-        update={
-            "model": base,
-            "data": f"{cfg.out}/seed-{seed}/ft/sft.parquet",
-            "out": out,
-            "seed": seed,
-            "address": cfg.address,
-        }
-    )
-    sc = SFTConfig(**_merge(sc.model_dump(), cfg.sft))
-    res = run_sft(sc, resume=True)  # a run cut short continues from its last checkpoint; none: from the start
+    res = run_sft(_sft_config(cfg, seed, base), resume=True)  # cut short: continue; nothing there: start
     return {"model": res["model"], "loss": res["loss"]}
 
 
 def _rcrl(cfg: ReproduceConfig, seed: int, sft: str) -> dict:
-    from m3ad_rl.core.config import load_config
-    from m3ad_rl.core.package_data import config_file
-    from m3ad_rl.train.rcrl import RCRLConfig
     from m3ad_rl.train.rcrl import run as run_rcrl
-    from rewards import load_reward_config
 
-    out = f"{cfg.out}/seed-{seed}/rcrl"
-    rc = load_config(RCRLConfig, str(config_file("train/rcrl-cpu.yaml")), [])
-    merged = _merge(
-        rc.model_dump(),
-        {
-            **cfg.rcrl,
-            "model": sft,
-            "data": f"{cfg.out}/seed-{seed}/ft/rl.parquet",
-            "out": out,
-            "seed": seed,
-            "address": cfg.address,
-        },
-    )
-    merged["reward"] = load_reward_config(_reward_path(cfg.reward_config)).model_dump()
-    rc = RCRLConfig(**merged)
-    res = run_rcrl(rc, resume=True, progress=False)  # as for SFT: continue, or start if nothing is there
+    res = run_rcrl(_rcrl_config(cfg, seed, sft), resume=True, progress=False)  # as for SFT
     return {"model": res["model"]}
 
 
@@ -326,9 +282,40 @@ def _reward_path(name: str) -> str:
     return name if Path(name).exists() else str(config_file(name))
 
 
-def _merge(base: dict, over: dict) -> dict:
-    """``over`` into ``base``, nested dicts merged key by key."""
-    out = dict(base)
-    for k, v in over.items():
-        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
-    return out
+# ---- the trainers' configs: a shipped file, this config's section, then the paths the stage fixes --------
+def _stage_config(model, shipped: str | None, *layers: dict, root: str):
+    """``model`` from the shipped config (if any) with ``layers`` merged over it; a mistake in a section is
+    a ConfigError naming the key (``sft.epoch: not a field`` …)."""
+    from omegaconf import OmegaConf
+
+    from m3ad_rl.core.config import load_config, validate
+    from m3ad_rl.core.package_data import config_file
+
+    base = load_config(model, str(config_file(shipped))).model_dump(mode="json") if shipped else {}
+    return validate(model, OmegaConf.to_container(OmegaConf.merge(base, *layers)), root=root)
+
+
+def _perception_config(cfg: ReproduceConfig):
+    from m3ad_rl.train.perception import PerceptionConfig
+
+    fixed = {"model": f"{cfg.out}/models/init", "out": f"{cfg.out}/perception", "image_size": cfg.data.image_size,
+             "categories": list(cfg.data.ft_categories), "defect_scale": cfg.data.defect_scale}  # fmt: skip
+    return _stage_config(PerceptionConfig, None, fixed, cfg.perception, root="perception.")
+
+
+def _sft_config(cfg: ReproduceConfig, seed: int, base: str):
+    from m3ad_rl.train.sft import SFTConfig
+
+    fixed = {"model": base, "data": f"{cfg.out}/seed-{seed}/ft/sft.parquet", "out": f"{cfg.out}/seed-{seed}/sft",
+             "seed": seed, "address": cfg.address}  # fmt: skip
+    return _stage_config(SFTConfig, "train/sft-cpu.yaml", fixed, cfg.sft, root="sft.")
+
+
+def _rcrl_config(cfg: ReproduceConfig, seed: int, sft: str):
+    from m3ad_rl.train.rcrl import RCRLConfig
+    from rewards import load_reward_config
+
+    fixed = {"model": sft, "data": f"{cfg.out}/seed-{seed}/ft/rl.parquet", "out": f"{cfg.out}/seed-{seed}/rcrl",
+             "seed": seed, "address": cfg.address}  # fmt: skip
+    reward = {"reward": load_reward_config(_reward_path(cfg.reward_config)).model_dump(mode="json")}
+    return _stage_config(RCRLConfig, "train/rcrl-cpu.yaml", cfg.rcrl, fixed, reward, root="rcrl.")

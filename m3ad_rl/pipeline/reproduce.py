@@ -153,6 +153,8 @@ def reproduce(cfg: ReproduceConfig, redo: list[str] | None = None) -> dict:
 
     out = storage.absolute(cfg.out).rstrip("/")
     cfg = cfg.model_copy(update={"out": out})
+    # a mistake in a trainer's section fails now, in one line, not after stage 0's twenty minutes
+    _perception_config(cfg), _sft_config(cfg, cfg.seeds[0], "base"), _rcrl_config(cfg, cfg.seeds[0], "sft")
     stages = plan(cfg)
     stages.redo(redo or [])
     storage.write_text(f"{out}/reproduce.json", cfg.model_dump_json(indent=1))

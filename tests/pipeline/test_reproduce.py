@@ -86,6 +86,17 @@ def test_reproduce_config_mistakes_are_one_line(tmp_path):
     assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
 
 
+@pytest.mark.parametrize("section", ["perception", "sft", "rcrl"])
+def test_a_typo_in_a_trainer_section_fails_before_any_stage_runs(tmp_path, section):
+    from m3ad_rl.core.config import ConfigError
+    from m3ad_rl.pipeline.reproduce import ReproduceConfig, reproduce
+
+    cfg = ReproduceConfig(**{**TOY, "out": str(tmp_path / "run"), section: {**TOY[section], "epoch": 5}})
+    with pytest.raises(ConfigError, match=rf"{section}\.epoch"):
+        reproduce(cfg)
+    assert not (tmp_path / "run").exists()  # nothing was started
+
+
 @slow[0]
 @slow[1]
 def test_reproduce_on_object_storage(tmp_path, s3_bucket):  # noqa: F811 (the imported fixture)

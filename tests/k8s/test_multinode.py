@@ -70,6 +70,9 @@ def cluster(tmp_path_factory):
     for f in sorted((DEV / "config").glob("*.yaml")):
         cfg = yaml.safe_load(f.read_text()) or {}
         (configs / f.name).write_text(yaml.safe_dump(_merge(cfg, SHRINK.get(f.name, {}))))
+    from tests.pipeline.test_reproduce import TOY
+
+    (configs / "reproduce-toy.yaml").write_text(yaml.safe_dump({**TOY, "seeds": [0]}))
     c = LocalCluster(tmp_path_factory.mktemp("cluster"), workers=2, cpus=4, config_dir=configs)
     c.up()
     os.environ.update(c.client_env())  # this process reads the results from the same S3
@@ -277,6 +280,20 @@ def test_lost_worker_node_fails_clearly_and_retry_resumes(cluster):
         cluster.wait_nodes(3)
     logs = jobs.run(entry)
     assert "resumed from step" in logs, logs[-3000:]
+
+
+def test_reproduce_on_multinode_cluster_with_s3(cluster):
+    """``m3ad-rl reproduce`` as a job: driver on the 0-CPU head, stage 0's task, SFT, RCRL and the evaluation on
+    worker nodes with private disks; every stage's outputs and the report only in S3."""
+    import fsspec
+
+    out = f"{BUCKET}/reproduce"
+    Jobs(cluster).run(f"m3ad-rl reproduce --config /etc/m3ad/reproduce-toy.yaml --out {out}", timeout=1500)
+    fs = fsspec.filesystem("s3")
+    for key in ("report/results.md", "perception/model/model.safetensors", "seed-0/sft/model/model.safetensors",
+                "seed-0/rcrl/model/model.safetensors", "seed-0/eval/rcrl/bench/report.json"):  # fmt: skip
+        assert fs.exists(f"{out}/{key}"), key
+    assert "Seen categories" in fs.cat(f"{out}/report/results.md").decode()
 
 
 def test_sweep_submit_and_report_on_s3(cluster, tmp_path):

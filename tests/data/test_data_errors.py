@@ -61,8 +61,11 @@ def s3_bucket():
     saved = {k: os.environ.get(k) for k in env}
     os.environ.update(env)
     s3fs.S3FileSystem.clear_instance_cache()
-    fsspec.filesystem("s3").mkdir("data-errors")
-    yield "s3://data-errors"
+    # moto keeps its buckets in process-global state, so a second module's server sees the first's
+    # bucket: a fresh name per fixture instance keeps each module's bucket empty.
+    bucket = f"data-errors-{uuid.uuid4().hex[:12]}"
+    fsspec.filesystem("s3").mkdir(bucket)
+    yield f"s3://{bucket}"
     s3fs.S3FileSystem.clear_instance_cache()
     for k, v in saved.items():
         os.environ.pop(k) if v is None else os.environ.__setitem__(k, v)

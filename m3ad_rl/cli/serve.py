@@ -25,6 +25,12 @@ def add_commands(sub) -> None:
     p.add_argument("--port", type=PORT, default=8000)
     p.add_argument("--replicas", type=POSITIVE, default=1)
     p.add_argument("--address", help="Ray cluster address (default: local Ray)")
+    p.add_argument(
+        "--batch-max-requests",
+        type=POSITIVE,
+        default=1,
+        help="small requests a replica gathers into one scoring call with @serve.batch (default 1: off)",
+    )
     config_args(p)
     p.set_defaults(func=cmd_serve_rewards)
 
@@ -59,5 +65,12 @@ def cmd_serve_rewards(args: argparse.Namespace) -> int:
     print(
         f"reward service on http://{args.host}:{args.port}/rewards/score ({args.replicas} replica(s))", file=sys.stderr
     )
-    start(cfg, host=args.host, port=args.port, replicas=args.replicas, blocking=True)
+    start(
+        cfg,
+        host=args.host,
+        port=args.port,
+        replicas=args.replicas,
+        blocking=True,
+        batch_max_requests=args.batch_max_requests,
+    )
     return 0

@@ -31,7 +31,7 @@ def service():
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     port = _free_port()
     cfg = load_reward_config(overrides=["reflection.preset=b"])
-    handle = start(cfg, port=port, replicas=2)
+    handle = start(cfg, port=port, replicas=2, batch_max_requests=64)
     yield f"http://127.0.0.1:{port}/rewards", handle, cfg
     serve.shutdown()
     ray.shutdown()
@@ -116,3 +116,33 @@ def test_concurrent_clients_nothing_dropped_or_misscored(service):
         results = list(pool.map(client, range(8)))
     merged = {k: v for r in results for k, v in r.items()}
     assert len(merged) == 200 and all(merged[k] == expected[k] for k in merged)
+
+
+def test_small_concurrent_requests_are_batched_and_a_bad_one_fails_alone(service):
+    """@serve.batch gathers one-response requests into one scoring call (header x-batch-requests > 1
+    for some), results equal the local function's, and a malformed request among them gets its 400
+    without failing its batch-mates."""
+    url, _, cfg = service
+    fn = RewardFunction(cfg)
+    items = _items(64, seed=5)
+    expected = {i["id"]: fn(i["response"], i["ground_truth"]).to_dict() for i in items}
+    bad = {"id": "bad", "response": "x", "ground_truth": {"label": "weird"}}
+    bodies = [[i] for i in items]
+    bodies[17:17] = [[bad]]
+
+    def post(body):
+        r = httpx.post(f"{url}/score", json={"items": body}, timeout=60)
+        return body[0]["id"], r
+
+    with ThreadPoolExecutor(16) as pool:
+        replies = list(pool.map(post, bodies))
+    together = []
+    for item_id, r in replies:
+        if item_id == "bad":
+            assert r.status_code == 400 and "items[0].ground_truth.label" in r.text
+            continue
+        assert r.status_code == 200
+        (got,) = r.json()["results"]
+        assert {k: v for k, v in got.items() if k != "id"} == expected[item_id]
+        together.append(int(r.headers["x-batch-requests"]))
+    assert max(together) > 1, together

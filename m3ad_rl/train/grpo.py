@@ -109,13 +109,14 @@ def update_mask(
 def grpo_loss(
     log_prob: torch.Tensor,
     old_log_prob: torch.Tensor,
-    ref_log_prob: torch.Tensor,
+    ref_log_prob: torch.Tensor | None,
     advantages: torch.Tensor,
     response_mask: torch.Tensor,
     cfg: GRPOConfig | None = None,
     global_batch_info: dict | None = None,
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """Clipped policy loss + β · KL(π ‖ π_ref); all inputs ``[B x n, L]``. Returns (loss, metrics).
+    ``ref_log_prob`` None (β = 0, no reference policy): no KL term.
 
     ``global_batch_info`` (``dp_size``, ``batch_num_tokens``, ``global_batch_size``, and for
     ``seq-mean-token-sum-norm`` ``loss_scale_factor``) makes the aggregation global across
@@ -137,8 +138,13 @@ def grpo_loss(
         loss_agg_mode=cfg.loss_agg_mode,
         config=actor_cfg,
     )
-    kl = core_algos.kl_penalty(log_prob, ref_log_prob, cfg.kl_type)
-    kl_loss = core_algos.agg_loss(kl, response_mask, cfg.loss_agg_mode, **info)
+    if ref_log_prob is None:
+        if cfg.kl_coef != 0:
+            raise ValueError(f"kl_coef={cfg.kl_coef} needs the reference log-probs")
+        kl_loss = torch.zeros((), dtype=pg_loss.dtype)
+    else:
+        kl = core_algos.kl_penalty(log_prob, ref_log_prob, cfg.kl_type)
+        kl_loss = core_algos.agg_loss(kl, response_mask, cfg.loss_agg_mode, **info)
     loss = pg_loss + cfg.kl_coef * kl_loss
     metrics = {k: float(v) for k, v in pg_metrics.items() if isinstance(v, (int, float))}
     metrics.update({"actor/pg_loss": pg_loss.item(), "actor/kl_loss": kl_loss.item(), "actor/loss": loss.item()})

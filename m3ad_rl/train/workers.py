@@ -137,6 +137,11 @@ class PolicyWorker(Worker):
         has_old = "old_log_probs" in data.batch.keys()  # noqa: SIM118 (TensorDict has no `in`)
         # π_old = π only while the weights are those that sampled: the first and only optimiser step.
         assert has_old or n_mini * epochs == 1, "more than one optimiser step per batch needs old_log_probs"
+        # π_ref: given, or computed here on each micro-batch (colocated reference, one pass), or none (β = 0)
+        has_ref = "ref_log_probs" in data.batch.keys()  # noqa: SIM118
+        ref_here = not has_ref and self.ref is not None
+        assert not ref_here or n_mini * epochs == 1, "the reference pass inside the update needs one optimiser step"
+        t_ref = 0.0
         loss_mask = data.batch["loss_mask"] if "loss_mask" in data.batch.keys() else data.batch["response_mask"]  # noqa: SIM118
         sums: dict[str, float] = {}
         n_micro = 0
@@ -146,6 +151,12 @@ class PolicyWorker(Worker):
                 for s in range(0, len(rows), self.micro):
                     idx = rows[s : s + self.micro]
                     b = build_batch(self.processor, [reqs[i] for i in idx], [resps[i] for i in idx])
+                    ref = data.batch["ref_log_probs"][idx] if has_ref else None
+                    if ref_here:  # the same built micro-batch as the actor's pass: no second processor run
+                        t1 = time.perf_counter()
+                        with torch.inference_mode():
+                            ref, _ = response_log_probs(self.ref, b, self.temperature, share_prefix=self.share)
+                        ref, t_ref = ref.clone(), t_ref + time.perf_counter() - t1  # clone: a normal tensor
                     lp, ent = response_log_probs(
                         self.engine.module, b, self.temperature, with_entropy=True, share_prefix=self.share
                     )
@@ -153,7 +164,7 @@ class PolicyWorker(Worker):
                     mask = loss_mask[idx][:, :width].float()
                     old = data.batch["old_log_probs"][idx][:, :width] if has_old else lp.detach()
                     loss, m = grpo_loss(
-                        lp, old, data.batch["ref_log_probs"][idx][:, :width], data.batch["advantages"][idx][:, :width],
+                        lp, old, ref[:, :width] if ref is not None else None, data.batch["advantages"][idx][:, :width],
                         mask, self.grpo, info,
                     )  # fmt: skip
                     self.engine.backward(loss, scale_wrt_gas=False)
@@ -170,6 +181,8 @@ class PolicyWorker(Worker):
         metrics["actor/grad_norm"] = float(gn) if gn is not None else 0.0
         metrics["actor/optimizer_steps"] = float(n_mini * epochs)
         metrics["timing/update_worker_s"] = time.perf_counter() - t0
+        if ref_here:
+            metrics["timing/ref_in_update_s"] = t_ref
         return DataProto(meta_info={"metrics": metrics})
 
     def _global_batch_info(self, loss_mask: torch.Tensor) -> dict:

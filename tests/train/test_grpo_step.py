@@ -34,6 +34,11 @@ def test_clipping_and_kl_term():
     _, m = grpo_loss(new, old, old, adv, mask, GRPOConfig(kl_coef=0.01))
     k3 = np.exp(-0.5) - (-0.5) - 1  # low-variance k3 estimator of KL(π‖π_ref) at log-ratio 0.5
     assert m["actor/kl_loss"] == pytest.approx(k3, abs=1e-4)
+    # β = 0 needs no reference: the same loss without one; β > 0 without one is an error
+    no_ref, m0 = grpo_loss(new, old, None, adv, mask, GRPOConfig(kl_coef=0.0))
+    assert no_ref.item() == pytest.approx(-1.2, abs=1e-5) and m0["actor/kl_loss"] == 0.0
+    with pytest.raises(ValueError, match="needs the reference log-probs"):
+        grpo_loss(new, old, None, adv, mask, GRPOConfig(kl_coef=0.01))
 
 
 def test_grpo_step_on_the_tiny_model_raises_the_rewarded_sample(tiny_model):

@@ -287,3 +287,38 @@ def test_one_optimiser_step_without_old_log_probs_is_exact_and_asserted():
     assert RCRLConfig(**base, actor={"ppo_epochs": 3}).optimizer_steps_per_batch == 3
     with pytest.raises(ValueError, match="ppo_mini_batch_prompts=3 must divide batch_prompts=4"):
         RCRLConfig(**base, actor={"ppo_mini_batch_prompts": 3})
+
+
+def test_reference_inside_the_update_equals_a_separate_reference_pass_and_beta_zero_has_none(
+    pipeline, tiny_model, tmp_path
+):
+    """``ref.in_update`` (the colocated reference runs on the update's own micro-batches) gives every step's
+    metrics of the separate reference pass, KL included once the policy has moved; with β = 0 no
+    reference pass runs at all and the KL term is zero."""
+    from m3ad_rl.core.config import load_config
+    from m3ad_rl.train.rcrl import RCRLConfig, run
+    from rewards import load_reward_config
+    from tests.helpers import shaped_reward_service
+
+    ray.shutdown()
+
+    def one(name: str, *extra: str) -> list[dict]:
+        cfg = load_config(RCRLConfig, str(REPO / "configs/train/rcrl-cpu.yaml"), [
+            f"model={tiny_model}", f"data={pipeline['ft'] / 'rl.parquet'}", f"out={tmp_path / name}", "steps=3",
+            "batch_prompts=4", "rollout.sampling.max_new_tokens=24", "actor.optim.lr=3e-3", "seed=5",
+            f"reward_service.url={url}", "logging.tensorboard=false", *extra,
+        ])  # fmt: skip
+        try:
+            return run(cfg, progress=False)["history"]
+        finally:
+            ray.shutdown()
+
+    with shaped_reward_service(load_reward_config(str(REPO / "configs/rewards/preset_b.yaml"))) as url:
+        fused, separate = one("fused", "ref.in_update=true"), one("separate", "ref.in_update=false")
+        no_ref = one("beta0", "grpo.kl_coef=0")
+    assert all("timing/ref_s" not in r and "timing/ref_in_update_s" in r for r in fused)
+    assert all("timing/ref_s" in r and "timing/ref_in_update_s" not in r for r in separate)
+    assert _comparable(fused) == _comparable(separate)
+    assert fused[-1]["actor/kl_loss"] > 1e-6, "the policy never moved away from the reference"
+    assert all("timing/ref_s" not in r and "timing/ref_in_update_s" not in r for r in no_ref)
+    assert all(r["actor/kl_loss"] == 0 for r in no_ref)

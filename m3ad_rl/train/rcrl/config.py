@@ -50,6 +50,12 @@ class RefConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     colocate: bool = Field(True, description="Frozen copy inside the actor ranks; false: its own worker group.")
+    in_update: bool = Field(
+        True,
+        description="Colocated, with one optimiser step per batch: the reference log-probs are computed inside "
+        "the update call on the same micro-batches (one Ray round trip and one image-processor pass fewer); "
+        "false: a separate reference pass first (verl's order). With grpo.kl_coef = 0 there is no reference.",
+    )
 
 
 class RewardServiceConfig(BaseModel):
@@ -114,6 +120,12 @@ class RCRLConfig(BaseModel):
     @property
     def mini_batches(self) -> int:
         return self.batch_prompts // (self.actor.ppo_mini_batch_prompts or self.batch_prompts)
+
+    @property
+    def ref_in_update(self) -> bool:
+        """The reference pass runs inside the actor's update call (see ``RefConfig.in_update``)."""
+        one_step = self.optimizer_steps_per_batch == 1
+        return self.grpo.kl_coef > 0 and self.ref.colocate and self.ref.in_update and one_step
 
     @property
     def optimizer_steps_per_batch(self) -> int:

@@ -144,10 +144,11 @@ class RCRLTrainer:
                 pool.pgs = node_placement_groups(a.workers // a.nodes, a.nodes, a.use_gpu, role)
             return RayWorkerGroup(pool, RayClassWithInitArgs(cls=ray.remote(PolicyWorker), cfg=wcfg, role=role))
 
-        self.actor = group("actor_ref" if cfg.ref.colocate else "actor")
+        use_ref = cfg.grpo.kl_coef > 0  # β = 0: no KL term, so no reference policy at all
+        self.actor = group("actor_ref" if cfg.ref.colocate and use_ref else "actor")
         self.actor.init_model()
-        self.ref = self.actor
-        if not cfg.ref.colocate:
+        self.ref = self.actor if use_ref else None
+        if use_ref and not cfg.ref.colocate:
             self.ref = group("ref")
             self.ref.init_model()
 
@@ -202,8 +203,9 @@ class RCRLTrainer:
             if self.cfg.grpo.recompute_old_log_prob or self.cfg.optimizer_steps_per_batch > 1:
                 with tr.span("old_log_prob", t):
                     batch = batch.union(self.actor.compute_log_prob(batch))
-            with tr.span("ref", t):
-                batch = batch.union(self.ref.compute_ref_log_prob(batch))
+            if self.cfg.grpo.kl_coef > 0 and not self.cfg.ref_in_update:  # else: inside the update, or no KL
+                with tr.span("ref", t):
+                    batch = batch.union(self.ref.compute_ref_log_prob(batch))
             with tr.span("advantage", t):
                 group_metrics = self.compute_advantage(batch, scores)
             with tr.span("update", t):

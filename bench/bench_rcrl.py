@@ -81,11 +81,12 @@ def prompt_tokens(model: Path, data: Path, prompts: int, n: int) -> int:
 
 
 def ours(
-    model: Path, data: Path, args, out: Path, share_prefix: bool = True, share_actor: bool = True, bf16: bool = False
-) -> dict:
+    model: Path, data: Path, args, out: Path, share_prefix: bool = True, share_actor: bool = True, bf16: bool = False,
+    ref_in_update: bool = True,
+) -> dict:  # fmt: skip
     """``share_prefix=False``: the rollout engine expands each prompt n times before the prefill;
-    ``share_actor=False``: the actor's and reference's log-prob passes run n full rows per prompt (each
-    lever's "before")."""
+    ``share_actor=False``: the actor's and reference's log-prob passes run n full rows per prompt;
+    ``ref_in_update=False``: the reference pass is a call of its own (each lever's "before")."""
     from m3ad_rl.train.rcrl import RCRLConfig, run
 
     cfg = RCRLConfig(
@@ -95,6 +96,7 @@ def ours(
                               "logprobs": False}},
         actor={"threads": 2, "micro_batch_rows": args.prompts * args.n, "optim": {"lr": 1e-6, "bf16": bf16},
                "share_prefix": share_actor},
+        ref={"in_update": ref_in_update},
         checkpoint={"every": 10**6}, logging={"tensorboard": False},
     )  # fmt: skip
     hist = run(cfg, progress=False, overwrite=True)["history"][1:]
@@ -164,15 +166,17 @@ def one_side(args) -> None:
     root = Path(args.work)
     model, data = build_inputs(root, args.vocab, args.prompts)
     out = Path(tempfile.mkdtemp(prefix=f"{args.side}-", dir=root))
-    if args.side.startswith("ours"):  # ours: both levers; ours-genshare: generation only; ours-noshare: neither
+    if args.side.startswith("ours"):  # ours: every lever; ours-genshare: shared prefill only; ours-noshare: neither;
+        # ours-sepref: all but the reference inside the update
         res = ours(
             model,
             data,
             args,
             out,
             share_prefix=args.side != "ours-noshare",
-            share_actor=args.side in ("ours", "ours-bf16"),
+            share_actor=args.side in ("ours", "ours-bf16", "ours-sepref"),
             bf16=args.side == "ours-bf16",
+            ref_in_update=args.side != "ours-sepref",
         )
     else:
         res = trl_side(model, data, args, out, best=args.side == "trl-best")
@@ -227,9 +231,10 @@ def compare(args) -> None:
         tok = statistics.median(r["response_tokens"] for r in rs if r["response_tokens"])
         ratio = f"{med / base:.2f}" if base else "-"
         print(f"| {side} | {med:.2f} | {lo:.2f}–{hi:.2f} | {tok:.0f} | {ratio} |")
-    if runs.get("ours"):
-        phases = runs["ours"][-1]["phases"]
-        print("ours, phases (s, last repeat): " + ", ".join(f"{k} {v:.2f}" for k, v in phases.items()))
+    for side, rs in runs.items():
+        if side.startswith("ours"):
+            phases = rs[-1]["phases"]
+            print(f"{side}, phases (s, last repeat): " + ", ".join(f"{k} {v:.2f}" for k, v in phases.items()))
     print(json.dumps(runs))
 
 
@@ -244,7 +249,7 @@ def main() -> None:
     p.add_argument("--sides", nargs="+", default=["ours", "trl-best", "trl-default"])
     p.add_argument(
         "--side",
-        choices=["ours", "ours-bf16", "ours-genshare", "ours-noshare", "trl-best", "trl-default"],
+        choices=["ours", "ours-bf16", "ours-genshare", "ours-noshare", "ours-sepref", "trl-best", "trl-default"],
         help="run one side here (a fresh process)",
     )
     p.add_argument("--work", default=None, help="folder for the model and data (reused)")

@@ -5,9 +5,11 @@ random-init Qwen3-VL models at 2B- and 4B-like shapes, in bf16 on one GPU.
     python bench/gpu_check.py --shapes tiny --device cpu  # the same code path on a CPU, tiny shapes
 
 Per shape it prints: rollout tokens/s (``HFEngine.generate``, n samples per prompt, sampled to a fixed
-length), the update's step time and tokens/s (``build_batch`` → ``response_log_probs`` with grad →
-clipped GRPO loss + k3 KL → backward → AdamW), peak GPU memory, and the update's model FLOPs
-utilisation: 6 × parameters × tokens / time / peak bf16 FLOP/s (dense; attention FLOPs left out).
+length), the update's step time and tokens/s (per micro-batch, as the actor worker does:
+``build_batch`` → ``response_log_probs`` with grad, the shared-prompt path by default → clipped GRPO
+loss + k3 KL → backward → AdamW), peak GPU memory, and the update's model FLOPs utilisation:
+6 × parameters × tokens / time / peak bf16 FLOP/s (dense; attention FLOPs left out). It also checks
+on the device that the shared-prompt log-probs equal full rows' (largest |Δ|, under the same autocast).
 The models have Qwen's 151,936-row embedding; the text comes from the project's small tokenizer.
 """
 
@@ -111,18 +113,24 @@ def run_shape(shape: str, args) -> dict:
     opt = torch.optim.AdamW(model.parameters(), lr=1e-6, fused=dev == "cuda")
     rows = [r for r in reqs for _ in range(args.n)]
     resps = [c.token_ids for o in outs for c in o]
+    share = not args.no_share_prefix
+    with torch.no_grad(), torch.autocast(dev, dtype=torch.bfloat16, enabled=dev == "cuda"):
+        mb = build_batch(engine.processor, rows[: args.micro], resps[: args.micro]).to(dev)
+        full, _ = response_log_probs(model, mb, share_prefix=False)
+        shared, _ = response_log_probs(model, mb, share_prefix=True)
+        shared_vs_full = float((full.float() - shared.float()).abs().max())
     times, tokens = [], 0
     if dev == "cuda":
         torch.cuda.reset_peak_memory_stats()
     for it in range(args.steps + 1):  # the first is a warm-up
         _sync(dev)
         t0 = time.perf_counter()
-        batch = build_batch(engine.processor, rows, resps).to(dev)
-        tokens = int(batch.attention_mask.sum())
+        tokens = 0
         with torch.autocast(dev, dtype=torch.bfloat16, enabled=dev == "cuda"):
             for s in range(0, len(rows), args.micro):
-                mb = _slice(batch, s, s + args.micro)
-                lp, _ = response_log_probs(model, mb)
+                mb = build_batch(engine.processor, rows[s : s + args.micro], resps[s : s + args.micro]).to(dev)
+                tokens += int(mb.attention_mask.sum())
+                lp, _ = response_log_probs(model, mb, share_prefix=share)
                 mask = (torch.arange(lp.shape[1], device=dev)[None] < mb.response_len[:, None]).float()
                 adv = torch.randn(lp.shape[0], 1, device=dev).expand_as(lp)
                 loss = grpo_loss(lp.float(), lp.detach().float(), lp.detach().float() - 0.01, adv, mask)
@@ -141,27 +149,10 @@ def run_shape(shape: str, args) -> dict:
         "shape": shape, "device": name, "params_M": round(n_params / 1e6, 1), "build_s": round(build_s, 1),
         "rollout": f"{args.prompts}x{args.n} rows, {args.new_tokens} new tokens",
         "rollout_tokens_per_s": round(gen_tokens / gen_s, 1), "rollout_s": round(gen_s, 2),
-        "update_tokens": tokens, "update_step_s": round(step_s, 3),
+        "update_tokens": tokens, "update_step_s": round(step_s, 3), "share_prefix": share,
+        "shared_vs_full_max_abs_diff": shared_vs_full,
         "update_tokens_per_s": round(tokens / step_s, 1), "peak_mem_GiB": round(peak, 1), "update_mfu": round(mfu, 3),
     }  # fmt: skip
-
-
-def _slice(batch, a: int, b: int):
-    from m3ad_rl.train.logprobs import PolicyBatch
-
-    v = dict(batch.vision)
-    if "image_rows" in v:  # keep the distinct images the slice's rows use, re-indexed
-        import torch
-
-        used = torch.unique(v["image_rows"][a:b])
-        counts = v["unique_grid_thw"].prod(-1)
-        starts = torch.cumsum(counts, 0) - counts
-        v["pixel_values"] = torch.cat([v["pixel_values"][starts[u] : starts[u] + counts[u]] for u in used])
-        v["unique_grid_thw"] = v["unique_grid_thw"][used]
-        v["image_rows"] = torch.searchsorted(used, v["image_rows"][a:b])
-        v["image_grid_thw"] = v["image_grid_thw"][a:b]
-    return PolicyBatch(batch.input_ids[a:b], batch.attention_mask[a:b], batch.mm_token_type_ids[a:b],
-                       batch.response_mask[a:b], v, batch.response_len[a:b], batch.prompt_len[a:b])  # fmt: skip
 
 
 def _sync(dev: str) -> None:
@@ -182,6 +173,7 @@ def main() -> None:
     ap.add_argument("--micro", type=int, default=16, help="rows per forward/backward")
     ap.add_argument("--steps", type=int, default=3, help="timed update steps (after one warm-up)")
     ap.add_argument("--checkpointing", action="store_true", help="gradient checkpointing in the update")
+    ap.add_argument("--no-share-prefix", action="store_true", help="n full rows per prompt in the update")
     ap.add_argument("--json", help="also write the results here")
     args = ap.parse_args()
     import torch

@@ -24,3 +24,4 @@ def test_gpu_check_runs_on_cpu_with_tiny_shapes(tmp_path):
     (r,) = json.loads(out.read_text())
     assert r["shape"] == "tiny" and r["update_tokens"] > 0 and r["rollout_tokens_per_s"] > 0
     assert r["params_M"] > 19  # the 151,936-row embedding is there
+    assert r["share_prefix"] and r["shared_vs_full_max_abs_diff"] < 1e-4  # fp32 on CPU: the same log-probs

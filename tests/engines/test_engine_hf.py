@@ -99,10 +99,19 @@ def test_inverse_cdf_sampling_draws_from_the_given_distribution():
     assert torch.multinomial is original  # restored on exit
 
 
-@pytest.mark.parametrize("with_images", [True, False])
-def test_shared_prefix_generation_draws_the_same_samples_as_expanding_the_batch(tiny_model, with_images):
+@pytest.mark.parametrize(
+    ("with_images", "sampling"),
+    [(True, {"temperature": 1.0}), (True, {"temperature": 0.0}), (True, {"temperature": 0.7, "top_p": 0.9}),
+     (False, {"temperature": 1.0})],
+    ids=["loop-sampled", "loop-greedy", "generate-top-p", "text-only"],
+)  # fmt: skip
+def test_shared_prefix_generation_draws_the_same_samples_as_expanding_the_batch(
+    tiny_model, with_images, sampling, monkeypatch
+):
     """The prompt runs once per request and its KV cache is repeated n times: the samples must be exactly
-    those of HF's expand-then-prefill path, also in a left-padded batch of differently sized images."""
+    those of HF's expand-then-prefill path, also in a left-padded batch of differently sized images.
+    Plain sampling and greedy run our own decoding loop (HF ``generate`` is never called); top-p goes
+    through ``generate`` with the shared cache."""
     shared = make_engine("hf", str(tiny_model), batch_size=3)
     plain = make_engine("hf", str(tiny_model), batch_size=3, share_prefix=False)
     sizes = [(300, 200), (120, 90), (64, 64)]
@@ -114,9 +123,19 @@ def test_shared_prefix_generation_draws_the_same_samples_as_expanding_the_batch(
             Image.new("RGB", size, (30 * i, 90, 20)).save(buf, "PNG")
             image = buf.getvalue()
         reqs.append(GenerationRequest(f"r{i}", question() + " Be brief." * i, image))
-    params = SamplingParams(n=3, max_new_tokens=16, temperature=1.0)
+    params = SamplingParams(n=3, max_new_tokens=16, **sampling)
     seeds = [[10 * i + j for j in range(3)] for i in range(3)]
-    a, b = shared.generate(reqs, params, seeds), plain.generate(reqs, params, seeds)
+    if with_images and sampling.get("top_p", 1.0) == 1.0:
+
+        def no_generate(*a, **k):
+            raise AssertionError("HF generate ran where our decoding loop should")
+
+        monkeypatch.setattr(shared.model, "generate", no_generate)
+    a = shared.generate(reqs, params, seeds)
+    if params.temperature == 0:  # HF's greedy refuses n > 1: each of the n samples is the one greedy answer
+        b = [g * 3 for g in plain.generate(reqs, params.model_copy(update={"n": 1}), [[s[0]] for s in seeds])]
+    else:
+        b = plain.generate(reqs, params, seeds)
     assert [[c.token_ids for c in g] for g in a] == [[c.token_ids for c in g] for g in b]
     for ga, gb in zip(a, b, strict=True):
         for ca, cb in zip(ga, gb, strict=True):

@@ -39,6 +39,7 @@ from _common import machine
 from m3ad_rl.core import provenance
 
 ROOT = Path(__file__).resolve().parents[1]
+OURS_SIDES = ["ours", "ours-bf16", "ours-genshare", "ours-noshare", "ours-sepref", "ours-hfgen"]
 
 
 def build_inputs(root: Path, vocab: str, prompts: int) -> tuple[Path, Path]:
@@ -82,16 +83,17 @@ def prompt_tokens(model: Path, data: Path, prompts: int, n: int) -> int:
 
 def ours(
     model: Path, data: Path, args, out: Path, share_prefix: bool = True, share_actor: bool = True, bf16: bool = False,
-    ref_in_update: bool = True,
+    ref_in_update: bool = True, decode_loop: bool = True,
 ) -> dict:  # fmt: skip
     """``share_prefix=False``: the rollout engine expands each prompt n times before the prefill;
     ``share_actor=False``: the actor's and reference's log-prob passes run n full rows per prompt;
-    ``ref_in_update=False``: the reference pass is a call of its own (each lever's "before")."""
+    ``ref_in_update=False``: the reference pass is a call of its own; ``decode_loop=False``: HF ``generate``
+    decodes after the shared prefill (each lever's "before")."""
     from m3ad_rl.train.rcrl import RCRLConfig, run
 
     cfg = RCRLConfig(
         model=str(model), data=str(data), out=str(out), steps=args.steps, batch_prompts=args.prompts,
-        rollout={"threads": 2, "engine_kwargs": {"share_prefix": share_prefix},
+        rollout={"threads": 2, "engine_kwargs": {"share_prefix": share_prefix, "decode_loop": decode_loop},
                  "sampling": {"n": args.n, "temperature": 1.0, "max_new_tokens": args.max_new_tokens,
                               "logprobs": False}},
         actor={"threads": 2, "micro_batch_rows": args.prompts * args.n, "optim": {"lr": 1e-6, "bf16": bf16},
@@ -167,16 +169,17 @@ def one_side(args) -> None:
     model, data = build_inputs(root, args.vocab, args.prompts)
     out = Path(tempfile.mkdtemp(prefix=f"{args.side}-", dir=root))
     if args.side.startswith("ours"):  # ours: every lever; ours-genshare: shared prefill only; ours-noshare: neither;
-        # ours-sepref: all but the reference inside the update
+        # ours-sepref: all but the reference inside the update; ours-hfgen: all but our decoding loop
         res = ours(
             model,
             data,
             args,
             out,
             share_prefix=args.side != "ours-noshare",
-            share_actor=args.side in ("ours", "ours-bf16", "ours-sepref"),
+            share_actor=args.side in ("ours", "ours-bf16", "ours-sepref", "ours-hfgen"),
             bf16=args.side == "ours-bf16",
             ref_in_update=args.side != "ours-sepref",
+            decode_loop=args.side not in ("ours-hfgen", "ours-genshare", "ours-noshare"),
         )
     else:
         res = trl_side(model, data, args, out, best=args.side == "trl-best")
@@ -249,7 +252,7 @@ def main() -> None:
     p.add_argument("--sides", nargs="+", default=["ours", "trl-best", "trl-default"])
     p.add_argument(
         "--side",
-        choices=["ours", "ours-bf16", "ours-genshare", "ours-noshare", "ours-sepref", "trl-best", "trl-default"],
+        choices=[*OURS_SIDES, "trl-best", "trl-default"],
         help="run one side here (a fresh process)",
     )
     p.add_argument("--work", default=None, help="folder for the model and data (reused)")

@@ -50,8 +50,16 @@ class HFEngine:
     name = "hf"
 
     def __init__(
-        self, model: str, device: str | None = None, dtype: str = "auto", batch_size: int = 8, share_prefix: bool = True
+        self,
+        model: str,
+        device: str | None = None,
+        dtype: str = "auto",
+        batch_size: int = 8,
+        share_prefix: bool = True,
+        decode_loop: bool = True,
     ):
+        """``share_prefix``: n samples continue one prefill of their prompt; ``decode_loop``: then decode
+        with our own loop (plain sampling and greedy) instead of HF ``generate``: the same tokens, faster."""
         import torch
         from transformers import AutoModelForImageTextToText, AutoProcessor
 
@@ -66,7 +74,7 @@ class HFEngine:
         self.model = AutoModelForImageTextToText.from_pretrained(model, dtype=getattr(torch, dtype))
         self.model.to(self.device).eval()
         self.batch_size = batch_size
-        self.share_prefix = share_prefix
+        self.share_prefix, self.decode_loop = share_prefix, decode_loop
         tok = self.processor.tokenizer
         eos = self.model.generation_config.eos_token_id
         self.eos_ids = set(eos if isinstance(eos, list) else [eos]) | {tok.eos_token_id}
@@ -126,7 +134,7 @@ class HFEngine:
         sampler = inverse_cdf_sampling(gens) if self.device == "cpu" or gens else contextlib.nullcontext()
         with torch.inference_mode(), sampler:  # (no autograd bookkeeping: ~6 % faster decoding on CPU)
             if params.n > 1 and self.share_prefix and "pixel_values" in inputs:
-                if params.top_p >= 1.0:  # plain sampling or greedy: our own decoding loop
+                if self.decode_loop and params.top_p >= 1.0:  # plain sampling or greedy: our own loop
                     res = self._decode_shared_prefix(inputs, params, gens)
                 else:
                     res = self._generate_shared_prefix(inputs, kwargs, params.n)

@@ -210,7 +210,7 @@ class HFEngine:
         if sample:
             u = (torch.stack([torch.rand(steps, generator=g, dtype=torch.float64) for g in gens]) if gens
                  else torch.rand(rows, steps, dtype=torch.float64)).to(dev)  # fmt: skip
-        eos = torch.tensor(sorted(self.eos_ids), device=dev)
+        eos = torch.tensor(sorted(self.eos_ids), dtype=torch.long, device=dev)
         out = torch.full((rows, steps), self.pad_id, dtype=torch.long, device=dev)
         alive = torch.ones(rows, dtype=torch.bool, device=dev)
         cur, suppress, raw = ids[:, -1:], None, []

@@ -79,7 +79,7 @@ class RewardService:
     """One replica: a RewardFunction built from the run's reward config.
 
     Handlers are ``async`` and small requests (fewer than ``DIRECT_ITEMS`` items) are gathered with
-    ``@serve.batch`` into one scoring call per ``batch_wait_s``: many one-response clients then cost
+    ``@serve.batch`` into one scoring call per ``BATCH_WAIT_S``: many one-response clients then cost
     one event-loop turn per batch instead of one per request. Each request is checked before it joins
     a batch, so a bad request gets its 4xx alone and never fails its batch-mates.
     ``batch_max_requests <= 1`` (the default) turns batching off: every request is scored as it comes.
@@ -87,14 +87,12 @@ class RewardService:
     against Serve's ~4 ms proxy hop a request, docs/benchmarks.md); it is for costlier rewards.
     """
 
-    def __init__(self, config: dict | None = None, batch_max_requests: int = 1,
-                 batch_wait_s: float = BATCH_WAIT_S):  # fmt: skip
+    def __init__(self, config: dict | None = None, batch_max_requests: int = 1):
         self.config = RewardConfig.model_validate(config or {})
         self.fn = RewardFunction(self.config)
         self.batching = batch_max_requests > 1
         if self.batching:
             self._score_small.set_max_batch_size(batch_max_requests)
-            self._score_small.set_batch_wait_timeout_s(batch_wait_s)
 
     @app.post("/score")
     async def score(self, request: ScoreRequest, response: Response) -> dict:  # (no __future__ annotations: FastAPI)

@@ -43,6 +43,10 @@ def add_commands(sub) -> None:
     p.add_argument("--base-url", help="OpenAI-compatible endpoint (captioner openai)")
     p.add_argument("--model", help="model name at that endpoint")
     p.add_argument("--cache-dir", default=".cache/captions", help="caption cache (captioner openai)")
+    p.add_argument("--tokenizer", help="the model to be trained (folder or URL): its tokenizer measures the targets "
+                   "into OUT/lengths.json, which SFT, RCRL and eval check their token limits against")  # fmt: skip
+    p.add_argument("--rl-input", help="draw the RL prompts from this dataset (images SFT never sees); "
+                   "default: the FT samples")  # fmt: skip
     config_args(p)
     p.set_defaults(func=cmd_data_build_ft)
 
@@ -105,9 +109,15 @@ def cmd_data_build_ft(args: argparse.Namespace) -> int:
     cfg = load_config(FTConfig, args.config, args.overrides)
     captioner = make_captioner(args.captioner, seed=cfg.seed, base_url=args.base_url, model=args.model,
                                cache_dir=args.cache_dir)  # fmt: skip
-    report = build_ft(args.input, args.predictions, args.out, cfg, captioner)
+    report = build_ft(args.input, args.predictions, args.out, cfg, captioner, tokenizer=args.tokenizer,
+                      rl_input=args.rl_input)  # fmt: skip
     for sid, why in report.skipped:
         print(f"skipped {sid}: {why}", file=sys.stderr)
+    if report.rl_overlap:
+        print(f"warning: {report.rl_overlap} RL prompts are images of the SFT set", file=sys.stderr)
+    if report.lengths:
+        n = report.lengths
+        print(f"target tokens: p50 {n['p50']}, p99 {n['p99']}, max {n['max']} (lengths.json)", file=sys.stderr)
     print(f"easy {report.easy}, hard {report.hard}; thinking {report.thinking}, reflective {report.reflective}; "
           f"wrote {report.sft_rows} SFT rows and {report.rl_rows} RL rows under {args.out.rstrip('/')}",
           file=sys.stderr)  # fmt: skip

@@ -15,6 +15,7 @@ Captioners share one interface (``Captioner.caption_samples``) and are made by n
 
 from __future__ import annotations
 
+import hashlib
 import json
 import posixpath
 import random
@@ -28,6 +29,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from pydantic import BaseModel, ConfigDict, Field
 
+from m3ad_rl.core import storage
 from m3ad_rl.core.errors import DataError, UsageError
 from m3ad_rl.core.guards import refuse_overwrite, require_file
 from m3ad_rl.core.output_format import parse
@@ -119,6 +121,8 @@ class FTReport:
     skipped: list[tuple[str, str]] = field(default_factory=list)
     sft_rows: int = 0  # rows written to sft.parquet (build_ft)
     rl_rows: int = 0  # rows written to rl.parquet (build_ft)
+    rl_overlap: int = 0  # RL prompts whose image is also an SFT sample's (build_ft with rl_input)
+    lengths: dict | None = None  # the SFT targets' token lengths (build_ft with a tokenizer; lengths.json)
 
 
 def read_predictions(path: str) -> dict[str, str | None]:
@@ -218,18 +222,33 @@ def build(
 
 
 def build_ft(
-    input: str, predictions: str, out: str, cfg: FTConfig, captioner: Captioner, *, progress: bool = True
+    input: str,
+    predictions: str,
+    out: str,
+    cfg: FTConfig,
+    captioner: Captioner,
+    *,
+    progress: bool = True,
+    tokenizer: str | None = None,
+    rl_input: str | None = None,
 ) -> FTReport:
-    """FT construction end to end: ``OUT/samples`` (a dataset), ``OUT/sft.parquet``, ``OUT/rl.parquet``.
+    """FT construction end to end: ``OUT/samples`` (a dataset), ``OUT/sft.parquet``, ``OUT/rl.parquet``,
+    and with ``tokenizer`` (a model reference) ``OUT/lengths.json``, the targets' token lengths
+    (``m3ad_rl.data.lengths``) that the trainers and evaluation check their limits against.
 
-    Checks come first (predictions a file, ``out`` apart from the inputs, every predictions line
-    valid), so a mistake costs no captions. Old SFT/RL sets are removed before the new samples are
-    written, so an interrupted run never leaves old sets beside new samples. Every sample left out
-    is in ``report.skipped`` with the reason (undecodable image, no prediction, caption failed,
-    rejected by the writer); nothing is printed.
+    ``rl_input``: another dataset to draw the RL prompts from (images SFT never saw, the reading of
+    docs/spec-readings.md); default: the FT samples themselves. Checks come first (predictions a
+    file, ``out`` apart from the inputs, every predictions line valid), so a mistake costs no
+    captions. Old SFT/RL sets are removed before the new samples are written, so an interrupted run
+    never leaves old sets beside new samples. Every sample left out is in ``report.skipped`` with the
+    reason (undecodable image, no prediction, caption failed, rejected by the writer); nothing is
+    printed.
     """
     require_file(predictions, "--predictions")
-    refuse_overwrite([input, predictions], [out])
+    refuse_overwrite([input, predictions, rl_input], [out])
+    if rl_input is not None and not storage.exists(rl_input):
+        raise UsageError(f"--rl-input {rl_input}: no such dataset", "give the dataset of the RL prompts")
+    tok = _load_tokenizer(tokenizer) if tokenizer else None  # a bad model reference fails before any work
     preds = read_predictions(predictions)  # a bad or conflicting line fails here, before any work
     report = FTReport()
     samples = list(decodable(iter_samples(input), report))
@@ -240,8 +259,31 @@ def build_ft(
         kept = [s for s in built if w.write(s)]
     report.skipped += [(r.id, "; ".join(r.reasons)) for r in w.report.rejected]
     report.sft_rows = write_parquet(f"{out}/sft.parquet", (sft_row(s, cfg) for s in kept), SFT_SCHEMA)
-    report.rl_rows = write_parquet(f"{out}/rl.parquet", (rl_row(s, i, cfg) for i, s in enumerate(kept)), RL_SCHEMA)
+    rl = kept
+    if rl_input is not None:
+        rl = list(decodable(iter_samples(rl_input), report))
+        seen = {s.id for s in kept} | {hashlib.sha1(s.image_bytes()).hexdigest() for s in kept}
+        report.rl_overlap = sum(1 for s in rl if s.id in seen or hashlib.sha1(s.image_bytes()).hexdigest() in seen)
+    report.rl_rows = write_parquet(f"{out}/rl.parquet", (rl_row(s, i, cfg) for i, s in enumerate(rl)), RL_SCHEMA)
+    if tok is not None:
+        from m3ad_rl.data.lengths import target_lengths, write_lengths
+
+        report.lengths = target_lengths(((s.mode, s.target) for s in kept), tok, tokenizer)
+        write_lengths(out, report.lengths)
     return report
+
+
+def _load_tokenizer(model: str):
+    """The tokenizer of a model reference (folder, storage URL, hub id); a UsageError if it cannot load."""
+    from transformers import AutoTokenizer
+
+    from m3ad_rl.core.storage import local_model
+
+    try:
+        return AutoTokenizer.from_pretrained(local_model(model))
+    except (OSError, ValueError) as e:
+        raise UsageError(f"--model {model}: no tokenizer could be loaded ({type(e).__name__})",
+                         "give the model whose tokenizer the SFT and RL runs use") from None  # fmt: skip
 
 
 def decodable(samples: Iterable[Sample], report: FTReport) -> Iterator[Sample]:
@@ -360,5 +402,5 @@ def write_parquet(url: str, rows: Iterable[dict], schema: pa.Schema, row_group_s
 def remove_sets(out: str) -> None:
     """Remove ``OUT/sft.parquet`` and ``OUT/rl.parquet`` (before new ones are built from new samples)."""
     fs, root = fsspec.core.url_to_fs(out.rstrip("/"))
-    for name in ("sft.parquet", "rl.parquet"):
+    for name in ("sft.parquet", "rl.parquet", "lengths.json"):
         remove_file(fs, f"{root}/{name}")

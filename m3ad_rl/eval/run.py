@@ -46,6 +46,11 @@ class EvalRunConfig(BaseModel):
     overwrite: bool = Field(False, description="Replace predictions in out made by another run (default: refuse).")
     sampling: SamplingParams = SamplingParams(n=1, temperature=0.0, max_new_tokens=512, logprobs=False)
     metrics: EvalConfig = EvalConfig()
+    length_check: Literal["refuse", "warn", "off"] = Field(
+        "refuse",
+        description="sampling.max_new_tokens below the longest target the model was trained on (its "
+        "m3ad_lengths.json): refuse to start, warn, or say nothing (m3ad_rl.data.lengths).",
+    )
 
 
 class _Predictor:
@@ -74,6 +79,7 @@ class _Predictor:
             "source": list(batch["source"]),
             "ground_truth": list(batch["ground_truth"]),
             "response": [o[0].text for o in outs],
+            "truncated": [o[0].finish_reason == "length" for o in outs],
             "seconds": [dt] * len(reqs),
         }
 
@@ -227,6 +233,7 @@ def predict(cfg: EvalRunConfig, out: Path, publish: Callable[[], None] = lambda:
                         "source": row["source"],
                         "response": row["response"],
                         "ground_truth": gt,
+                        "truncated": bool(row["truncated"]),
                     }
                 )
                 + "\n"
@@ -257,14 +264,19 @@ def score(cfg: EvalRunConfig, preds: Path, out: Path | None = None) -> dict:
         cfg.metrics,
     )
     readable = sum(1 for r in rows if parse(r["response"]).answer is not None)
+    truncated = sum(1 for r in rows if r.get("truncated"))
     report["run"] = {
         "model": cfg.model,
         "engine": cfg.engine,
         "dataset": cfg.dataset,
         "n": len(rows),
         "readable_answers": readable / max(1, len(rows)),
+        "truncated": truncated,  # responses cut at sampling.max_new_tokens
+        "max_new_tokens": cfg.sampling.max_new_tokens,
     }
     report["verdict"] = chance_statement(report, readable, len(rows))
+    report["verdict"] += (f" {truncated} of {len(rows)} responses ({100 * truncated / max(1, len(rows)):.1f}%) "
+                          f"were cut at max_new_tokens={cfg.sampling.max_new_tokens}.")  # fmt: skip
     out = out or preds.parent
     (out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
     header = f"# M3-AD-Bench: {cfg.model} ({cfg.engine})\n\n{report['verdict']}\n\n"
@@ -303,5 +315,10 @@ def run(cfg: EvalRunConfig) -> dict:
 
     # the engine actors may run on other nodes and in other folders
     cfg = cfg.model_copy(update={"model": storage.absolute_model(cfg.model), "dataset": storage.absolute(cfg.dataset)})
+    if cfg.engine != "openai":  # a served model's files are not ours to read
+        from m3ad_rl.data.lengths import check_limit, find_lengths
+
+        check_limit(cfg.sampling.max_new_tokens, "sampling.max_new_tokens", find_lengths(model=cfg.model),
+                    cfg.length_check)  # fmt: skip
     with workspace(cfg.out) as (out, publish):
         return score(cfg, predict(cfg, out, publish), out)

@@ -1,42 +1,58 @@
 """``m3ad-rl reproduce``: base → RAWS → RCRL on a small Qwen3-VL trained from scratch, with seeds.
 
-    m3ad-rl reproduce --config configs/reproduce/cpu-small.yaml [--seeds 0 1 2] [--out URL]
+    m3ad-rl reproduce --config configs/reproduce/cpu-small.yaml [--seeds 0 1 2] [--out URL] [--variants …]
 
 Stages, each recorded in ``{out}/stages/<name>.json`` when it finishes, so a rerun skips what is done
 and the trainers resume what was cut short (their own checkpoints):
 
-1. ``data``: synthetic scenes at ``image_size``: the FT categories' FT set and held-out images, and the
-   benchmark categories (never trained on, by any stage);
+1. ``data``: synthetic scenes at ``image_size``, in disjoint sets: of the FT categories the SFT pool
+   (``ft``), the RL prompts (``rl``, never seen by SFT), a validation set (``val``, for choosing
+   settings) and the held-out images (``ft-heldout``, only reported); and the benchmark categories
+   (``bench``: never trained on or chosen by, by any stage);
 2. ``init``: the from-scratch model (the ``model`` recipe: still ``Qwen3VLForConditionalGeneration``);
 3. ``perception`` (stage 0, once): the base model, a weak detector that answers plainly
    (``m3ad_rl.train.perception``); it stands in for the one pretrained VLM the paper starts from, so all
    seeds share it;
-4. ``base-eval``: the base over the FT set (easy/hard), the held-out FT images and the benchmark;
-5. per seed: ``ft`` (Thinking/Reflective sets, template captioner), ``sft`` (RAWS, Ray Train +
-   DeepSpeed), ``rcrl`` (GRPO with reward preset (d)), ``eval`` (RAWS and RCRL on both test sets);
-6. ``report``: ``{out}/report/results.md``: Table-1 layout, mean ± std over seeds, curves, Figure 5.
+4. ``base-eval``: the base over the SFT pool (easy/hard), the held-out FT images and the benchmark;
+5. per seed: ``ft`` (Thinking/Reflective SFT set from the pool, RL set from the RL images, the targets'
+   token lengths), ``sft`` (RAWS, Ray Train + DeepSpeed), ``rcrl`` (GRPO with ``reward_config``),
+   ``eval`` (RAWS and RCRL on the held-out images and the benchmark, and the validation set when
+   ``eval_validation``); and for each of ``variants`` (other reward configs, from the same RAWS
+   model) ``rcrl-<variant>`` and ``eval-<variant>``;
+6. ``report``: ``{out}/report/results.md``: Table-1 layout, paired RCRL − RAWS differences with bootstrap
+   intervals, the variants' table and plot, curves, Figure 5, truncation.
+
+Token limits (SFT's ``max_response_tokens``, RCRL's and evaluation's ``max_new_tokens``) are ``auto`` by
+default: the longest SFT target of the seed's FT set (``lengths.json``) × ``length_margin``.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import time
-from typing import Any
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from m3ad_rl.core import storage
 
 
 class ReproduceData(BaseModel):
+    """The image sets; each has its own seed, so no image is in two sets (tested)."""
+
     model_config = ConfigDict(extra="forbid")
 
     image_size: int = Field(128, ge=64)
     ft_categories: list[str] = Field(..., description="Categories trained on (stage 0, RAWS, RCRL).")
     bench_categories: list[str] = Field(..., description="Held-out categories: the benchmark (unseen).")
-    ft_images: int = Field(512, ge=8, description="The FT set (easy/hard, SFT and RL sets).")
-    ft_heldout_images: int = Field(256, ge=8, description="New images of the FT categories (seen categories).")
-    bench_images: int = Field(256, ge=8, description="Images of the benchmark categories.")
+    ft_images: int = Field(512, ge=8, description="The SFT pool: the base sorts it easy/hard; the SFT set.")
+    rl_images: int | None = Field(
+        1024, ge=8, description="RL prompts of the FT categories that SFT never sees; null: the SFT pool (the old way)."
+    )
+    val_images: int = Field(512, ge=8, description="Validation images of the FT categories: for choosing settings.")
+    ft_heldout_images: int = Field(1024, ge=8, description="Held-out images of the FT categories: only reported.")
+    bench_images: int = Field(512, ge=8, description="Images of the benchmark categories (unseen: never trained on).")
     defect_scale: float = Field(1.0, gt=0, le=4, description="Size of painted defects (SynthConfig.defect_scale).")
     seed: int = Field(100, description="Seed of the scenes (stage 0 draws its own, from its own seed).")
 
@@ -55,8 +71,25 @@ class ReproduceConfig(BaseModel):
     sft: dict[str, Any] = Field(default_factory=dict, description="SFTConfig overrides (RAWS).")
     rcrl: dict[str, Any] = Field(default_factory=dict, description="RCRLConfig overrides.")
     reward_config: str = Field("rewards/preset_d.yaml", description="Shipped config name or a path.")
-    eval_max_new_tokens: int = Field(256, ge=8)
+    variants: list[str] = Field(
+        default_factory=list,
+        description="Other reward configs (shipped names or paths), each an RCRL run from the same RAWS models.",
+    )
+    eval_max_new_tokens: int | Literal["auto"] = Field(
+        "auto", description="Greedy evaluation's limit; auto: the longest SFT target × length_margin."
+    )
+    length_margin: float = Field(1.25, ge=1.0, description="auto limits: the longest SFT target × this.")
     eval_batch_size: int = Field(16, ge=1)
+    eval_validation: bool = Field(False, description="Also evaluate RAWS and RCRL on the validation set.")
+    bootstrap: int = Field(4000, ge=100, description="Bootstrap replicates of the report's intervals.")
+
+    @field_validator("variants")
+    @classmethod
+    def _distinct(cls, v: list[str]) -> list[str]:
+        names = [variant_name(x) for x in v]
+        if len(set(names)) != len(names):
+            raise ValueError(f"variants {v} repeat a name")
+        return v
 
 
 class Stages:
@@ -130,20 +163,49 @@ class Stages:
         return {n: m["seconds"] for n in self.plan if (m := self.done(n)) is not None}
 
 
+def variant_name(ref: str) -> str:
+    """A reward config's stage name: ``rewards/preset_a.yaml`` → ``preset_a``."""
+    from pathlib import PurePosixPath
+
+    return PurePosixPath(ref).stem
+
+
+def data_sets(cfg: ReproduceConfig) -> dict[str, tuple[list[str], int, int]]:
+    """{set: (categories, images, seed)}: every set its own seed, so no image is in two sets."""
+    d = cfg.data
+    sets = {
+        "ft": (d.ft_categories, d.ft_images, d.seed),
+        "ft-heldout": (d.ft_categories, d.ft_heldout_images, d.seed + 1),
+        "bench": (d.bench_categories, d.bench_images, d.seed + 2),
+        "rl": (d.ft_categories, d.rl_images or 0, d.seed + 3),
+        "val": (d.ft_categories, d.val_images, d.seed + 4),
+    }
+    return {k: v for k, v in sets.items() if v[1]}
+
+
+def eval_sets(cfg: ReproduceConfig) -> list[str]:
+    """The sets each seed's models are scored on."""
+    return ["ft-heldout", "bench", *(["val"] if cfg.eval_validation else [])]
+
+
 def plan(cfg: ReproduceConfig) -> Stages:
     """The stages of ``cfg``, each with the settings it depends on and the outputs it writes."""
     stages = Stages(cfg.out)
-    evaluation = [cfg.eval_max_new_tokens, cfg.eval_batch_size]
+    evaluation = [cfg.eval_max_new_tokens, cfg.eval_batch_size, cfg.length_margin]
     stages.add("data", None, cfg.data.model_dump(), ["data"])
     stages.add("init", "data", cfg.model, ["models/init"])
     stages.add("perception", "init", cfg.perception, ["perception"])
-    stages.add("base-eval", "perception", evaluation, ["eval/base"])
+    stages.add("base-eval", "perception", evaluation[1:], ["eval/base"])
     for seed in cfg.seeds:
         s = f"seed-{seed}"
-        stages.add(f"{s}-ft", "base-eval", seed, [f"{s}/ft"])
-        stages.add(f"{s}-sft", f"{s}-ft", cfg.sft, [f"{s}/sft"])
-        stages.add(f"{s}-rcrl", f"{s}-sft", [cfg.rcrl, cfg.reward_config], [f"{s}/rcrl"])
-        stages.add(f"{s}-eval", f"{s}-rcrl", evaluation, [f"{s}/eval"])
+        stages.add(f"{s}-ft", "base-eval", [seed, cfg.data.rl_images is not None], [f"{s}/ft"])
+        stages.add(f"{s}-sft", f"{s}-ft", [cfg.sft, cfg.length_margin], [f"{s}/sft"])
+        for v in [None, *cfg.variants]:
+            tag = f"-{variant_name(v)}" if v else ""
+            reward = v or cfg.reward_config
+            stages.add(f"{s}-rcrl{tag}", f"{s}-sft", [cfg.rcrl, reward, cfg.length_margin], [f"{s}/rcrl{tag}"])
+            outs = [f"{s}/eval/rcrl{tag}"] + ([f"{s}/eval/raws"] if not v else [])
+            stages.add(f"{s}-eval{tag}", f"{s}-rcrl{tag}", [*evaluation, eval_sets(cfg)], outs)
     return stages
 
 
@@ -153,8 +215,10 @@ def reproduce(cfg: ReproduceConfig, redo: list[str] | None = None) -> dict:
 
     out = storage.absolute(cfg.out).rstrip("/")
     cfg = cfg.model_copy(update={"out": out})
-    # a mistake in a trainer's section fails now, in one line, not after stage 0's twenty minutes
-    _perception_config(cfg), _sft_config(cfg, cfg.seeds[0], "base"), _rcrl_config(cfg, cfg.seeds[0], "sft")
+    # a mistake in a trainer's section or a reward config fails now, in one line, not after stage 0's minutes
+    _perception_config(cfg), _sft_config(cfg, cfg.seeds[0], "base", 512)
+    for v in [cfg.reward_config, *cfg.variants]:
+        _rcrl_config(cfg, cfg.seeds[0], "sft", v, 512)
     stages = plan(cfg)
     stages.redo(redo or [])
     storage.write_text(f"{out}/reproduce.json", cfg.model_dump_json(indent=1))
@@ -165,13 +229,20 @@ def reproduce(cfg: ReproduceConfig, redo: list[str] | None = None) -> dict:
     stages.run("base-eval", _base_eval, cfg, base)
     for seed in cfg.seeds:
         s = f"seed-{seed}"
-        stages.run(f"{s}-ft", _ft, cfg, seed)
-        sft = stages.run(f"{s}-sft", _sft, cfg, seed, base)["model"]
-        rcrl = stages.run(f"{s}-rcrl", _rcrl, cfg, seed, sft)["model"]
-        stages.run(f"{s}-eval", _seed_eval, cfg, seed, sft, rcrl)
+        limit = stages.run(f"{s}-ft", _ft, cfg, seed, base)["lengths"]["max"]
+        sft = stages.run(f"{s}-sft", _sft, cfg, seed, base, limit)["model"]
+        for v in [None, *cfg.variants]:
+            tag = f"-{variant_name(v)}" if v else ""
+            rcrl = stages.run(f"{s}-rcrl{tag}", _rcrl, cfg, seed, sft, v or cfg.reward_config, tag, limit)["model"]
+            stages.run(f"{s}-eval{tag}", _seed_eval, cfg, seed, sft if not v else None, rcrl, tag, limit)
     from m3ad_rl.pipeline.reproduce_report import write_report
 
     return write_report(cfg, stages.seconds())
+
+
+def auto_limit(cfg: ReproduceConfig, longest: int) -> int:
+    """A generation limit above every SFT target: the longest × ``length_margin``, rounded up to 16."""
+    return int(math.ceil(longest * cfg.length_margin / 16) * 16)
 
 
 # ---- the stages ---------------------------------------------------------------------------------------
@@ -179,17 +250,12 @@ def _data(cfg: ReproduceConfig) -> dict:
     from m3ad_rl.data.synthetic import SynthConfig, synthesize
 
     d = cfg.data
-    sets = {
-        "ft": (d.ft_categories, d.ft_images, d.seed),
-        "ft-heldout": (d.ft_categories, d.ft_heldout_images, d.seed + 1),
-        "bench": (d.bench_categories, d.bench_images, d.seed + 2),
-    }
-    for name, (cats, n, seed) in sets.items():
+    for name, (cats, n, seed) in data_sets(cfg).items():
         synth = SynthConfig(
             n=n, seed=seed, size=d.image_size, categories=tuple(cats), max_defects=1, defect_scale=d.defect_scale
         )
         synthesize(synth, f"{cfg.out}/data/{name}", workers=2, progress=False)
-    return {name: f"{cfg.out}/data/{name}" for name in sets}
+    return {name: f"{cfg.out}/data/{name}" for name in data_sets(cfg)}
 
 
 def _init_model(cfg: ReproduceConfig) -> dict:
@@ -212,7 +278,7 @@ def _perception(cfg: ReproduceConfig) -> dict:
     return {"model": res["model"], "history": res["history"]}
 
 
-def _eval(model: str, dataset: str, out: str, cfg: ReproduceConfig) -> dict:
+def _eval(model: str, dataset: str, out: str, cfg: ReproduceConfig, max_new_tokens: int) -> dict:
     from m3ad_rl.engines.base import SamplingParams
     from m3ad_rl.eval.run import EvalRunConfig, run
 
@@ -224,19 +290,21 @@ def _eval(model: str, dataset: str, out: str, cfg: ReproduceConfig) -> dict:
         batch_size=cfg.eval_batch_size,
         address=cfg.address,
         overwrite=True,
-        sampling=SamplingParams(n=1, temperature=0.0, max_new_tokens=cfg.eval_max_new_tokens, logprobs=False),
+        sampling=SamplingParams(n=1, temperature=0.0, max_new_tokens=max_new_tokens, logprobs=False),
     )
     return run(ec)
 
 
 def _base_eval(cfg: ReproduceConfig, base: str) -> dict:
+    """The base answers plainly (a few dozen tokens), so its limit is the configured or a generous fixed one."""
+    limit = cfg.eval_max_new_tokens if cfg.eval_max_new_tokens != "auto" else 256
     return {
-        name: _summary(_eval(base, f"{cfg.out}/data/{name}", f"{cfg.out}/eval/base/{name}", cfg))
+        name: _summary(_eval(base, f"{cfg.out}/data/{name}", f"{cfg.out}/eval/base/{name}", cfg, limit))
         for name in ("ft", "ft-heldout", "bench")
     }
 
 
-def _ft(cfg: ReproduceConfig, seed: int) -> dict:
+def _ft(cfg: ReproduceConfig, seed: int, base: str) -> dict:
     from m3ad_rl.data.ft import FTConfig, build_ft, make_captioner
 
     ft = FTConfig(seed=seed)
@@ -246,34 +314,44 @@ def _ft(cfg: ReproduceConfig, seed: int) -> dict:
         f"{cfg.out}/seed-{seed}/ft",
         ft,
         make_captioner("template", seed=seed),
+        progress=False,
+        tokenizer=base,
+        rl_input=f"{cfg.out}/data/rl" if cfg.data.rl_images else None,
     )
-    return {k: getattr(report, k) for k in ("easy", "hard", "reflective", "thinking", "sft_rows", "rl_rows")}
+    keys = ("easy", "hard", "reflective", "thinking", "sft_rows", "rl_rows", "rl_overlap", "lengths")
+    return {k: getattr(report, k) for k in keys}
 
 
-def _sft(cfg: ReproduceConfig, seed: int, base: str) -> dict:
+def _sft(cfg: ReproduceConfig, seed: int, base: str, longest: int) -> dict:
     from m3ad_rl.train.sft import run as run_sft
 
-    res = run_sft(_sft_config(cfg, seed, base), resume=True)  # cut short: continue; nothing there: start
+    res = run_sft(_sft_config(cfg, seed, base, longest), resume=True)  # cut short: continue; nothing there: start
     return {"model": res["model"], "loss": res["loss"]}
 
 
-def _rcrl(cfg: ReproduceConfig, seed: int, sft: str) -> dict:
+def _rcrl(cfg: ReproduceConfig, seed: int, sft: str, reward: str, tag: str, longest: int) -> dict:
     from m3ad_rl.train.rcrl import run as run_rcrl
 
-    res = run_rcrl(_rcrl_config(cfg, seed, sft), resume=True, progress=False)  # as for SFT
+    res = run_rcrl(_rcrl_config(cfg, seed, sft, reward, longest, tag), resume=True, progress=False)  # as for SFT
     return {"model": res["model"]}
 
 
-def _seed_eval(cfg: ReproduceConfig, seed: int, sft: str, rcrl: str) -> dict:
+def _seed_eval(cfg: ReproduceConfig, seed: int, sft: str | None, rcrl: str, tag: str, longest: int) -> dict:
+    """RCRL (and, for the main reward, RAWS) on the evaluation sets."""
+    limit = cfg.eval_max_new_tokens if cfg.eval_max_new_tokens != "auto" else auto_limit(cfg, longest)
+    models = ([("raws", sft)] if sft else []) + [(f"rcrl{tag}", rcrl)]
     return {
-        f"{name}/{ds}": _summary(_eval(model, f"{cfg.out}/data/{ds}", f"{cfg.out}/seed-{seed}/eval/{name}/{ds}", cfg))
-        for name, model in (("raws", sft), ("rcrl", rcrl))
-        for ds in ("ft-heldout", "bench")
+        f"{name}/{ds}": _summary(
+            _eval(model, f"{cfg.out}/data/{ds}", f"{cfg.out}/seed-{seed}/eval/{name}/{ds}", cfg, limit)
+        )
+        for name, model in models
+        for ds in eval_sets(cfg)
     }
 
 
 def _summary(report: dict) -> dict:
-    return {"accuracy": report["average"]["accuracy"], "balanced_accuracy": report["average"]["balanced_accuracy"]}
+    return {"accuracy": report["average"]["accuracy"], "balanced_accuracy": report["average"]["balanced_accuracy"],
+            "truncated": report["run"].get("truncated", 0), "n": report["run"]["n"]}  # fmt: skip
 
 
 def _reward_path(name: str) -> str:
@@ -305,19 +383,23 @@ def _perception_config(cfg: ReproduceConfig):
     return _stage_config(PerceptionConfig, None, fixed, cfg.perception, root="perception.")
 
 
-def _sft_config(cfg: ReproduceConfig, seed: int, base: str):
+def _sft_config(cfg: ReproduceConfig, seed: int, base: str, longest: int):
+    """RAWS's config; ``max_response_tokens`` unset in the section: every target fits (the longest)."""
     from m3ad_rl.train.sft import SFTConfig
 
     fixed = {"model": base, "data": f"{cfg.out}/seed-{seed}/ft/sft.parquet", "out": f"{cfg.out}/seed-{seed}/sft",
              "seed": seed, "address": cfg.address}  # fmt: skip
-    return _stage_config(SFTConfig, "train/sft-cpu.yaml", fixed, cfg.sft, root="sft.")
+    derived = {} if "max_response_tokens" in cfg.sft else {"max_response_tokens": longest}
+    return _stage_config(SFTConfig, "train/sft-cpu.yaml", derived, fixed, cfg.sft, root="sft.")
 
 
-def _rcrl_config(cfg: ReproduceConfig, seed: int, sft: str):
+def _rcrl_config(cfg: ReproduceConfig, seed: int, sft: str, reward_ref: str, longest: int, tag: str = ""):
+    """RCRL's config; ``rollout.sampling.max_new_tokens`` unset in the section: auto (above every target)."""
     from m3ad_rl.train.rcrl import RCRLConfig
     from rewards import load_reward_config
 
-    fixed = {"model": sft, "data": f"{cfg.out}/seed-{seed}/ft/rl.parquet", "out": f"{cfg.out}/seed-{seed}/rcrl",
+    fixed = {"model": sft, "data": f"{cfg.out}/seed-{seed}/ft/rl.parquet", "out": f"{cfg.out}/seed-{seed}/rcrl{tag}",
              "seed": seed, "address": cfg.address}  # fmt: skip
-    reward = {"reward": load_reward_config(_reward_path(cfg.reward_config)).model_dump(mode="json")}
-    return _stage_config(RCRLConfig, "train/rcrl-cpu.yaml", cfg.rcrl, fixed, reward, root="rcrl.")
+    reward = {"reward": load_reward_config(_reward_path(reward_ref)).model_dump(mode="json")}
+    derived = {"rollout": {"sampling": {"max_new_tokens": auto_limit(cfg, longest)}}}
+    return _stage_config(RCRLConfig, "train/rcrl-cpu.yaml", derived, cfg.rcrl, fixed, reward, root="rcrl.")

@@ -47,6 +47,29 @@ def init_distributed() -> None:
         deepspeed.init_distributed(dist_backend="gloo" if _cpu() else "nccl")
 
 
+def frozen_names(names: list[str], patterns: list[str] | tuple[str, ...]) -> list[str]:
+    """The parameter names any of ``patterns`` matches (``fnmatch``: ``model.visual.*`` is the vision tower)."""
+    from fnmatch import fnmatchcase
+
+    return [n for n in names if any(fnmatchcase(n, p) for p in patterns)]
+
+
+def freeze(model, patterns: list[str] | tuple[str, ...]) -> int:
+    """Turn off the gradient of the parameters ``patterns`` name (they then get no optimiser state and never
+    change); returns how many tensors were frozen. A pattern that names nothing is an error."""
+    if not patterns:
+        return 0
+    names = [n for n, _ in model.named_parameters()]
+    unmatched = [p for p in patterns if not frozen_names(names, [p])]
+    if unmatched:
+        raise ValueError(f"freeze: {unmatched} match no parameter (e.g. {', '.join(names[:3])})")
+    hit = set(frozen_names(names, patterns))
+    for n, p in model.named_parameters():
+        if n in hit:
+            p.requires_grad_(False)
+    return len(hit)
+
+
 def ds_config(cfg: OptimConfig, micro_batch: int, grad_accum: int) -> dict:
     """The DeepSpeed JSON config for these settings."""
     zero: dict = {"stage": cfg.zero_stage}

@@ -10,6 +10,10 @@ Choices from the literature, each off by default (the paper is silent on them):
 
 - Dr. GRPO (https://arxiv.org/abs/2503.20783): ``norm_adv_by_std: false`` and
   ``loss_agg_mode: seq-mean-token-sum-norm`` (normalised by the constant ``max_new_tokens``);
+- the paper's "best-performing samples" read literally: ``positive_advantages_only`` (only rows above
+  their group's mean get a loss);
+- an adaptive β (``kl_ctrl: adaptive``, verl's ``AdaptiveKLController``) that holds KL(π‖π_ref) near
+  ``kl_target``;
 - DAPO (https://arxiv.org/abs/2503.14476): clip-higher (``clip_ratio_high: 0.28``), overlong
   filtering (``overlong_filter``: responses cut at the token limit get no loss), and dynamic
   sampling's filter (``drop_zero_variance_groups``: groups whose rewards are all equal carry no
@@ -23,7 +27,7 @@ from typing import Literal
 import numpy as np
 import torch
 from omegaconf import OmegaConf
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 from verl.trainer.ppo import core_algos
 
 KLType = Literal["kl", "k1", "abs", "mse", "k2", "low_var_kl", "k3"]
@@ -46,12 +50,39 @@ class GRPOConfig(BaseModel):
     drop_zero_variance_groups: bool = Field(
         False, description="DAPO's dynamic-sampling filter: leave groups with all-equal rewards out of the update."
     )
+    positive_advantages_only: bool = Field(
+        False,
+        description="Learn only from the better samples of each group (advantage > 0): the paper's 'best-"
+        "performing samples' read literally; the rest get no loss (rejection sampling with GRPO's weights).",
+    )
+    kl_ctrl: Literal["fixed", "adaptive"] = Field(
+        "fixed",
+        description="fixed: β = kl_coef throughout; adaptive: β follows verl's AdaptiveKLController (Ziegler et "
+        "al. 2019) towards kl_target, starting at kl_coef.",
+    )
+    kl_target: float = Field(0.05, gt=0, description="The KL (k3, per token) the adaptive controller aims for.")
+    kl_horizon: int = Field(
+        320, ge=1, description="Adaptive controller horizon in rows: β moves by ≤ 20 % × rows/horizon per step."
+    )
     recompute_old_log_prob: bool = Field(
         False,
         description="Always run a separate π_old pass before the update. It runs anyway when there is more "
         "than one optimiser step per rollout batch; with exactly one, π_old equals π at update time and the "
         "update's own (detached) log-probs serve.",
     )
+
+    @model_validator(mode="after")
+    def _adaptive_needs_a_start(self) -> GRPOConfig:
+        if self.kl_ctrl == "adaptive" and self.kl_coef == 0:
+            raise ValueError("kl_ctrl=adaptive starts from kl_coef: set kl_coef > 0 (e.g. 0.01)")
+        return self
+
+
+def kl_controller(cfg: GRPOConfig):
+    """verl's KL controller for ``cfg``: ``.value`` is β, ``.update(kl, rows)`` moves it (adaptive only)."""
+    if cfg.kl_ctrl == "adaptive":
+        return core_algos.AdaptiveKLController(cfg.kl_coef, cfg.kl_target, cfg.kl_horizon)
+    return core_algos.FixedKLController(cfg.kl_coef)
 
 
 def last_token_rewards(scores: torch.Tensor, response_mask: torch.Tensor) -> torch.Tensor:
@@ -95,10 +126,20 @@ def grpo_advantages(
 
 
 def update_mask(
-    response_mask: torch.Tensor, scores: torch.Tensor, group_ids: np.ndarray, truncated: torch.Tensor, cfg: GRPOConfig
+    response_mask: torch.Tensor,
+    scores: torch.Tensor,
+    group_ids: np.ndarray,
+    truncated: torch.Tensor,
+    cfg: GRPOConfig,
+    advantages: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """``[B x n, L]`` loss mask after the optional filters (overlong responses, zero-variance groups)."""
+    """``[B x n, L]`` loss mask after the optional filters (overlong responses, zero-variance groups, and
+    with ``positive_advantages_only`` every row whose advantage is not above 0)."""
     keep = torch.ones(len(scores), dtype=torch.bool)
+    if cfg.positive_advantages_only:
+        if advantages is None:
+            raise ValueError("positive_advantages_only needs the advantages")
+        keep &= (advantages * response_mask).sum(1) > 0
     if cfg.overlong_filter:
         keep &= ~truncated.bool()
     if cfg.drop_zero_variance_groups:

@@ -29,6 +29,7 @@ import time
 from pydantic import BaseModel, ConfigDict, Field
 
 from m3ad_rl.core.output_format import format_box
+from m3ad_rl.data.augment import AugmentConfig
 
 
 class PerceptionConfig(BaseModel):
@@ -55,6 +56,17 @@ class PerceptionConfig(BaseModel):
     checkpoint_every: int = Field(250, ge=1)
     eval_every: int = Field(250, ge=1)
     eval_images: int = Field(128, ge=2, description="Held-out scenes (another seed) scored at each evaluation.")
+    eval_categories: tuple[str, ...] | None = Field(
+        None, description="Categories of the held-out scenes (perception/bal); default: the training categories."
+    )
+    transfer_categories: tuple[str, ...] | None = Field(
+        None,
+        description="Categories never trained on, scored as perception/transfer_bal (for choosing settings by "
+        "leaving some FT categories out; never the benchmark's).",
+    )
+    augment: AugmentConfig = Field(
+        AugmentConfig(), description="Label-preserving augmentation of the training scenes (m3ad_rl.data.augment)."
+    )
 
 
 def plain_answer(sample) -> str:
@@ -133,19 +145,29 @@ def run(cfg: PerceptionConfig, progress: bool = True) -> dict:
     )
     draw_vision = draw.model_copy(update={"seed": cfg.seed + 104729})
     cats = categories_for(draw)
-    held = [make_sample(draw.model_copy(update={"seed": cfg.seed + 7919}), i, cats) for i in range(cfg.eval_images)]
+
+    def scenes(conf: SynthConfig, start: int, count: int, categories=cats, augmented: bool = True) -> list:
+        """(sample, image) pairs number start … start+count-1 of ``conf``, augmented (boxes moved) if asked."""
+        return [_scene(make_sample(conf, i, categories), cfg, i, augmented) for i in range(start, start + count)]
+
+    held_draw = draw.model_copy(update={"seed": cfg.seed + 7919, "categories": cfg.eval_categories or cfg.categories})
+    held = {"bal": scenes(held_draw, 0, cfg.eval_images, categories_for(held_draw), augmented=False)}
+    if cfg.transfer_categories:
+        tr = draw.model_copy(update={"seed": cfg.seed + 6151, "categories": cfg.transfer_categories})
+        held["transfer_bal"] = scenes(tr, 0, cfg.eval_images, categories_for(tr), augmented=False)
     captured: dict = {}
     hook = model.model.visual.register_forward_hook(lambda m, i, o: captured.__setitem__("v", o.pooler_output))
     tracker = Tracker(out, LoggingConfig(backends=["jsonl"]), "perception", resume_step=done)
 
-    def batch_for(samples, with_targets: bool = True):
-        reqs = [GenerationRequest(s.id, question(False), s.image) for s in samples]
-        resps = [tok(plain_answer(s), add_special_tokens=False)["input_ids"] + [end] for s in samples]
+    def batch_for(pairs, with_targets: bool = True):
+        reqs = [GenerationRequest(s.id, question(False), img) for s, img in pairs]
+        resps = [tok(plain_answer(s), add_special_tokens=False)["input_ids"] + [end] for s, _ in pairs]
         return build_batch(processor, reqs, resps if with_targets else [r[:2] for r in resps])
 
-    def vision_losses(samples):
+    def vision_losses(pairs):
         """The defect map and an image-level yes/no (the most anomalous token) from the vision tower alone."""
-        pixels, grid = _pixels(processor, samples)
+        samples = [s for s, _ in pairs]
+        pixels, grid = _pixels(processor, pairs)
         feats = model.model.visual(pixels, grid_thw=grid, return_dict=True).pooler_output
         dense = torch.nn.functional.binary_cross_entropy_with_logits(
             heads["map"](feats).squeeze(-1), defect_map(samples, grid)
@@ -171,14 +193,13 @@ def run(cfg: PerceptionConfig, progress: bool = True) -> dict:
             for g in opt.param_groups:
                 g["lr"] = (cfg.vision_lr if vision else cfg.lr) * min(1.0, (k + 1) / max(1, cfg.warmup_steps))
             if vision:  # phase 1: the vision tower on many images (cheap: no language model)
-                samples = [make_sample(draw_vision, k * cfg.vision_batch + i, cats) for i in range(cfg.vision_batch)]
-                dense, first = vision_losses(samples)
+                dense, first = vision_losses(scenes(draw_vision, k * cfg.vision_batch, cfg.vision_batch))
             else:  # phase 2: the whole model answers; the map keeps the tower honest
-                samples = [make_sample(draw, k * cfg.batch + i, cats) for i in range(cfg.batch)]
-                batch = batch_for(samples)
+                pairs = scenes(draw, k * cfg.batch, cfg.batch)
+                batch = batch_for(pairs)
                 lp, _ = response_log_probs(model, batch)
                 first = -lp.sum() / batch.response_len.sum()
-                target = defect_map(samples, batch.vision["image_grid_thw"])
+                target = defect_map([s for s, _ in pairs], batch.vision["image_grid_thw"])
                 dense = torch.nn.functional.binary_cross_entropy_with_logits(
                     heads["map"](captured["v"]).squeeze(-1), target
                 )
@@ -202,9 +223,10 @@ def run(cfg: PerceptionConfig, progress: bool = True) -> dict:
                 }
                 tracker.log(n, metrics)
                 history.append({"step": n, "phase": "vision" if vision else "answer", **metrics})
+                transfer = f" transfer bal {metrics['perception/transfer_bal']:.3f}" if len(held) > 1 else ""
                 bar.write(
                     f"stage 0 step {n} ({'vision' if vision else 'answer'}): {main[11:]} {sums[0] / sums[2]:.3f} "
-                    f"map {metrics['perception/dense_bce']:.3f} held-out bal {metrics['perception/bal']:.3f}"
+                    f"map {metrics['perception/dense_bce']:.3f} held-out bal {metrics['perception/bal']:.3f}{transfer}"
                 )
                 t0, sums = time.perf_counter(), [0.0, 0.0, 0]
             if n % cfg.checkpoint_every == 0 or n == total:
@@ -220,8 +242,26 @@ def run(cfg: PerceptionConfig, progress: bool = True) -> dict:
     return {"model": f"{out}/model", "history": history}
 
 
-def _pixels(processor, samples):
-    v = processor.image_processor(images=[s.load_image() for s in samples], return_tensors="pt")
+def _scene(sample, cfg: PerceptionConfig, index: int, augmented: bool):
+    """(sample, RGB image): augmented by ``cfg.augment`` (its own stream per scene index), boxes moved."""
+    from dataclasses import replace
+
+    import numpy as np
+
+    from m3ad_rl.data.augment import augment
+    from m3ad_rl.data.schema import DefectRecord
+
+    image = sample.load_image()
+    if not (augmented and cfg.augment.active):
+        return sample, image
+    rng = np.random.default_rng([cfg.seed, 0xA46, index])
+    image, boxes = augment(image, [d.box for d in sample.defects], rng, cfg.augment)
+    defects = [DefectRecord(d.type, b, d.level2, d.level1) for d, b in zip(sample.defects, boxes, strict=True)]
+    return replace(sample, defects=defects, image=None), image
+
+
+def _pixels(processor, pairs):
+    v = processor.image_processor(images=[img for _, img in pairs], return_tensors="pt")
     return v["pixel_values"], v["image_grid_thw"]
 
 
@@ -233,33 +273,37 @@ def _image_logits(head, feats, grid):
     return torch.stack([head(f).squeeze(-1).amax() for f in torch.split(feats, sizes)])
 
 
-def _heldout(model, processor, heads, held, batch_for, vision: bool) -> dict:
-    """Accuracy and balanced accuracy on held-out scenes: of the image head while the tower trains alone,
-    then of the first decisive token (``<type`` = yes, ``<answer`` = no), what greedy decoding answers."""
+def _heldout(model, processor, heads, held: dict[str, list], batch_for, vision: bool) -> dict:
+    """Accuracy and balanced accuracy on each held-out set of (sample, image) pairs: of the image head while
+    the tower trains alone, then of the first decisive token (``<type`` = yes, ``<answer`` = no), what greedy
+    decoding answers. ``held``: {metric name: pairs}; "bal" also gives perception/acc."""
     import torch
 
     from m3ad_rl.train.logprobs import response_log_probs
 
     model.eval()
-    said = []
-    with torch.no_grad():
-        for k in range(0, len(held), 32):
-            chunk = held[k : k + 32]
-            if vision:
-                pixels, grid = _pixels(processor, chunk)
-                feats = model.model.visual(pixels, grid_thw=grid, return_dict=True).pooler_output
-                said += (_image_logits(heads["image"], feats, grid) > 0).tolist()
-            else:
-                b = batch_for([_as_anomalous(s) for s in chunk], with_targets=False)  # "<", "type"
-                lp, _ = response_log_probs(model, b)
-                said += (lp[:, 1] > math.log(0.5)).tolist()
+    out = {}
+    for name, pairs in held.items():
+        said = []
+        with torch.no_grad():
+            for k in range(0, len(pairs), 32):
+                chunk = pairs[k : k + 32]
+                if vision:
+                    pixels, grid = _pixels(processor, chunk)
+                    feats = model.model.visual(pixels, grid_thw=grid, return_dict=True).pooler_output
+                    said += (_image_logits(heads["image"], feats, grid) > 0).tolist()
+                else:
+                    b = batch_for([(_as_anomalous(s), img) for s, img in chunk], with_targets=False)  # "<", "type"
+                    lp, _ = response_log_probs(model, b)
+                    said += (lp[:, 1] > math.log(0.5)).tolist()
+        truth = [bool(s.defects) for s, _ in pairs]
+        pos = [a for a, t in zip(said, truth, strict=True) if t]
+        neg = [not a for a, t in zip(said, truth, strict=True) if not t]
+        out[f"perception/{name}"] = 0.5 * (sum(pos) / max(len(pos), 1) + sum(neg) / max(len(neg), 1))
+        if name == "bal":
+            out["perception/acc"] = sum(a == t for a, t in zip(said, truth, strict=True)) / len(pairs)
     model.train()
-    truth = [bool(s.defects) for s in held]
-    pos = [a for a, t in zip(said, truth, strict=True) if t]
-    neg = [not a for a, t in zip(said, truth, strict=True) if not t]
-    acc = sum(a == t for a, t in zip(said, truth, strict=True)) / len(held)
-    bal = 0.5 * (sum(pos) / max(len(pos), 1) + sum(neg) / max(len(neg), 1))
-    return {"perception/acc": acc, "perception/bal": bal}
+    return out
 
 
 def _as_anomalous(sample):

@@ -118,3 +118,24 @@ def check_images(rows: list[dict], where: str, sample_id, image_bytes) -> None:
         except Exception as e:  # PIL raises several kinds for damaged bytes
             raise DataError(f"{where}: the image of sample {sample_id(row)!r} does not decode ({type(e).__name__})",
                             "rebuild the set from an intact dataset (`m3ad-rl data build-ft`)") from None  # fmt: skip
+
+
+def check_freeze(model: str, patterns: list[str] | tuple[str, ...], key: str = "freeze") -> int:
+    """Every ``freeze`` pattern names some parameter of ``model`` (built on the meta device from its
+    config.json: no weights are read); returns how many parameter tensors they freeze."""
+    if not patterns:
+        return 0
+    import torch
+    from transformers import AutoConfig, AutoModelForImageTextToText
+
+    from m3ad_rl.train.deepspeed_engine import frozen_names
+
+    with torch.device("meta"):
+        net = AutoModelForImageTextToText.from_config(AutoConfig.from_pretrained(storage.local_model(model)))
+    names = [n for n, _ in net.named_parameters()]
+    unmatched = [p for p in patterns if not frozen_names(names, [p])]
+    if unmatched:
+        tops = sorted({".".join(n.split(".")[:2]) + ".*" for n in names})
+        raise UsageError(f"{key}={list(patterns)}: {unmatched} match no parameter of {model}",
+                         f"patterns are fnmatch on parameter names, e.g. {', '.join(tops[:6])}")  # fmt: skip
+    return len(frozen_names(names, patterns))

@@ -64,9 +64,18 @@ class SFTConfig(BaseModel):
     max_response_tokens: int = Field(
         1024, ge=8, description="Longer targets are cut, without the end token (counted: sft/truncated_rows)."
     )
+    length_check: Literal["refuse", "warn", "off"] = Field(
+        "refuse",
+        description="max_response_tokens below the longest target in lengths.json beside data: refuse "
+        "to start, warn, or say nothing (m3ad_rl.data.lengths).",
+    )
     workers: int = Field(1, ge=1, description="Ray Train workers (data-parallel DeepSpeed ranks).")
     threads: int = Field(1, ge=1, description="torch threads per worker (CPU).")
     use_gpu: bool = False
+    freeze: list[str] = Field(
+        default_factory=list,
+        description="Parameters left as they are (fnmatch on names, e.g. 'model.visual.*' keeps the vision tower).",
+    )
     address: str | None = Field(None, description="Ray address (default: start local Ray).")
     log_every: int = Field(1, ge=1, description="Optimiser steps between metric lines.")
     logging: LoggingConfig = LoggingConfig()
@@ -123,7 +132,7 @@ def train_loop(config: dict) -> None:
     import ray.train
     import torch
 
-    from m3ad_rl.train.deepspeed_engine import init_distributed, make_engine
+    from m3ad_rl.train.deepspeed_engine import freeze, init_distributed, make_engine
     from m3ad_rl.train.logprobs import build_batch, response_log_probs
     from m3ad_rl.train.tracking import Tracker
     from m3ad_rl.train.workers import load_policy
@@ -138,6 +147,7 @@ def train_loop(config: dict) -> None:
     steps = total_steps(len(rows), cfg)
     model, processor = load_policy(cfg.model, cfg.optim.bf16)
     model.config.use_cache = False
+    freeze(model, cfg.freeze)
     engine = make_engine(model, cfg.optim, steps, cfg.micro_batch, cfg.grad_accum)
     done = 0
     ckpt = ray.train.get_checkpoint()
@@ -242,6 +252,7 @@ def run(cfg: SFTConfig, resume: bool = False) -> dict:
     from ray.train.torch import TorchConfig, TorchTrainer
 
     from m3ad_rl.core import storage
+    from m3ad_rl.data.lengths import MODEL_LENGTHS_FILE, check_limit, find_lengths
     from m3ad_rl.train.ray_setup import init_ray
 
     # Ray Train workers run in their own folders (and on other nodes): no relative paths.
@@ -250,8 +261,11 @@ def run(cfg: SFTConfig, resume: bool = False) -> dict:
     from m3ad_rl.train import preflight as pf
 
     pf.check_model(cfg.model)  # seconds, before Ray and DeepSpeed start
+    pf.check_freeze(cfg.model, cfg.freeze)
     pf.check_parquet(cfg.data, "sft")
     pf.check_writable(cfg.out)
+    lengths = find_lengths(data=cfg.data)
+    check_limit(cfg.max_response_tokens, "max_response_tokens", lengths, cfg.length_check)
     rows = _rows(cfg.data)
     pf.check_images(rows, cfg.data, lambda r: r["id"], lambda r: bytes(r["images"][0]["bytes"]))
     steps = total_steps(len(rows), cfg)
@@ -259,7 +273,7 @@ def run(cfg: SFTConfig, resume: bool = False) -> dict:
         raise ValueError(f"{len(rows)} rows give no optimiser step with {cfg.workers} workers × micro_batch "
                          f"{cfg.micro_batch} × grad_accum {cfg.grad_accum}")  # fmt: skip
     init_ray(cfg.address, max(cfg.workers + 1, 2))
-    storage, fs = _storage(cfg.out)
+    storage_path, fs = _storage(cfg.out)
     name = "sft"
     if not resume:
         _clear_previous(cfg.out, name)
@@ -269,7 +283,7 @@ def run(cfg: SFTConfig, resume: bool = False) -> dict:
         scaling_config=ScalingConfig(num_workers=cfg.workers, use_gpu=cfg.use_gpu),
         torch_config=TorchConfig(backend="nccl" if cfg.use_gpu else "gloo"),
         run_config=RunConfig(
-            name=name, storage_path=storage, storage_filesystem=fs,
+            name=name, storage_path=storage_path, storage_filesystem=fs,
             checkpoint_config=CheckpointConfig(num_to_keep=cfg.checkpoint.keep),
         ),
     )  # fmt: skip
@@ -279,6 +293,8 @@ def run(cfg: SFTConfig, resume: bool = False) -> dict:
     finally:  # Ray Train's fit leaves its own SIGINT handler behind: Ctrl-C in a later stage would be swallowed
         if threading.current_thread() is threading.main_thread():
             signal.signal(signal.SIGINT, handler)
+    if lengths is not None:  # the model carries the lengths it was trained to produce
+        storage.write_text(f"{cfg.out.rstrip('/')}/model/{MODEL_LENGTHS_FILE}", json.dumps(lengths[0], indent=1))
     history = read_metrics(cfg.out)
     loss = history[-1]["sft/loss"] if history else math.nan
     return {"steps": steps, "loss": loss, "model": f"{cfg.out.rstrip('/')}/model", "history": history}

@@ -29,7 +29,7 @@ from verl.single_controller.base.decorator import Dispatch, register
 from m3ad_rl.core import storage
 from m3ad_rl.engines.base import GenerationRequest, SamplingParams
 from m3ad_rl.engines.weight_transfer import pack_state, unpack_state
-from m3ad_rl.train.deepspeed_engine import OptimConfig, full_state_dict, init_distributed, make_engine
+from m3ad_rl.train.deepspeed_engine import OptimConfig, freeze, full_state_dict, init_distributed, make_engine
 from m3ad_rl.train.grpo import GRPOConfig, grpo_loss
 from m3ad_rl.train.logprobs import build_batch, response_log_probs
 
@@ -89,6 +89,7 @@ class PolicyWorker(Worker):
             self.ref.eval().requires_grad_(False)
         if self.role in ("actor", "actor_ref"):
             model.config.use_cache = False
+            freeze(model, self.cfg.get("freeze", []))
             self.engine = make_engine(
                 model, self.optim, int(self.cfg.get("total_steps", 1)), self.micro, int(self.cfg.get("grad_accum", 1))
             )
@@ -143,6 +144,9 @@ class PolicyWorker(Worker):
         assert not ref_here or n_mini * epochs == 1, "the reference pass inside the update needs one optimiser step"
         t_ref = 0.0
         loss_mask = data.batch["loss_mask"] if "loss_mask" in data.batch.keys() else data.batch["response_mask"]  # noqa: SIM118
+        grpo = self.grpo  # with this step's β when the controller sends one (an adaptive KL coefficient)
+        if "kl_coef" in data.meta_info:
+            grpo = grpo.model_copy(update={"kl_coef": float(data.meta_info["kl_coef"])})
         sums: dict[str, float] = {}
         n_micro = 0
         for _ in range(epochs):
@@ -165,7 +169,7 @@ class PolicyWorker(Worker):
                     old = data.batch["old_log_probs"][idx][:, :width] if has_old else lp.detach()
                     loss, m = grpo_loss(
                         lp, old, ref[:, :width] if ref is not None else None, data.batch["advantages"][idx][:, :width],
-                        mask, self.grpo, info,
+                        mask, grpo, info,
                     )  # fmt: skip
                     self.engine.backward(loss, scale_wrt_gas=False)
                     self.engine.step()  # DeepSpeed steps the optimiser at the mini-batch's last micro-batch

@@ -32,6 +32,11 @@ class ActorConfig(BaseModel):
     threads: int = Field(1, ge=1, description="torch threads per rank (CPU).")
     use_gpu: bool = Field(False, description="One GPU per rank.")
     micro_batch_rows: int = Field(4, ge=1, description="Rows (prompt + response) per forward pass.")
+    freeze: list[str] = Field(
+        default_factory=list,
+        description="Parameters the update leaves as they are (fnmatch on names, e.g. 'model.visual.*' keeps the "
+        "vision tower the RAWS model sees with).",
+    )
     share_prefix: bool = Field(
         True,
         description="Run each prompt (and image) once per micro-batch and reuse its KV cache for the rows that "
@@ -97,6 +102,11 @@ class RCRLConfig(BaseModel):
     reward_service: RewardServiceConfig = RewardServiceConfig()
     checkpoint: CheckpointConfig = CheckpointConfig()
     logging: LoggingConfig = LoggingConfig()
+    length_check: Literal["refuse", "warn", "off"] = Field(
+        "refuse",
+        description="rollout.sampling.max_new_tokens below the longest SFT target (the model's m3ad_lengths.json, "
+        "else lengths.json beside data): refuse to start, warn, or say nothing (m3ad_rl.data.lengths).",
+    )
 
     @model_validator(mode="after")
     def _divisible(self) -> RCRLConfig:

@@ -23,6 +23,8 @@ import numpy as np
 
 from m3ad_rl.core import storage
 from m3ad_rl.core.errors import LostWorkerError
+from m3ad_rl.data.lengths import MODEL_LENGTHS_FILE, check_limit, find_lengths
+from m3ad_rl.train.grpo import kl_controller
 from m3ad_rl.train.rcrl.cluster import check_local_cpus, dead_actors, node_placement_groups
 from m3ad_rl.train.rcrl.config import RCRLConfig
 from m3ad_rl.train.rcrl.metrics import reward_metrics
@@ -47,6 +49,8 @@ class RCRLTrainer:
         self.rollout: list = []
         self.actor = self.ref = None
         self._resume_from: str | None = None
+        self.lengths: tuple[dict, str] | None = None
+        self.kl_ctrl = kl_controller(cfg.grpo)  # β of the KL term (fixed, or adaptive and checkpointed)
 
     # ---- setup -------------------------------------------------------------------------------
     def setup(self) -> None:
@@ -78,6 +82,7 @@ class RCRLTrainer:
         return {k: c[k] for k in ("model", "data", "seed", "batch_prompts", "grpo", "reward")} | {
             "sampling": c["rollout"]["sampling"], "actor.workers": c["actor"]["workers"], "optim": c["actor"]["optim"],
             "ppo": [c["actor"]["ppo_mini_batch_prompts"], c["actor"]["ppo_epochs"]],
+            **({"freeze": c["actor"]["freeze"]} if c["actor"]["freeze"] else {}),
         }  # fmt: skip
 
     def preflight(self) -> None:
@@ -88,8 +93,12 @@ class RCRLTrainer:
 
         cfg = self.cfg
         pf.check_model(cfg.model)
+        pf.check_freeze(cfg.model, cfg.actor.freeze, "actor.freeze")
         pf.check_parquet(cfg.data, "rl")
         pf.check_writable(cfg.out)
+        self.lengths = find_lengths(model=cfg.model, data=cfg.data)
+        check_limit(cfg.rollout.sampling.max_new_tokens, "rollout.sampling.max_new_tokens", self.lengths,
+                    cfg.length_check)  # fmt: skip
         if not self.resume:
             used = pf.existing_run(cfg.out, self.RUN_FILES) + (
                 ["checkpoints"] if cfg.checkpoint.dir and storage.exists(cfg.checkpoint_root) else []
@@ -131,7 +140,7 @@ class RCRLTrainer:
         wcfg = {
             "model": cfg.model, "optim": a.optim.model_dump(), "grpo": cfg.grpo.model_dump(),
             "temperature": cfg.rollout.sampling.temperature or 1.0, "micro_batch_rows": a.micro_batch_rows,
-            "share_prefix": a.share_prefix,
+            "share_prefix": a.share_prefix, "freeze": list(a.freeze),
             "grad_accum": max(1, -(-mini_rows // a.micro_batch_rows)),  # micro-batches per optimiser step
             "total_steps": cfg.steps * cfg.optimizer_steps_per_batch, "mini_batches": cfg.mini_batches,
             "ppo_epochs": a.ppo_epochs, "loss_scale_factor": cfg.rollout.sampling.max_new_tokens,
@@ -282,7 +291,9 @@ class RCRLTrainer:
 
         s, uid, g = torch.from_numpy(scores), batch.non_tensor_batch["uid"], self.cfg.grpo
         batch.batch["advantages"] = grpo_advantages(s, batch.batch["response_mask"], uid, g)
-        batch.batch["loss_mask"] = update_mask(batch.batch["response_mask"], s, uid, batch.batch["truncated"], g)
+        batch.batch["loss_mask"] = update_mask(
+            batch.batch["response_mask"], s, uid, batch.batch["truncated"], g, batch.batch["advantages"]
+        )
         flat = equal_reward_groups(s, uid)
         n = self.cfg.rollout.sampling.n
         return {  # groups whose rewards are all equal carry no gradient under GRPO
@@ -292,8 +303,13 @@ class RCRLTrainer:
         }  # fmt: skip
 
     def update(self, batch) -> dict[str, float]:
+        """The actor's update with this step's β; an adaptive β then moves towards its KL target (verl)."""
+        beta = float(self.kl_ctrl.value)
+        batch.meta_info["kl_coef"] = beta
         out = self.actor.update_actor(batch)
-        return {k: float(np.mean(v)) for k, v in out.meta_info["metrics"].items()}
+        metrics = {k: float(np.mean(v)) for k, v in out.meta_info["metrics"].items()}
+        self.kl_ctrl.update(metrics["actor/kl_loss"], len(batch))
+        return {**metrics, "actor/kl_coef": beta}
 
     def _sync_weights(self) -> None:
         """Push the actor's weights to every rollout worker (through Ray's object store)."""
@@ -311,7 +327,7 @@ class RCRLTrainer:
         storage.remove(url)  # a half-written folder of an earlier, killed attempt at this step
         # no RNG state or data position: every prompt and every random draw of step s derives from (seed, s)
         state = {"step": self.step, "reward_config": self.cfg.reward.model_dump(mode="json"),
-                 "settings": self.run_settings()}  # fmt: skip
+                 "settings": self.run_settings(), "kl_coef": float(self.kl_ctrl.value)}  # fmt: skip
         files: dict[str, int] = {}
         for rank_files in self.actor.save_checkpoint(f"{url}/actor", "actor", {"step": self.step}):
             files.update({f"actor/{k}": v for k, v in rank_files.items()})
@@ -332,12 +348,15 @@ class RCRLTrainer:
         self.actor.load_checkpoint(f"{url}/actor", "actor")
         state = json.loads(storage.read_text(f"{url}/trainer_state.json"))
         self.step = int(state["step"])
+        self.kl_ctrl.value = float(state.get("kl_coef", self.kl_ctrl.value))  # an adaptive β where it had got to
         return self.step
 
     def export_model(self) -> str:
         """The final actor as an HF model folder at ``{out}/model`` (rank 0 uploads it)."""
         url = f"{self.cfg.out.rstrip('/')}/model"
         self.actor.save_model(url)
+        if self.lengths is not None:  # the policy still writes the targets SFT taught it
+            storage.write_text(f"{url}/{MODEL_LENGTHS_FILE}", json.dumps(self.lengths[0], indent=1))
         return url
 
     def dead_workers(self, timeout: float = 60) -> list[str]:

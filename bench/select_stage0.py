@@ -36,6 +36,7 @@ VARIANTS = {
     "hue": {"hue": True},
     "invert": {"invert": 0.5},
     "all-noinvert": {"flips": True, "scale": 0.4, "hue": True, "contrast": 0.4, "grayscale": 0.1},
+    "photo-flips": {"flips": True, "hue": True, "contrast": 0.4, "invert": 0.25, "grayscale": 0.1},
 }
 
 

@@ -47,3 +47,21 @@ REFLECTION_PRESETS.register("a", ReflectionValues(correct=1.0, ineffective=0.2, 
 REFLECTION_PRESETS.register("b", ReflectionValues(correct=1.0, ineffective=0.2, erroneous=-1.0))
 REFLECTION_PRESETS.register("c", ReflectionValues(correct=1.0, ineffective=0.0, erroneous=-1.0))
 REFLECTION_PRESETS.register("d", ReflectionValues(correct=1.0, ineffective=-0.5, erroneous=-1.0))
+
+
+def flip_threshold(values: ReflectionValues, answer: float = 1.0) -> float:
+    """P(initial answer wrong) above which, once a response reflects, changing the answer earns more on average
+    than keeping it (the flip incentive of Eq. 13).
+
+    ``answer`` is what a right final answer adds through the accuracy term (1 for R_ans; 1 + R_type + R_loc
+    for a fully right anomalous answer). With p = P(initial wrong), keeping earns ``(1-p)·answer +
+    ineffective`` and flipping ``p·(answer + correct) + (1-p)·erroneous``; they are equal at
+    ``p* = (answer + ineffective - erroneous) / (2·answer + correct - erroneous)``. p* = 0.5 (no incentive
+    either way) exactly when ``erroneous = 2·ineffective - correct``, whatever ``answer`` is.
+
+    >>> [round(flip_threshold(REFLECTION_PRESETS.get(p)), 3) for p in "abcd"]
+    [0.4, 0.55, 0.5, 0.375]
+    >>> flip_threshold(ReflectionValues(correct=1.0, ineffective=-0.5, erroneous=-2.0), answer=3.0)
+    0.5
+    """
+    return (answer + values.ineffective - values.erroneous) / (2 * answer + values.correct - values.erroneous)

@@ -76,6 +76,9 @@ def add_cluster_commands(sub) -> None:
     p.add_argument("--out", help="where every stage writes (any fsspec URL; default: the config's)")
     p.add_argument("--set", dest="overrides", nargs="+", default=[], metavar="KEY=VALUE", help="dotted overrides")
     p.add_argument("--redo", nargs="+", default=[], metavar="STAGE", help="run these stages and those after them again")
+    p.add_argument("--variants", nargs="+", metavar="REWARD_CONFIG",
+                   help="also RCRL with these reward configs from the same RAWS models (e.g. rewards/preset_a.yaml "
+                   "rewards/ablation_con0_acc1_ref1.yaml): the Table-3 comparison, with intervals")  # fmt: skip
     p.set_defaults(func=cmd_reproduce)
 
 
@@ -146,6 +149,8 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
     cfg = load_config(ReproduceConfig, path, overrides)
     if args.seeds:
         cfg = cfg.model_copy(update={"seeds": args.seeds})
+    if args.variants:
+        cfg = ReproduceConfig(**{**cfg.model_dump(), "variants": args.variants})  # validated (distinct names)
     reproduce(cfg, redo=args.redo)
     return 0
 

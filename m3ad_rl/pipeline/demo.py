@@ -27,13 +27,13 @@ def _step(console: Console, n: int, title: str) -> float:
     return time.perf_counter()
 
 
-def _eval(model: str, dataset: str, out: Path, limit: int | None) -> dict:
+def _eval(model: str, dataset: str, out: Path, limit: int | None, max_new_tokens: int = 192) -> dict:
     from m3ad_rl.engines.base import SamplingParams
     from m3ad_rl.eval.run import EvalRunConfig, run
 
     cfg = EvalRunConfig(
         model=model, dataset=dataset, out=str(out), workers=1, batch_size=8, limit=limit,
-        sampling=SamplingParams(n=1, temperature=0.0, max_new_tokens=192, logprobs=False),
+        sampling=SamplingParams(n=1, temperature=0.0, max_new_tokens=max_new_tokens, logprobs=False),
     )  # fmt: skip
     return run(cfg)
 
@@ -42,6 +42,7 @@ def run_demo(out: Path, quick: bool = False) -> int:
     from m3ad_rl.core.config import load_config
     from m3ad_rl.core.package_data import config_file
     from m3ad_rl.data.ft import FTConfig, build_ft, make_captioner
+    from m3ad_rl.data.lengths import suggested_limit
     from m3ad_rl.data.splits import split_datasets
     from m3ad_rl.data.synthetic import SynthConfig, synthesize
     from m3ad_rl.models.tiny import write_tiny
@@ -70,8 +71,10 @@ def run_demo(out: Path, quick: bool = False) -> int:
     t = _step(console, 3, "base model over the FT set (easy/hard); Thinking/Reflective trajectories")
     _eval(str(out / "models/tiny"), str(out / "data/split/ft"), out / "base-on-ft", None)
     ft_cfg = FTConfig()
-    build_ft(str(out / "data/split/ft"), str(out / "base-on-ft/predictions.jsonl"), str(out / "ft"), ft_cfg,
-             make_captioner("template", seed=ft_cfg.seed))  # fmt: skip
+    ft = build_ft(str(out / "data/split/ft"), str(out / "base-on-ft/predictions.jsonl"), str(out / "ft"), ft_cfg,
+                  make_captioner("template", seed=ft_cfg.seed), tokenizer=str(out / "models/tiny"))  # fmt: skip
+    limit_tokens = suggested_limit(ft.lengths)  # above every SFT target: nothing in the trained format is cut
+    console.print(f"SFT targets: up to {ft.lengths['max']} tokens; RL and evaluation stop at {limit_tokens}")
     times["ft"] = time.perf_counter() - t
 
     t = _step(console, 4, f"RAWS SFT: {sft_steps} steps, Ray Train + DeepSpeed ZeRO-2 on CPU")
@@ -85,16 +88,18 @@ def run_demo(out: Path, quick: bool = False) -> int:
     t = _step(console, 5, f"RCRL: {rcrl_steps} GRPO steps (rollout → reward service → actor/ref → update)")
     rcrl_cfg = load_config(RCRLConfig, str(config_file("train/rcrl-cpu.yaml")), [
         f"model={out / 'sft/model'}", f"data={out / 'ft/rl.parquet'}", f"out={out / 'rcrl'}",
-        f"steps={rcrl_steps}", f"checkpoint.every={max(rcrl_steps // 2, 1)}"])  # fmt: skip
+        f"steps={rcrl_steps}", f"checkpoint.every={max(rcrl_steps // 2, 1)}",
+        f"rollout.sampling.max_new_tokens={limit_tokens}"])  # fmt: skip
     rcrl = run_rcrl(rcrl_cfg, overwrite=True)  # the demo owns its folder: a rerun starts over
     times["rcrl"] = time.perf_counter() - t
 
     t = _step(console, 6, "evaluate base, SFT and RCRL models on the benchmark categories")
     limit = 16 if quick else None
-    reports = {
-        name: _eval(model, str(out / "data/split/bench"), out / f"eval/{name}", limit)
-        for name, model in (("base", str(out / "models/tiny")), ("raws-sft", str(out / "sft/model")),
-                            ("rcrl", rcrl["model"]))
+    reports = {  # the random base has no trained format: its limit is the shorter default
+        name: _eval(model, str(out / "data/split/bench"), out / f"eval/{name}", limit, tokens)
+        for name, model, tokens in (("base", str(out / "models/tiny"), 192),
+                                    ("raws-sft", str(out / "sft/model"), limit_tokens),
+                                    ("rcrl", rcrl["model"], limit_tokens))
     }  # fmt: skip
     times["eval"] = time.perf_counter() - t
 
@@ -116,11 +121,19 @@ def _report(out: Path, reports: dict, sft_hist: list, rcrl_hist: list, times: di
     phases = [k for k in last if k.startswith("timing/") and k != "timing/step_s"]
     timing = markdown_table(["RCRL phase (last step)", "seconds"], [[k[7:-2], f"{last[k]:.2f}"] for k in phases])
     wall = markdown_table(["Stage", "seconds"], [[k, f"{v:.0f}"] for k, v in times.items()])
+    rl_cut = [h.get("response/truncated_frac", 0.0) for h in rcrl_hist]
+    cut = markdown_table(
+        ["What", "cut at the token limit"],
+        [["RCRL rollouts (mean over steps)", f"{100 * sum(rl_cut) / max(1, len(rl_cut)):.1f} %"]]
+        + [[f"eval: {name}", f"{r['run'].get('truncated', 0)} of {r['run']['n']} (limit "
+            f"{r['run'].get('max_new_tokens')})"] for name, r in reports.items()],
+    )  # fmt: skip
     _plot_curves(sft_hist, rcrl_hist, str(out / "training_curves.png"))
     text = (
         "# m3ad-rl demo report\n\nRandom tiny model: the numbers show the pipeline runs end to end, "
         "not a useful detector.\n\n## M3-AD-Bench (benchmark categories, unseen in training)\n\n"
-        f"{table}\n\n## Reflection\n\n{refl}\n\n## Where the time went\n\n{wall}\n\n{timing}\n\n"
+        f"{table}\n\n## Reflection\n\n{refl}\n\n## Token limits\n\n{cut}\n\n"
+        f"## Where the time went\n\n{wall}\n\n{timing}\n\n"
         "![training curves](training_curves.png)\n"
     )
     (out / "report.md").write_text(text)

@@ -231,3 +231,20 @@ def test_malformed_responses_never_raise():
     for text in ["", "<answer>", "</think></think>", "<location>(((</location>", None, 42, "\x00" * 10]:
         r = FN(text, GT_A)
         assert r.score == 0.0 or r.score == 1.0
+
+
+def test_flip_thresholds_of_the_presets_and_the_neutral_variant():
+    """Once a response reflects, flipping pays on average above p* = P(initial wrong): (a) 0.40, (b) 0.55,
+    (c) 0.50, (d) 0.375 with R_ans alone; the shipped neutral_d.yaml puts it at 0.5 for any accuracy value."""
+    from rewards.presets import REFLECTION_PRESETS, flip_threshold
+
+    got = {p: flip_threshold(REFLECTION_PRESETS.get(p)) for p in "abcd"}
+    assert got == pytest.approx({"a": 0.4, "b": 0.55, "c": 0.5, "d": 0.375})
+    neutral = load_reward_config("configs/rewards/neutral_d.yaml").reflection.values()
+    assert [flip_threshold(neutral, a) for a in (1.0, 2.0, 3.0)] == pytest.approx([0.5] * 3)
+    # checked against the expected rewards directly: keep vs flip at p just above and below p*
+    v = REFLECTION_PRESETS.get("d")
+    for p, flip_wins in ((0.36, False), (0.39, True)):
+        keep = (1 - p) * 1 + v.ineffective
+        flip = p * (1 + v.correct) + (1 - p) * v.erroneous
+        assert (flip > keep) is flip_wins

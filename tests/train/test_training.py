@@ -80,6 +80,9 @@ def _rcrl_args(pipeline, out: Path, steps: int = 4, reward_url: str | None = Non
         f"model={model or pipeline['sft'] / 'model'}", f"data={pipeline['ft'] / 'rl.parquet'}", f"out={out}",
         f"steps={steps}", "batch_prompts=4", "rollout.sampling.max_new_tokens=192", "checkpoint.every=2",
         "actor.optim.lr=3e-4", "seed=5", *([f"reward_service.url={reward_url}"] if reward_url else []),
+        # the RL controls whose state a resume must restore: warm-up + cosine lr, an adaptive β
+        "actor.optim.warmup_steps=2", "actor.optim.schedule=cosine", "grpo.kl_ctrl=adaptive",
+        "grpo.kl_target=1e-6", "grpo.kl_horizon=16",
     ]  # fmt: skip
 
 
@@ -134,6 +137,10 @@ def _killed_and_resumed(pipeline, tmp_path, url: str, model) -> None:
     assert all(r["groups/zero_variance"] < 4 for r in want[:2]), "no learning signal before the checkpoint"
     state = json.loads((out / "checkpoints/step_000004/trainer_state.json").read_text())
     assert state["step"] == 4 and state["reward_config"]["reflection"]["preset"] == "b"
+    # warm-up then cosine: lr rises over 2 steps, then falls; the adaptive β grew (KL above its tiny target)
+    lrs, betas = [r["actor/lr"] for r in want], [r["actor/kl_coef"] for r in want]
+    assert lrs[0] < lrs[1] and lrs[1] >= lrs[2] > lrs[3], lrs
+    assert betas[0] == 0.01 and betas[-1] > betas[0] and state["kl_coef"] > betas[-1], betas
 
 
 def _weight_change(checkpoint: Path, model: Path) -> float:

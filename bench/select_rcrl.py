@@ -45,11 +45,15 @@ def train_and_eval(config: str, out: str, name: str, seed: int, overrides: list[
     longest = json.loads(storage.read_text(f"{cfg.out}/seed-{seed}/ft/lengths.json"))["max"]
     rc = rp._rcrl_config(cfg, seed, f"{cfg.out}/seed-{seed}/sft/model", cfg.reward_config, longest)
     where = f"{cfg.out}/select/{name}/seed-{seed}"
-    rc = rc.model_copy(update={"out": f"{where}/rcrl"})
+    run_dir = f"{where}/rcrl"
+    if not overrides and storage.exists(f"{cfg.out}/seed-{seed}/rcrl/model"):  # the config's own: reproduce ran it
+        run_dir = f"{cfg.out}/seed-{seed}/rcrl"
     t0 = time.perf_counter()
-    hist = run_rcrl(rc, resume=True, progress=False)["history"] if not storage.exists(f"{where}/rcrl/model") else []
+    if not storage.exists(f"{run_dir}/model"):
+        run_rcrl(rc.model_copy(update={"out": run_dir}), resume=True, progress=False)
     minutes = (time.perf_counter() - t0) / 60
-    report = rp._eval(f"{where}/rcrl/model", f"{cfg.out}/data/val", f"{where}/val", cfg, rp.auto_limit(cfg, longest))
+    hist = [json.loads(x) for x in storage.read_text(f"{run_dir}/metrics.jsonl").splitlines() if x.strip()]
+    report = rp._eval(f"{run_dir}/model", f"{cfg.out}/data/val", f"{where}/val", cfg, rp.auto_limit(cfg, longest))
     tail = hist[-5:]
     return {"minutes": minutes, "val_bal": report["average"]["balanced_accuracy"],
             "truncated_rl": max((h.get("response/truncated_frac", 0) for h in hist), default=0.0),

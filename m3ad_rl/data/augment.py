@@ -36,6 +36,7 @@ class AugmentConfig(BaseModel):
     contrast: float = Field(0.0, ge=0, le=0.9, description="Contrast x (1 ± c) and gamma in [1/(1+c), 1+c].")
     invert: float = Field(0.0, ge=0, le=1, description="Probability of the negative image.")
     grayscale: float = Field(0.0, ge=0, le=1, description="Probability of a grey image.")
+    p: float = Field(1.0, ge=0, le=1, description="Share of images augmented at all (the rest stay as drawn).")
 
     @property
     def active(self) -> bool:
@@ -48,6 +49,8 @@ def augment(image, boxes: list[Box], rng: np.random.Generator, cfg: AugmentConfi
 
     img = image.convert("RGB")
     boxes = [list(map(float, b)) for b in boxes]
+    if cfg.p < 1 and rng.random() >= cfg.p:
+        return img, boxes
     if cfg.scale > 0:
         img, boxes = _zoom(img, boxes, rng, cfg.scale)
     if cfg.flips:

@@ -65,8 +65,9 @@ class PerceptionConfig(BaseModel):
         "leaving some FT categories out; never the benchmark's).",
     )
     augment: AugmentConfig = Field(
-        AugmentConfig(), description="Label-preserving augmentation of the training scenes (m3ad_rl.data.augment)."
+        AugmentConfig(), description="Label-preserving augmentation of phase 1's scenes (m3ad_rl.data.augment)."
     )
+    augment_answers: bool = Field(False, description="Augment phase 2's scenes too (the whole model answering).")
 
 
 def plain_answer(sample) -> str:
@@ -195,7 +196,7 @@ def run(cfg: PerceptionConfig, progress: bool = True) -> dict:
             if vision:  # phase 1: the vision tower on many images (cheap: no language model)
                 dense, first = vision_losses(scenes(draw_vision, k * cfg.vision_batch, cfg.vision_batch))
             else:  # phase 2: the whole model answers; the map keeps the tower honest
-                pairs = scenes(draw, k * cfg.batch, cfg.batch)
+                pairs = scenes(draw, k * cfg.batch, cfg.batch, augmented=cfg.augment_answers)
                 batch = batch_for(pairs)
                 lp, _ = response_log_probs(model, batch)
                 first = -lp.sum() / batch.response_len.sum()

@@ -9,6 +9,8 @@ truncation and the KL, and appends them to ``{out}/select/results.jsonl``.
 
     python bench/select_rcrl.py --out runs/reproduce --config configs/reproduce/cpu-small.yaml \\
         --seeds 0 1 --variant lr3e-5 actor.optim.lr=3e-5 --variant frozen actor.freeze=[model.visual.*]
+
+A variant named ``sft-*`` changes RAWS instead (``sft.*`` keys) and is compared with the seed's RAWS.
 """
 
 from __future__ import annotations
@@ -63,6 +65,30 @@ def train_and_eval(config: str, out: str, name: str, seed: int, overrides: list[
             }  # fmt: skip
 
 
+def sft_and_eval(config: str, out: str, name: str, seed: int, overrides: list[str]) -> dict:
+    """An SFT variant (``sft.*`` overrides) from the seed's FT set, greedy on the validation set."""
+    from omegaconf import OmegaConf
+
+    from m3ad_rl.core import storage
+    from m3ad_rl.pipeline import reproduce as rp
+    from m3ad_rl.train.sft import run as run_sft
+
+    cfg = _cfg(config, out)
+    section = OmegaConf.to_container(OmegaConf.merge(cfg.sft, OmegaConf.from_dotlist(overrides)))
+    cfg = cfg.model_copy(update={"sft": section, "out": storage.absolute(out)})
+    longest = json.loads(storage.read_text(f"{cfg.out}/seed-{seed}/ft/lengths.json"))["max"]
+    base = f"{cfg.out}/perception/model"
+    sc = rp._sft_config(cfg, seed, base, longest)
+    where = f"{cfg.out}/select/{name}/seed-{seed}"
+    t0 = time.perf_counter()
+    if not storage.exists(f"{where}/sft/model"):
+        run_sft(sc.model_copy(update={"out": f"{where}/sft"}), resume=True)
+    minutes = (time.perf_counter() - t0) / 60
+    report = rp._eval(f"{where}/sft/model", f"{cfg.out}/data/val", f"{where}/val", cfg, rp.auto_limit(cfg, longest))
+    return {"minutes": minutes, "val_bal": report["average"]["balanced_accuracy"], "truncated_rl": 0.0,
+            "kl_last": None, "reward_last5": None, "reflect_rate_last5": report["reflection"]["rate"]}  # fmt: skip
+
+
 def raws_eval(config: str, out: str, seed: int) -> None:
     from m3ad_rl.core import storage
     from m3ad_rl.pipeline import reproduce as rp
@@ -99,7 +125,8 @@ def main() -> None:
         return
     if a.one:
         v = next(v for v in a.variant if v[0] == a.one[0])
-        print("RESULT " + json.dumps(train_and_eval(a.config, a.out, v[0], int(a.one[1]), v[1:])), flush=True)
+        fn = sft_and_eval if v[0].startswith("sft-") else train_and_eval  # sft-*: an SFT variant (sft.* keys)
+        print("RESULT " + json.dumps(fn(a.config, a.out, v[0], int(a.one[1]), v[1:])), flush=True)
         return
     me = [sys.executable, __file__, "--out", a.out, "--config", a.config]
     for s in a.seeds:

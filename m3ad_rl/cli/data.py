@@ -26,6 +26,11 @@ def add_commands(sub) -> None:
     p.add_argument("--scene", help="scene of a 'folder' dataset (texture, workpiece, electronic, logical)")
     p.add_argument("--category", help="category of a 'folder' dataset")
     p.add_argument("--source", default="custom", help="source name of a 'folder' dataset")
+    p.add_argument("--defect-type", help="type of a 'folder' dataset's anomalous images that labels.csv does not "
+                   "name (free text for the taxonomy, e.g. dent)")  # fmt: skip
+    p.add_argument("--category-scene", type=category_scene, nargs="+", default=[], metavar="CATEGORY=SCENE",
+                   help="scene of a public dataset's category that its table lacks, or another scene than the "
+                   "table's, e.g. mystery=texture")  # fmt: skip
     p.add_argument("--embed-images", action="store_true", help="store image bytes instead of their paths")
     p.set_defaults(func=cmd_data_import)
 
@@ -66,6 +71,18 @@ def add_commands(sub) -> None:
     p.set_defaults(func=cmd_data_gallery)
 
 
+def category_scene(text: str) -> tuple[str, str]:
+    """An argparse type: ``CATEGORY=SCENE`` with one of the four scenes, so a typo is a usage error."""
+    from m3ad_rl.data.schema import SCENES
+
+    category, _, scene = text.partition("=")
+    if not (category and scene):
+        raise argparse.ArgumentTypeError(f"{text!r} is not CATEGORY=SCENE")
+    if scene not in SCENES:
+        raise argparse.ArgumentTypeError(f"scene {scene!r} is not one of {', '.join(SCENES)}")
+    return category, scene
+
+
 def cmd_data_synth(args: argparse.Namespace) -> int:
     from m3ad_rl.core.config import load_config
     from m3ad_rl.core.guards import refuse_overwrite
@@ -80,7 +97,8 @@ def cmd_data_import(args: argparse.Namespace) -> int:
     from m3ad_rl.data.importers import import_dataset
 
     r = import_dataset(args.dataset, args.root, args.out, source=args.source, scene=args.scene,
-                       category=args.category, embed_images=args.embed_images)  # fmt: skip
+                       category=args.category, defect_type=args.defect_type,
+                       category_scene=dict(args.category_scene), embed_images=args.embed_images)  # fmt: skip
     rc = finish_write(r.written, args.out)
     print(f"the importer skipped {len(r.skipped)} image(s)", file=sys.stderr)
     return EXIT_SKIPPED if r.skipped else rc

@@ -9,8 +9,9 @@
 4. A captioner writes the text; the SFT set holds chat messages with the image, the RL set is
    verl's Parquet layout (``prompt``, ``images``, ``data_source``, ``reward_model``, ``extra_info``).
 
-Captioners share one interface (``Captioner.caption_samples``) and are made by name
-(``make_captioner``); ``build_ft`` runs the whole construction from a dataset URL to the sets.
+Captioners share one interface (``Captioner.caption_samples``, in ``captions.py`` with the job and
+result types, re-exported here) and are made by name (``make_captioner``); ``build_ft`` runs the
+whole construction from a dataset URL to the sets.
 """
 
 from __future__ import annotations
@@ -20,9 +21,8 @@ import json
 import posixpath
 import random
 import uuid
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import Protocol
 
 import fsspec
 import pyarrow as pa
@@ -35,6 +35,7 @@ from m3ad_rl.core.guards import refuse_overwrite, require_file
 from m3ad_rl.core.output_format import parse
 from m3ad_rl.core.prompts import question
 from m3ad_rl.core.registry import Registry
+from m3ad_rl.data.captions import Captioner, CaptionJob, CaptionResult  # noqa: F401 (re-exported: callers import them here)
 from m3ad_rl.data.schema import Sample, decode_image
 from m3ad_rl.data.store import DatasetWriter, iter_samples, move_file, remove_file
 
@@ -49,36 +50,6 @@ class FTConfig(BaseModel):
     p_reflective_hard: float = Field(0.7, ge=0, le=1, description="P(Reflective Mode) for hard samples.")
     with_types: bool = Field(False, description="List the 41 fine types in the prompt.")
     data_source: str = Field("m3ad", description="verl data_source of the RL rows.")
-
-
-@dataclass(slots=True)
-class CaptionJob:
-    """One trajectory to write: the sample, its mode and the initial decision the text must reach."""
-
-    sample: Sample
-    mode: str  # thinking | reflective
-    initial: str  # yes | no
-
-
-@dataclass(slots=True)
-class CaptionResult:
-    """Outcome of one caption: the rendered trajectory, or the error that stopped it."""
-
-    id: str
-    text: str | None = None
-    error: str | None = None
-    cached: bool = False  # served from the captioner's cache (captioners that keep one)
-    attempts: int = 0  # requests sent for it (captioners that ask a server)
-
-
-class Captioner(Protocol):
-    """What FT construction needs from a captioner (template, LLM endpoint …)."""
-
-    name: str
-
-    def caption_samples(self, jobs: Sequence[CaptionJob], progress: bool = False) -> list[CaptionResult]:
-        """One result per job, in order; a failed caption has ``error`` set and never raises."""
-        ...
 
 
 CAPTIONERS: Registry[Callable[..., Captioner]] = Registry("captioner")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from m3ad_rl.cli.common import EXIT_DATA, EXIT_SKIPPED, POSITIVE, config_args, finish_write
+from m3ad_rl.cli.common import EXIT_DATA, EXIT_SKIPPED, POSITIVE, config_args, finish_write, overwrite_arg
 
 
 def add_commands(sub) -> None:
@@ -16,6 +16,7 @@ def add_commands(sub) -> None:
     p.add_argument("--n", type=POSITIVE, default=1000, help="number of images")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--workers", type=POSITIVE, default=1, help="processes (the output is the same for any number)")
+    overwrite_arg(p, "dataset")
     config_args(p)
     p.set_defaults(func=cmd_data_synth)
 
@@ -37,6 +38,7 @@ def add_commands(sub) -> None:
     p = ds.add_parser("split", help="cross-category FT / benchmark split")
     p.add_argument("--input", required=True, nargs="+", help="dataset URL(s) to pool")
     p.add_argument("--out", required=True, help="writes OUT/ft and OUT/bench")
+    overwrite_arg(p, "split")
     config_args(p)
     p.set_defaults(func=cmd_data_split)
 
@@ -52,6 +54,7 @@ def add_commands(sub) -> None:
                    "into OUT/lengths.json, which SFT, RCRL and eval check their token limits against")  # fmt: skip
     p.add_argument("--rl-input", help="draw the RL prompts from this dataset (images SFT never sees); "
                    "default: the FT samples")  # fmt: skip
+    overwrite_arg(p, "FT output")
     config_args(p)
     p.set_defaults(func=cmd_data_build_ft)
 
@@ -90,7 +93,7 @@ def cmd_data_synth(args: argparse.Namespace) -> int:
 
     refuse_overwrite([args.config], [args.out])
     cfg = load_config(SynthConfig, args.config, [*args.overrides, f"n={args.n}", f"seed={args.seed}"])
-    return finish_write(synthesize(cfg, args.out, args.workers), args.out)
+    return finish_write(synthesize(cfg, args.out, args.workers, overwrite=args.overwrite), args.out)
 
 
 def cmd_data_import(args: argparse.Namespace) -> int:
@@ -109,7 +112,7 @@ def cmd_data_split(args: argparse.Namespace) -> int:
     from m3ad_rl.data.splits import SplitConfig, split_datasets
 
     cfg = load_config(SplitConfig, args.config, args.overrides)
-    r = split_datasets(args.input, args.out, cfg, config_file=args.config)
+    r = split_datasets(args.input, args.out, cfg, config_file=args.config, overwrite=args.overwrite)
     for name in ("ft", "bench"):
         print(f"{name}: {', '.join(r.categories(name))}")
     rejected = len(r.ft.rejected) + len(r.bench.rejected)
@@ -128,7 +131,7 @@ def cmd_data_build_ft(args: argparse.Namespace) -> int:
     captioner = make_captioner(args.captioner, seed=cfg.seed, base_url=args.base_url, model=args.model,
                                cache_dir=args.cache_dir)  # fmt: skip
     report = build_ft(args.input, args.predictions, args.out, cfg, captioner, tokenizer=args.tokenizer,
-                      rl_input=args.rl_input)  # fmt: skip
+                      rl_input=args.rl_input, overwrite=args.overwrite)  # fmt: skip
     for sid, why in report.skipped:
         print(f"skipped {sid}: {why}", file=sys.stderr)
     if report.rl_overlap:

@@ -88,6 +88,7 @@ class RCRLTrainer:
     def preflight(self) -> None:
         """Everything that can be checked before Ray and DeepSpeed start (seconds, not a minute)."""
         from m3ad_rl.core.errors import UsageError
+        from m3ad_rl.core.outputs import RCRL_RUN, claim_dir
         from m3ad_rl.train import checkpoint as ck
         from m3ad_rl.train import preflight as pf
 
@@ -99,18 +100,15 @@ class RCRLTrainer:
         self.lengths = find_lengths(model=cfg.model, data=cfg.data)
         check_limit(cfg.rollout.sampling.max_new_tokens, "rollout.sampling.max_new_tokens", self.lengths,
                     cfg.length_check)  # fmt: skip
+        # the output contract (core/outputs): a new or empty out, or this kind's own run with --resume or
+        # --overwrite (its own entries removed then, nothing else); never over the model or the data
+        claim_dir(cfg.out, RCRL_RUN, inputs=[cfg.model, cfg.data], resume=self.resume, overwrite=self.overwrite)
         if not self.resume:
-            used = pf.existing_run(cfg.out, self.RUN_FILES) + (
-                ["checkpoints"] if cfg.checkpoint.dir and storage.exists(cfg.checkpoint_root) else []
-            )
-            if used and not self.overwrite:
-                raise UsageError(
-                    f"out={cfg.out} already holds a run ({', '.join(sorted(set(used)))})",
-                    "continue it with --resume, start over with --overwrite, or choose another out",
-                )
-            for name in used:
-                storage.remove(storage.join(cfg.out, name))
-            if used:
+            if cfg.checkpoint.dir and storage.exists(cfg.checkpoint_root):
+                if not self.overwrite:
+                    raise UsageError(f"checkpoint.dir={cfg.checkpoint.dir} already holds checkpoints",
+                                     "continue the run with --resume, start over with --overwrite, or choose "
+                                     "another checkpoint.dir")  # fmt: skip
                 storage.remove(cfg.checkpoint_root)
             return
         found = ck.latest_complete(cfg.checkpoint_root)

@@ -108,7 +108,11 @@ def test_data_commands_refuse_to_write_over_their_inputs(argv, dataset, tmp_path
     assert main(argv) == EXIT_USAGE
     assert "would write over what it reads" in _one_line(capsys.readouterr().err)
     assert read_manifest(dataset) == manifest and cfg.read_text() == "size: 64\n"
-    assert sorted(p.name for p in Path(dataset).iterdir()) == [".m3ad-output.json", "manifest.json", "part-00000.parquet"]
+    assert sorted(p.name for p in Path(dataset).iterdir()) == [
+        ".m3ad-output.json",
+        "manifest.json",
+        "part-00000.parquet",
+    ]
 
 
 # -- files and folders ---------------------------------------------------------------------------

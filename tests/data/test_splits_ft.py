@@ -180,7 +180,9 @@ def test_build_ft_publishes_all_sets_or_nothing(ft_input, tmp_path, monkeypatch)
     (mine / "sft.parquet").write_bytes(b"a user's file")
     with pytest.raises(UsageError, match="did not write"):
         ft.build_ft(ds, preds, str(mine), ft.FTConfig(), TemplateCaptioner(), progress=False, overwrite=True)
-    assert [p.name for p in mine.iterdir()] == ["sft.parquet"] and (mine / "sft.parquet").read_bytes() == b"a user's file"
+    assert [p.name for p in mine.iterdir()] == ["sft.parquet"] and (
+        mine / "sft.parquet"
+    ).read_bytes() == b"a user's file"
 
     out = tmp_path / "ft"
     ft.build_ft(ds, preds, str(out), ft.FTConfig(), TemplateCaptioner(), progress=False)
@@ -198,7 +200,7 @@ def test_build_ft_publishes_all_sets_or_nothing(ft_input, tmp_path, monkeypatch)
     monkeypatch.undo()
     nobody = tmp_path / "nobody.jsonl"
     nobody.write_text('{"id": "not-a-sample", "answer": "yes"}\n')
-    with pytest.raises(DataError, match="no sample .* has a prediction"):
+    with pytest.raises(DataError, match=r"no sample .* has a prediction"):
         ft.build_ft(ds, str(nobody), str(out), ft.FTConfig(), TemplateCaptioner(), progress=False, overwrite=True)
     assert {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
 

@@ -33,6 +33,7 @@ def add_commands(sub) -> None:
                    help="scene of a public dataset's category that its table lacks, or another scene than the "
                    "table's, e.g. mystery=texture")  # fmt: skip
     p.add_argument("--embed-images", action="store_true", help="store image bytes instead of their paths")
+    overwrite_arg(p, "dataset")
     p.set_defaults(func=cmd_data_import)
 
     p = ds.add_parser("split", help="cross-category FT / benchmark split")
@@ -62,6 +63,7 @@ def add_commands(sub) -> None:
     p.add_argument("--input", required=True)
     p.add_argument("--plot", help="write the counts as a PNG")
     p.add_argument("--check-images", action="store_true", help="also decode every image; exit 5 if one does not")
+    overwrite_arg(p, "plot file")
     p.set_defaults(func=cmd_data_stats)
 
     p = ds.add_parser("gallery", help="contact sheet of samples with their boxes drawn")
@@ -71,6 +73,7 @@ def add_commands(sub) -> None:
     p.add_argument("--cols", type=POSITIVE, default=6)
     p.add_argument("--anomalous-only", action="store_true")
     p.add_argument("--seed", type=int, default=0, help="which samples to show")
+    overwrite_arg(p, "image file")
     p.set_defaults(func=cmd_data_gallery)
 
 
@@ -101,7 +104,8 @@ def cmd_data_import(args: argparse.Namespace) -> int:
 
     r = import_dataset(args.dataset, args.root, args.out, source=args.source, scene=args.scene,
                        category=args.category, defect_type=args.defect_type,
-                       category_scene=dict(args.category_scene), embed_images=args.embed_images)  # fmt: skip
+                       category_scene=dict(args.category_scene), embed_images=args.embed_images,
+                       overwrite=args.overwrite)  # fmt: skip
     rc = finish_write(r.written, args.out)
     print(f"the importer skipped {len(r.skipped)} image(s)", file=sys.stderr)
     return EXIT_SKIPPED if r.skipped else rc
@@ -151,7 +155,7 @@ def cmd_data_stats(args: argparse.Namespace) -> int:
     def bad(sid: str, why: str) -> None:
         print(f"sample {sid!r}: {why}", file=sys.stderr)
 
-    stats, n_bad = check_dataset_stats(args.input, args.plot, args.check_images, on_bad=bad)
+    stats, n_bad = check_dataset_stats(args.input, args.plot, args.check_images, on_bad=bad, overwrite=args.overwrite)
     if args.check_images:
         print(f"images checked: {stats['n'] - n_bad} decode, {n_bad} do not", file=sys.stderr)
     if args.plot:
@@ -163,6 +167,7 @@ def cmd_data_gallery(args: argparse.Namespace) -> int:
     from m3ad_rl.data.gallery import write_gallery
 
     shown, broken = write_gallery(args.input, args.out, args.n, args.cols, args.seed, args.anomalous_only,
-                                  on_error=lambda _, e: print(f"left out: {e.what}", file=sys.stderr))  # fmt: skip
+                                  on_error=lambda _, e: print(f"left out: {e.what}", file=sys.stderr),
+                                  overwrite=args.overwrite)  # fmt: skip
     print(f"wrote {args.out} ({shown} samples)", file=sys.stderr)
     return EXIT_SKIPPED if broken else 0

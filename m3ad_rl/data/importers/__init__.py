@@ -64,6 +64,7 @@ def import_dataset(
     category_scene: dict[str, str] | None = None,
     embed_images: bool = False,
     progress: bool = True,
+    overwrite: bool = False,
 ) -> ImportResult:
     """Import the dataset at ``root`` (a ``DATASETS`` name) into a new dataset at ``out``.
 
@@ -90,8 +91,10 @@ def import_dataset(
     )
     from tqdm import tqdm
 
-    bar = tqdm(desc=f"import {dataset}", unit="img", dynamic_ncols=True, file=sys.stderr, disable=not progress)
-    with DatasetWriter(out) as w, bar:
+    with (
+        DatasetWriter(out, overwrite=overwrite, inputs=[root]) as w,  # the output contract's checks come first
+        tqdm(desc=f"import {dataset}", unit="img", dynamic_ncols=True, file=sys.stderr, disable=not progress) as bar,
+    ):
         for sample in samples:
             if embed_images and sample.image_uri:
                 with contextlib.suppress(DataError):  # if not, the writer rejects it with the reason, by id

@@ -76,8 +76,10 @@ def cmd_model_tiny(args: argparse.Namespace) -> int:
 
 def cmd_check_learning(args: argparse.Namespace) -> int:
     """Exit 0 only if every seed passes (1 otherwise: a loop that does not learn is a failure)."""
+    from m3ad_rl.core.outputs import LEARNING_CHECK, claim_dir
     from m3ad_rl.pipeline.learning_check import LearningCheck, run_learning_check
 
+    claim_dir(args.out, LEARNING_CHECK, resume=True)  # a new folder or an earlier check's (its seeds start over)
     results = [run_learning_check(f"{args.out.rstrip('/')}/seed-{s}", LearningCheck(seed=s, sabotage=args.sabotage))
                for s in args.seeds]  # fmt: skip
     for r in results:

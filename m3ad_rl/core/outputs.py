@@ -52,17 +52,17 @@ class Kind:
     name: str
     names: tuple[str, ...]
     required: tuple[str, ...] = ()
-    last: tuple[str, ...] = ()  # published after the others (a dataset's manifest)
+    last: tuple[str, ...] = ()  # published after the others (a dataset's manifest); required: any one of them
 
     def __contains__(self, entry: str) -> bool:
         return entry == MARKER or any(fnmatch.fnmatchcase(entry, p) for p in self.names)
 
     def looks_like(self, entries: list[str]) -> bool:
-        """An unmarked folder is this kind's when every entry is one it writes and the required ones are there."""
+        """An unmarked folder is this kind's when every entry is one it writes and one of ``required`` is there."""
         return (
             bool(entries)
             and all(e in self for e in entries)
-            and all(any(fnmatch.fnmatchcase(e, r) for e in entries) for r in self.required)
+            and (not self.required or any(fnmatch.fnmatchcase(e, r) for e in entries for r in self.required))
         )
 
 
@@ -70,16 +70,18 @@ MODEL_FILES = ("config.json", "*.safetensors", "*.safetensors.index.json", "*.bi
                "*.model", "m3ad_*.json")  # fmt: skip
 DATASET = Kind("dataset", ("manifest.json", "part-[0-9][0-9][0-9][0-9][0-9].parquet", ".staging-*"),
                ("manifest.json",), last=("manifest.json",))  # fmt: skip
-TINY_MODEL = Kind("tiny model", MODEL_FILES, ("config.json", "m3ad_tiny.json"))
+TINY_MODEL = Kind("tiny model", MODEL_FILES, ("m3ad_tiny.json",))
 FT_SETS = Kind("FT sets", ("samples", "sft.parquet", "rl.parquet", "lengths.json"), ("samples",))
 SPLIT_SETS = Kind("split", ("ft", "bench"), ("ft",))
+LEARNING_CHECK = Kind("learning check", ("seed-*",))
 SWEEP_MANIFESTS = Kind("sweep render", ("*.yaml",), ("00-configmap.yaml",))
 REPRODUCE = Kind("reproduce run", ("data", "models", "perception", "eval", "seed-*", "stages", "report", "select",
                                    "reproduce.json"), ("stages",))  # fmt: skip
 SFT_RUN = Kind("SFT run", ("ray_train", "model", "metrics.jsonl", "tensorboard", "config.json", "mlruns", "wandb",
-                           ".m3ad-write-test-*"), ("metrics.jsonl",))  # fmt: skip
+                           ".m3ad-write-test-*"), ("ray_train", "metrics.jsonl"))  # fmt: skip
 RCRL_RUN = Kind("RCRL run", ("checkpoints", "model", "metrics.jsonl", "tensorboard", "config.json", "mlruns",
-                             "wandb", ".m3ad-write-test-*"), ("config.json",))  # fmt: skip
+                             "wandb", ".m3ad-write-test-*"),
+                ("config.json", "checkpoints", "metrics.jsonl"))  # fmt: skip
 EVAL_RUN = Kind("evaluation", ("predictions.jsonl", "run.json", "report.json", "report.md", "*.png"),
                 ("predictions.jsonl",))  # fmt: skip
 
@@ -124,6 +126,7 @@ def check_dir(
     fs, path = _fs(out)
     if fs.isfile(path):
         raise UsageError(f"the output {out} is a file, a folder was expected", "give a folder path")
+    require_writable(out, "the output")
     if not fs.exists(path):
         return []
     entries = _entries(fs, path)
@@ -150,7 +153,9 @@ def check_dir(
 
 
 def _article(word: str) -> str:
-    return "an" if word[:1].lower() in "aeiou" else "a"
+    """"a" or "an" as it is spoken: an evaluation, an SFT run, an RCRL run, a dataset."""
+    acronym = len(word) > 1 and word[:2].isupper()
+    return "an" if (word[:1] in "AEFHILMNORSX" if acronym else word[:1].lower() in "aeiou") else "a"
 
 
 def _few(names: list[str], n: int = 3) -> str:
@@ -163,7 +168,7 @@ def write_marker(out: str, kind: Kind, extra: dict | None = None) -> None:
     tmp = f"{path}/.{MARKER}.{uuid.uuid4().hex[:8]}"
     with fs.open(tmp, "w") as fh:
         json.dump({"kind": kind.name, "time": time.time(), **(extra or {})}, fh, indent=1)
-    _move(fs, tmp, f"{path}/{MARKER}")
+    move_path(fs, tmp, f"{path}/{MARKER}")
 
 
 def claim_dir(
@@ -173,13 +178,17 @@ def claim_dir(
     inputs: Iterable[Where] = (),
     resume: bool = False,
     overwrite: bool = False,
+    checked: list[str] | None = None,
 ) -> None:
-    """A resumable run's output folder: checked (rules 1–3), the previous run's entries removed when
-    replacing it, and marked as this command's."""
-    old = check_dir(out, kind, inputs=inputs, resume=resume, overwrite=overwrite, resumable=True)
+    """A resumable run's output folder: checked (rules 1–3, and 5: never ``memory://``), the previous run's
+    entries removed when replacing it, and marked as this kind's. ``checked``: the result of an earlier
+    ``check_dir(..., resumable=True)``, for commands that check first and claim once every check passed."""
+    require_lasting(out, "out")
+    old = checked if checked is not None else check_dir(out, kind, inputs=inputs, resume=resume, overwrite=overwrite,
+                                                        resumable=True)  # fmt: skip
     fs, path = _fs(out)
     for name in old:
-        _remove(fs, f"{path}/{name}")
+        remove_path(fs, f"{path}/{name}")
     write_marker(out, kind)
 
 
@@ -208,12 +217,12 @@ def publish_dir(
         else:
             fs.makedirs(path, exist_ok=True)
             for e in old:  # the earlier output's own entries (none of anyone else's)
-                _remove(fs, f"{path}/{e}")
+                remove_path(fs, f"{path}/{e}")
             for e in new:
-                _move(fs, f"{stage}/{e}", f"{path}/{e}")
+                move_path(fs, f"{stage}/{e}", f"{path}/{e}")
         write_marker(out, kind, {"entries": new})
     finally:
-        _remove(fs, stage)
+        remove_path(fs, stage)
 
 
 @contextlib.contextmanager
@@ -233,6 +242,22 @@ def publish_local_dir(out: str, kind: Kind, **kwargs) -> Iterator[Path]:
                 upload_dir(tmp, fs.unstrip_protocol(stage))
 
 
+def require_writable(out: Where, option: str = "--out") -> None:
+    """A local output can be created: its nearest existing folder is writable (a read-only file system, a
+    folder of another user). Checked with every other output before any is written."""
+    if out is None:
+        return
+    fs, path = _fs(os.fspath(out))
+    if not isinstance(fs, LocalFileSystem):
+        return
+    probe = path if os.path.isdir(path) else os.path.dirname(path) or "."
+    while not os.path.exists(probe) and os.path.dirname(probe) != probe:
+        probe = os.path.dirname(probe)
+    if not os.access(probe, os.W_OK):
+        raise UsageError(f"{option} {os.fspath(out)}: {probe} is not writable (a read-only file system or "
+                         "another user's folder)", "write the output somewhere writable")  # fmt: skip
+
+
 def check_file(out: Where, *, inputs: Iterable[Where] = (), overwrite: bool = False, option: str = "--output") -> None:
     """An output file: not over an input, not a folder, not ``-``, and an existing file only with ``overwrite``."""
     if out is None:
@@ -243,6 +268,7 @@ def check_file(out: Where, *, inputs: Iterable[Where] = (), overwrite: bool = Fa
     require_lasting(text, option)
     require_output_file(text, option)  # not a folder, and no file where a folder of its path must be
     refuse_overwrite(inputs, [text])
+    require_writable(text, option)
     fs, path = _fs(text)
     if fs.exists(path) and not overwrite:
         raise UsageError(f"{option} {text} already exists", "add --overwrite to replace it, or choose another name")
@@ -272,19 +298,22 @@ def publish_file(out: Where) -> Iterator[Path]:
         fs.put_file(str(tmp), path)
 
 
-def _move(fs, src: str, dst: str) -> None:
+def move_path(fs, src: str, dst: str) -> None:
+    """Move a file or folder on one filesystem: a rename locally (atomic), copy-then-delete elsewhere (fsspec's own
+    mv and rm expand glob patterns, so a path with [ ] * ? would miss; these never glob)."""
     if isinstance(fs, LocalFileSystem):
         os.replace(src, dst)
     elif fs.isdir(src):
         for f in fs.find(src):
             fs.cp_file(f, dst + f[len(src):])  # fmt: skip
-        _remove(fs, src)
+        remove_path(fs, src)
     else:
         fs.cp_file(src, dst)
         fs.rm_file(src)
 
 
-def _remove(fs, path: str) -> None:
+def remove_path(fs, path: str) -> None:
+    """Remove a file or a folder and everything in it; nothing if it is not there."""
     if isinstance(fs, LocalFileSystem):
         import shutil
 

@@ -22,10 +22,8 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import posixpath
 import re
-import shutil
 import sys
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -33,9 +31,11 @@ from dataclasses import dataclass, field
 import fsspec
 import pyarrow as pa
 import pyarrow.parquet as pq
-from fsspec.implementations.local import LocalFileSystem
 
 from m3ad_rl.core.errors import DataError, UsageError
+from m3ad_rl.core.outputs import move_path as move_file  # noqa: F401 (one place moves and removes: core/outputs)
+from m3ad_rl.core.outputs import remove_path as remove_file  # noqa: F401
+from m3ad_rl.core.outputs import remove_path as remove_tree  # noqa: F401
 from m3ad_rl.core.taxonomy import Taxonomy, default_taxonomy
 from m3ad_rl.data.schema import SAMPLE_SCHEMA, SCHEMA_VERSION, Sample, validate
 
@@ -68,32 +68,6 @@ def _names(fs, path: str) -> list[str]:
     """Base names directly under ``path``, as storage has them now (not a cached listing)."""
     fs.invalidate_cache(path)
     return sorted(posixpath.basename(p.rstrip("/")) for p in fs.ls(path, detail=False))
-
-
-# fsspec's mv/rm expand glob patterns, so a URL with [ ] * ? in it would miss; these never glob.
-def move_file(fs, src: str, dst: str) -> None:
-    """Move one file: a rename on a local disk (atomic), copy-then-delete elsewhere."""
-    if isinstance(fs, LocalFileSystem):
-        os.replace(src, dst)
-    else:
-        fs.cp_file(src, dst)
-        fs.rm_file(src)
-
-
-def remove_file(fs, path: str) -> None:
-    if fs.exists(path):
-        fs.rm_file(path)
-
-
-def remove_tree(fs, path: str) -> None:
-    """Remove a folder and everything in it (nothing if it is not there)."""
-    if isinstance(fs, LocalFileSystem):
-        shutil.rmtree(path, ignore_errors=True)
-        return
-    for f in fs.find(path):
-        fs.rm_file(f)
-    with contextlib.suppress(OSError, NotImplementedError):
-        fs.rmdir(path)
 
 
 class DatasetWriter:

@@ -30,6 +30,8 @@ def check_model(ref: str, key: str = "model") -> None:
     ``config.json``; a hub id or ``hf://ORG/REPO[/SUB]`` has its ``config.json`` on the hub (one small
     download) or, offline (``HF_HUB_OFFLINE=1``), in the local hub cache."""
     ref = str(ref)
+    if storage.is_local(ref) and storage.local_path(ref).is_file():
+        raise UsageError(f"{key}={ref} is a file, a model folder was expected", "give the model's folder")
     if ref.startswith(storage.HF_SCHEME):
         try:
             repo, sub = storage.split_hf(ref)
@@ -105,7 +107,13 @@ def check_parquet(url: str, kind: str, key: str = "data") -> int:
 
 
 def check_writable(out: str, key: str = "out") -> None:
-    """Write and delete a small file under ``out`` (creates it if needed)."""
+    """``out`` can be written: locally its nearest existing folder is writable (nothing is created); on
+    object storage a small file is written and deleted (credentials, bucket, permissions)."""
+    if storage.is_local(out):
+        from m3ad_rl.core.outputs import require_writable
+
+        require_writable(out, key)
+        return
     probe = storage.join(out, f".m3ad-write-test-{uuid.uuid4().hex[:8]}")
     try:
         storage.write_text(probe, "ok")

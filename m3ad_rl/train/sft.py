@@ -252,7 +252,7 @@ def run(cfg: SFTConfig, resume: bool = False, overwrite: bool = False) -> dict:
     from ray.train.torch import TorchConfig, TorchTrainer
 
     from m3ad_rl.core import storage
-    from m3ad_rl.core.outputs import SFT_RUN, claim_dir
+    from m3ad_rl.core.outputs import SFT_RUN, check_dir, claim_dir, require_lasting
     from m3ad_rl.data.lengths import MODEL_LENGTHS_FILE, check_limit, find_lengths
     from m3ad_rl.train.ray_setup import init_ray
 
@@ -264,6 +264,8 @@ def run(cfg: SFTConfig, resume: bool = False, overwrite: bool = False) -> dict:
     pf.check_model(cfg.model)  # seconds, before Ray and DeepSpeed start
     pf.check_freeze(cfg.model, cfg.freeze)
     pf.check_parquet(cfg.data, "sft")
+    require_lasting(cfg.out, "out")
+    old = check_dir(cfg.out, SFT_RUN, inputs=[cfg.model, cfg.data], resume=resume, overwrite=overwrite, resumable=True)
     pf.check_writable(cfg.out)
     lengths = find_lengths(data=cfg.data)
     check_limit(cfg.max_response_tokens, "max_response_tokens", lengths, cfg.length_check)
@@ -278,7 +280,7 @@ def run(cfg: SFTConfig, resume: bool = False, overwrite: bool = False) -> dict:
     name = "sft"
     # the output contract (core/outputs): a new or empty out, or this kind's own run with --resume or
     # --overwrite (its own entries removed then, nothing else); never over the model or the data
-    claim_dir(cfg.out, SFT_RUN, inputs=[cfg.model, cfg.data], resume=resume, overwrite=overwrite)
+    claim_dir(cfg.out, SFT_RUN, checked=old)
     trainer = TorchTrainer(
         train_loop,
         train_loop_config=cfg.model_dump(mode="json"),

@@ -241,9 +241,8 @@ def test_readme_lists_every_exit_code():
 
 
 def test_a_file_where_a_folder_should_be_is_a_usage_error(tmp_path, capsys):
-    """`check learning --out FILE`: mkdir(parents=True) raises FileExistsError; one line and exit 2."""
+    """`check learning --out FILE`: the output contract refuses it before anything runs; one line and exit 2."""
     (tmp_path / "f").write_text("x")
     assert main(["check", "learning", "--out", str(tmp_path / "f"), "--seeds", "0"]) == 2
-    assert _one_line(capsys.readouterr().err).endswith(
-        "a file is in the way where a folder was expected — give a folder path"
-    )
+    assert _one_line(capsys.readouterr().err).endswith("is a file, a folder was expected — give a folder path")
+    assert (tmp_path / "f").read_text() == "x"

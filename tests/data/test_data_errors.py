@@ -114,7 +114,7 @@ def test_a_crash_while_publishing_is_never_read_as_finished(url, monkeypatch):
     def crash(*args, **kwargs):
         raise OSError("storage went away")
 
-    monkeypatch.setattr(outputs, "_move", crash)  # the first staged shard never arrives
+    monkeypatch.setattr(outputs, "move_path", crash)  # the first staged shard never arrives
     with pytest.raises(OSError, match="went away"):
         write_dataset(url, [_sample(10 + i) for i in range(4)], shard_rows=2, overwrite=True)
     monkeypatch.undo()

@@ -277,6 +277,13 @@ def cases() -> list[Case]:
     out.append(Case("train rcrl", "GRPO groups of one", frozenset(USAGE), extra=("rollout.sampling.n=1",)))
     out.append(Case("train rcrl", "a NaN learning rate", frozenset(USAGE), extra=("actor.optim.lr=nan",)))
     out.append(Case("data split", "an empty benchmark side", frozenset(USAGE), extra=("--set", "bench_fraction=0")))
+    no_credentials = (("AWS_ACCESS_KEY_ID", ""), ("AWS_SECRET_ACCESS_KEY", ""), ("AWS_SESSION_TOKEN", ""),
+                      ("AWS_PROFILE", ""), ("AWS_SHARED_CREDENTIALS_FILE", "/nonexistent"),
+                      ("AWS_CONFIG_FILE", "/nonexistent"), ("AWS_EC2_METADATA_DISABLED", "true"),
+                      ("AWS_ENDPOINT_URL", ""))  # fmt: skip
+    for name in ("data synth", "model tiny", "data build-ft"):
+        out.append(Case(name, "OUT on s3:// without credentials", frozenset(USAGE), outputs={"OUT": "s3"},
+                        env=no_credentials))  # fmt: skip
     return out
 
 
@@ -299,6 +306,11 @@ def _build(how: str, tmp: Path, kit: dict, name: str) -> str:
         return "-"
     if how == "memory":
         return f"memory://hostile/{name}"
+    if how == "s3":
+        import fsspec
+
+        fsspec.filesystem("s3").clear_instance_cache()  # none made earlier with a test server's credentials
+        return f"s3://m3ad-hostile-no-credentials/{name}"
     if how == "readonly":
         ro = tmp / "ro"
         ro.mkdir(exist_ok=True)
@@ -357,7 +369,10 @@ def _run(case: Case, kit: dict, tmp: Path, capsys, monkeypatch) -> None:
                "LATIN1CONFIG": str(sandbox / "latin1.yaml")}  # fmt: skip
     argv = _fill(c.argv + case.extra, values)
     for k, v in case.env:
-        monkeypatch.setenv(k, v)
+        if v:
+            monkeypatch.setenv(k, v)
+        else:
+            monkeypatch.delenv(k, raising=False)
     import ray
 
     def no_ray(*args, **kwargs):  # every hostile case must be refused before any work starts

@@ -42,6 +42,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from m3ad_rl.core.errors import explain
 
     try:
+        check_output_options(args)
         return args.func(args)
     except KeyboardInterrupt:
         if args.debug:
@@ -65,6 +66,24 @@ def main(argv: Sequence[str] | None = None) -> int:
               "checkpoint was kept. Run the same command with --resume once the cluster has its nodes back "
               "(a RayJob's retry does this).", file=sys.stderr)  # fmt: skip
         return EXIT_LOST_WORKER
+
+
+OUTPUT_OPTIONS = ("out", "output", "markdown", "plot")
+
+
+def check_output_options(args: argparse.Namespace) -> None:
+    """What every command's output options must be, checked once here: somewhere that outlasts the process
+    (no ``memory://``) and a real path (``-`` is not standard output here)."""
+    from m3ad_rl.core.errors import UsageError
+    from m3ad_rl.core.outputs import require_lasting
+
+    for name in OUTPUT_OPTIONS:
+        value = getattr(args, name, None)
+        if not isinstance(value, str):
+            continue
+        if value.strip() in ("", "-"):
+            raise UsageError(f"--{name} {value!r}: not a path (standard output is not supported)", "give a path")
+        require_lasting(value, f"--{name}")
 
 
 def _lost_worker(e: BaseException) -> bool:

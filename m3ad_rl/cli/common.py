@@ -15,6 +15,12 @@ def config_args(p: argparse.ArgumentParser) -> None:
     )
 
 
+def overwrite_arg(p: argparse.ArgumentParser, what: str = "output") -> None:
+    """``--overwrite``: replace an earlier output of the same kind (never a folder of anything else)."""
+    why = f"replace an earlier {what} of the same kind (a folder holding anything else is never touched)"
+    p.add_argument("--overwrite", action="store_true", help=why)
+
+
 def int_at_least(minimum: int, maximum: int | None = None):
     """An argparse type: a whole number in [minimum, maximum]; anything else is a usage error."""
 

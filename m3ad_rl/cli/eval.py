@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from m3ad_rl.cli.common import EXIT_SKIPPED, config_args
+from m3ad_rl.cli.common import EXIT_SKIPPED, config_args, overwrite_arg
 
 
 def add_commands(sub) -> None:
@@ -14,6 +14,7 @@ def add_commands(sub) -> None:
     p = reward.add_parser("score", help="score responses (JSONL) with the RCRL reward")
     p.add_argument("--input", required=True, help="JSONL: {id, response, ground_truth}")
     p.add_argument("--output", required=True, help="JSONL: {id, score, consistency, answer, ...}")
+    overwrite_arg(p, "output file")
     config_args(p)
     p.set_defaults(func=cmd_reward_score)
 
@@ -22,6 +23,7 @@ def add_commands(sub) -> None:
     p.add_argument("--input", required=True, help="JSONL: {id, scene, source?, response, ground_truth}")
     p.add_argument("--output", required=True, help="REPORT.json")
     p.add_argument("--markdown", help="also write the tables as Markdown here")
+    overwrite_arg(p, "output file")
     config_args(p)
     p.set_defaults(func=cmd_eval_score)
 
@@ -53,7 +55,7 @@ def cmd_reward_score(args: argparse.Namespace) -> int:
     from rewards.files import score_file
 
     fn = RewardFunction(load_reward_config(args.config, args.overrides))
-    r = score_file(args.input, args.output, fn, config_file=args.config)
+    r = score_file(args.input, args.output, fn, config_file=args.config, overwrite=args.overwrite)
     print(f"scored {r.n} responses in {r.seconds:.2f}s, mean score {r.mean:.3f}; skipped {len(r.errors.skipped)}",
           file=sys.stderr)  # fmt: skip
     return EXIT_SKIPPED if r.errors else 0
@@ -66,7 +68,9 @@ def cmd_eval_score(args: argparse.Namespace) -> int:
     from m3ad_rl.eval.score import score_file
 
     cfg = load_config(EvalConfig, args.config, args.overrides)
-    report, errors = score_file(args.input, args.output, args.markdown, cfg, config_file=args.config)
+    report, errors = score_file(
+        args.input, args.output, args.markdown, cfg, config_file=args.config, overwrite=args.overwrite
+    )
     if report["scenes"]:
         print_report(report)
     else:

@@ -16,6 +16,7 @@ def add_sweep_commands(sub) -> None:
     p.add_argument("--config", required=True, help="configs/sweeps/*.yaml")
     p.add_argument("--out", required=True, help="folder for the YAML files")
     p.add_argument("--set", dest="overrides", nargs="+", default=[], metavar="KEY=VALUE")
+    p.add_argument("--overwrite", action="store_true", help="replace an earlier render in --out (nothing else)")
     p.set_defaults(func=cmd_sweep_render)
     p = sw.add_parser("submit", help="the same jobs to a running Ray cluster through the Ray Jobs API")
     p.add_argument("--config", required=True, help="configs/sweeps/*.yaml")
@@ -84,9 +85,11 @@ def add_cluster_commands(sub) -> None:
 
 def cmd_sweep_render(args: argparse.Namespace) -> int:
     from m3ad_rl.core.config import load_config
+    from m3ad_rl.core.guards import refuse_overwrite
     from m3ad_rl.k8s.sweep import SweepSpec, main_render
 
-    return main_render(load_config(SweepSpec, args.config, args.overrides), args.out)
+    refuse_overwrite([args.config], [args.out])
+    return main_render(load_config(SweepSpec, args.config, args.overrides), args.out, args.overwrite)
 
 
 def cmd_sweep_submit(args: argparse.Namespace) -> int:

@@ -11,6 +11,7 @@ def add_commands(sub) -> None:
     p.add_argument("--config", help="YAML config (configs/train/sft-*.yaml)")
     p.add_argument("--set", dest="overrides", nargs="+", default=[], metavar="KEY=VALUE", help="dotted overrides")
     p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint under out")
+    p.add_argument("--overwrite", action="store_true", help="replace an SFT run already in out (default: refuse)")
     p.set_defaults(func=cmd_train_sft)
     p = train.add_parser("rcrl", help="RCRL: GRPO with rollout workers, the reward service and DeepSpeed actors")
     p.add_argument("--config", help="YAML config (configs/train/rcrl-*.yaml)")
@@ -38,6 +39,7 @@ def add_commands(sub) -> None:
         help="small: a BPE trained here (fast tests); qwen: Qwen's real 151k vocabulary",
     )
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--overwrite", action="store_true", help="replace an earlier tiny model in --out (nothing else)")
     p.set_defaults(func=cmd_model_tiny)
 
 
@@ -46,7 +48,7 @@ def cmd_train_sft(args: argparse.Namespace) -> int:
     from m3ad_rl.train.sft import SFTConfig, run
 
     cfg = load_config(SFTConfig, args.config, args.overrides)
-    result = run(cfg, resume=args.resume)
+    result = run(cfg, resume=args.resume, overwrite=args.overwrite)
     print(f"SFT done: {result['steps']} steps, final loss {result['loss']:.4f}; model {result['model']}")
     return 0
 
@@ -67,15 +69,17 @@ def cmd_train_rcrl(args: argparse.Namespace) -> int:
 def cmd_model_tiny(args: argparse.Namespace) -> int:
     from m3ad_rl.models.tiny import TinySpec, write_tiny
 
-    info = write_tiny(args.out, TinySpec(vocab=args.vocab, seed=args.seed))
+    info = write_tiny(args.out, TinySpec(vocab=args.vocab, seed=args.seed), overwrite=args.overwrite)
     print(f"wrote a tiny Qwen3-VL ({info['parameters']:,} parameters, {args.vocab} vocabulary) to {args.out}")
     return 0
 
 
 def cmd_check_learning(args: argparse.Namespace) -> int:
     """Exit 0 only if every seed passes (1 otherwise: a loop that does not learn is a failure)."""
+    from m3ad_rl.core.outputs import LEARNING_CHECK, claim_dir
     from m3ad_rl.pipeline.learning_check import LearningCheck, run_learning_check
 
+    claim_dir(args.out, LEARNING_CHECK, resume=True)  # a new folder or an earlier check's (its seeds start over)
     results = [run_learning_check(f"{args.out.rstrip('/')}/seed-{s}", LearningCheck(seed=s, sabotage=args.sabotage))
                for s in args.seeds]  # fmt: skip
     for r in results:

@@ -21,18 +21,30 @@ M = TypeVar("M", bound=BaseModel)
 
 
 class ConfigError(ValueError):
-    """A config that cannot be used; the message says which key and what is allowed."""
+    """A config that cannot be used; the message says which key and what is allowed, ``todo`` what to do."""
+
+    def __init__(self, message: str, todo: str = "fix the key named (its allowed values are listed)"):
+        super().__init__(message)
+        self.todo = todo
 
 
 def _read_yaml(path: str | Path) -> dict[str, Any]:
     try:
-        loaded = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+        loaded = yaml.safe_load(Path(path).read_text(encoding="utf-8-sig"))
+    except FileNotFoundError:
+        raise ConfigError(f"config {path} does not exist", "check the --config path") from None
+    except IsADirectoryError:
+        raise ConfigError(f"config {path} is a folder", "give a YAML file") from None
     except OSError as e:
-        raise ConfigError(f"cannot read config {path}: {e.strerror}") from None
+        raise ConfigError(f"cannot read config {path}: {e.strerror}", "check the path and its permissions") from None
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"config {path} is not UTF-8 text ({e.reason} at byte {e.start})",
+                          "save it as UTF-8") from None  # fmt: skip
     except yaml.YAMLError as e:
-        raise ConfigError(f"config {path} is not valid YAML: {e}") from None
+        raise ConfigError(f"config {path} is not valid YAML: {' '.join(str(e).split())}", "fix the YAML") from None
     if loaded is not None and not isinstance(loaded, dict):
-        raise ConfigError(f"config {path} must be a mapping at the top level")
+        raise ConfigError(f"config {path} must be a mapping at the top level, not a {type(loaded).__name__}",
+                          "write it as `key: value` lines (see the shipped configs/)")  # fmt: skip
     return loaded or {}
 
 
@@ -66,8 +78,9 @@ def load_config(
             if overrides:
                 layers.append(OmegaConf.from_dotlist(list(overrides)))
             data = OmegaConf.to_container(OmegaConf.merge(*layers), resolve=True)  # type: ignore[assignment]
-        except OmegaConfBaseException as e:
-            raise ConfigError(f"bad override: {e}") from None
+        except (OmegaConfBaseException, yaml.YAMLError, ValueError) as e:
+            todo = "give key=value, the value as YAML (quote it if it holds : [ { or #)"
+            raise ConfigError(f"bad override: {' '.join(str(e).split())}", todo) from None
     return validate(model, data, root=root)
 
 
@@ -104,11 +117,34 @@ def _diff(a: dict, b: dict) -> dict:
 
 
 def validate(model: type[M], data: Any, *, root: str = "") -> M:
-    """``model.model_validate(data)`` with errors rewritten for people."""
+    """``model.model_validate(data)`` with errors rewritten for people; every number must be finite (a NaN
+    weight or learning rate would run to the end and report nonsense)."""
     try:
-        return model.model_validate(data)
+        obj = model.model_validate(data)
     except ValidationError as e:
         raise ConfigError("\n".join(_explain(model, err, root) for err in e.errors())) from None
+    bad = list(_non_finite(obj, root))
+    if bad:
+        raise ConfigError("; ".join(f"{k}: must be a finite number (got {v})" for k, v in bad))
+    return obj
+
+
+def _non_finite(value: Any, key: str) -> typing.Iterator[tuple[str, float]]:
+    """(dotted key, value) of every NaN or infinite float inside a config."""
+    import math
+
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            yield key.rstrip("."), value
+    elif isinstance(value, BaseModel):
+        for name in type(value).model_fields:
+            yield from _non_finite(getattr(value, name), f"{key}{name}.")
+    elif isinstance(value, dict):
+        for k, v in value.items():
+            yield from _non_finite(v, f"{key}{k}.")
+    elif isinstance(value, (list, tuple)):
+        for i, v in enumerate(value):
+            yield from _non_finite(v, f"{key}{i}.")
 
 
 def _explain(model: type[BaseModel], err: dict, root: str) -> str:

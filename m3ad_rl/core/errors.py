@@ -18,6 +18,8 @@ belongs, a bad config) into the same form; anything else is a bug and keeps its 
 
 from __future__ import annotations
 
+import errno
+
 EXIT_OK = 0
 EXIT_USAGE = 2
 EXIT_SKIPPED = 3
@@ -68,7 +70,17 @@ def explain(e: BaseException) -> UserError | None:
     if isinstance(e, UserError):
         return e
     if isinstance(e, ConfigError):
-        return UsageError(f"config error: {e}", "fix the key named (allowed values are listed)")
+        return UsageError(f"config error: {e}", e.todo)
+    if isinstance(e, UnicodeDecodeError):
+        return DataError(f"a file is not UTF-8 text ({e.reason} at byte {e.start})", "save it as UTF-8")
+    if type(e).__name__ in ("NoCredentialsError", "PartialCredentialsError", "NoRegionError"):
+        return UsageError(f"object storage: {e}", "set credentials (AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, a "
+                          "profile or workload identity) and, for a local S3 API, AWS_ENDPOINT_URL")  # fmt: skip
+    if type(e).__name__ in ("OfflineModeIsEnabled", "LocalEntryNotFoundError"):
+        return UsageError(f"the model hub is not reachable ({' '.join(str(e).split())[:200]})",
+                          "give a local model folder or storage URL, or go online (unset HF_HUB_OFFLINE)")  # fmt: skip
+    if isinstance(e, OSError) and e.errno == errno.EROFS:
+        return UsageError(f"{_name(e)}: a read-only file system", "write the output somewhere writable")
     if isinstance(e, IsADirectoryError):
         return UsageError(f"{_name(e)} is a folder where a file was expected", "give the path of a file")
     if isinstance(e, NotADirectoryError | FileExistsError):

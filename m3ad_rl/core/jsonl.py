@@ -39,12 +39,15 @@ def read_records(
     errors = errors if errors is not None else LineErrors(str(path))
     with open(path, "rb") as fh:
         for lineno, raw in enumerate(fh, start=1):
+            if lineno == 1:
+                raw = raw.removeprefix(b"\xef\xbb\xbf")  # a UTF-8 byte-order mark is not part of the first line
             if not raw.strip():
                 continue
             try:
                 obj = orjson.loads(raw)
             except orjson.JSONDecodeError as e:
-                errors.add(lineno, f"not valid JSON ({e})")
+                bad = "not UTF-8 text" if _not_utf8(raw) else f"not valid JSON ({e})"
+                errors.add(lineno, bad)
                 continue
             if not isinstance(obj, dict):
                 errors.add(lineno, f"expected a JSON object, got {type(obj).__name__}")
@@ -55,6 +58,14 @@ def read_records(
                 errors.add(lineno, f"missing field {e.args[0]!r}")
             except (ValueError, TypeError) as e:
                 errors.add(lineno, str(e))
+
+
+def _not_utf8(raw: bytes) -> bool:
+    try:
+        raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return True
+    return False
 
 
 def require(obj: dict, key: str, kind: type | tuple[type, ...] = str) -> Any:

@@ -114,16 +114,32 @@ def download_dir(url: str, local: str | Path, include: Callable[[str], bool] | N
 
 @contextlib.contextmanager
 def staged_dir(url: str, clear: bool = False) -> Iterator[Path]:
-    """A local folder to write into; its files land at ``url`` when the block ends without error.
+    """A local folder to write into; its files land at ``url`` only when the block ends without error.
 
-    For a local ``url`` the folder is ``url`` itself (created; emptied first with ``clear``).
+    For a part of a command's own output (a run's ``model/``, a checkpoint): the folder is staged beside
+    ``url`` (local) or on this node's disk (remote) and published at the end, so an error or Ctrl-C leaves
+    what was at ``url`` before. ``clear``: what was at ``url`` is replaced, not merged into. Whole outputs
+    go through ``core.outputs`` (which also decides whether ``url`` may be written at all).
     """
+    import uuid
+
     if is_local(url):
         path = local_path(url)
-        if clear and path.exists():
-            shutil.rmtree(path)
-        path.mkdir(parents=True, exist_ok=True)
-        yield path
+        stage = path.with_name(f".{path.name}.partial-{uuid.uuid4().hex[:10]}")
+        stage.mkdir(parents=True)
+        try:
+            yield stage
+            if clear and path.exists():
+                shutil.rmtree(path)
+            if not path.exists():
+                stage.rename(path)
+            else:
+                for f in sorted(p for p in stage.rglob("*") if p.is_file()):
+                    target = path / f.relative_to(stage)
+                    target.parent.mkdir(parents=True, exist_ok=True)
+                    os.replace(f, target)
+        finally:
+            shutil.rmtree(stage, ignore_errors=True)
         return
     with tempfile.TemporaryDirectory(prefix="m3ad-stage-") as tmp:
         yield Path(tmp)

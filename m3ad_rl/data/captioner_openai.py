@@ -24,7 +24,7 @@ from m3ad_rl.core.chat import ChatClient, ChatError, RateLimit, image_data_url
 from m3ad_rl.core.output_format import parse, render
 from m3ad_rl.core.taxonomy import Taxonomy, default_taxonomy
 from m3ad_rl.data.captioner_template import where
-from m3ad_rl.data.ft import CaptionJob, CaptionResult
+from m3ad_rl.data.captions import CaptionJob, CaptionResult
 from m3ad_rl.data.schema import Sample, read_uri
 
 _FORMAT_RULES = """Rules:

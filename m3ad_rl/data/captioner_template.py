@@ -15,7 +15,7 @@ from collections.abc import Sequence
 
 from m3ad_rl.core.output_format import render
 from m3ad_rl.core.taxonomy import default_taxonomy
-from m3ad_rl.data.ft import CaptionJob, CaptionResult
+from m3ad_rl.data.captions import CaptionJob, CaptionResult
 from m3ad_rl.data.schema import Sample
 
 _OPEN = [

@@ -9,8 +9,9 @@
 4. A captioner writes the text; the SFT set holds chat messages with the image, the RL set is
    verl's Parquet layout (``prompt``, ``images``, ``data_source``, ``reward_model``, ``extra_info``).
 
-Captioners share one interface (``Captioner.caption_samples``) and are made by name
-(``make_captioner``); ``build_ft`` runs the whole construction from a dataset URL to the sets.
+Captioners share one interface (``Captioner.caption_samples``, in ``captions.py`` with the job and
+result types, re-exported here) and are made by name (``make_captioner``); ``build_ft`` runs the
+whole construction from a dataset URL to the sets.
 """
 
 from __future__ import annotations
@@ -20,9 +21,8 @@ import json
 import posixpath
 import random
 import uuid
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import Protocol
 
 import fsspec
 import pyarrow as pa
@@ -31,10 +31,11 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from m3ad_rl.core import storage
 from m3ad_rl.core.errors import DataError, UsageError
-from m3ad_rl.core.guards import refuse_overwrite, require_file
+from m3ad_rl.core.guards import require_file
 from m3ad_rl.core.output_format import parse
 from m3ad_rl.core.prompts import question
 from m3ad_rl.core.registry import Registry
+from m3ad_rl.data.captions import Captioner, CaptionJob, CaptionResult  # noqa: F401 (re-exported: callers import them here)
 from m3ad_rl.data.schema import Sample, decode_image
 from m3ad_rl.data.store import DatasetWriter, iter_samples, move_file, remove_file
 
@@ -49,36 +50,6 @@ class FTConfig(BaseModel):
     p_reflective_hard: float = Field(0.7, ge=0, le=1, description="P(Reflective Mode) for hard samples.")
     with_types: bool = Field(False, description="List the 41 fine types in the prompt.")
     data_source: str = Field("m3ad", description="verl data_source of the RL rows.")
-
-
-@dataclass(slots=True)
-class CaptionJob:
-    """One trajectory to write: the sample, its mode and the initial decision the text must reach."""
-
-    sample: Sample
-    mode: str  # thinking | reflective
-    initial: str  # yes | no
-
-
-@dataclass(slots=True)
-class CaptionResult:
-    """Outcome of one caption: the rendered trajectory, or the error that stopped it."""
-
-    id: str
-    text: str | None = None
-    error: str | None = None
-    cached: bool = False  # served from the captioner's cache (captioners that keep one)
-    attempts: int = 0  # requests sent for it (captioners that ask a server)
-
-
-class Captioner(Protocol):
-    """What FT construction needs from a captioner (template, LLM endpoint …)."""
-
-    name: str
-
-    def caption_samples(self, jobs: Sequence[CaptionJob], progress: bool = False) -> list[CaptionResult]:
-        """One result per job, in order; a failed caption has ``error`` set and never raises."""
-        ...
 
 
 CAPTIONERS: Registry[Callable[..., Captioner]] = Registry("captioner")
@@ -136,8 +107,12 @@ def read_predictions(path: str) -> dict[str, str | None]:
     out: dict[str, str | None] = {}
     first: dict[str, int] = {}
     conflicts: list[str] = []
-    with fsspec.open(path, "r") as fh:
-        for lineno, line in enumerate(fh, 1):
+    with fsspec.open(path, "rb") as fh:
+        for lineno, raw in enumerate(fh, 1):
+            try:  # a byte-order mark is not part of the first line
+                line = raw.decode("utf-8-sig" if lineno == 1 else "utf-8")
+            except UnicodeDecodeError:
+                raise DataError(f"{path}:{lineno}: not UTF-8 text", "save the predictions as UTF-8") from None
             if not line.strip():
                 continue
             sid, answer = _prediction(path, lineno, line)
@@ -231,6 +206,7 @@ def build_ft(
     progress: bool = True,
     tokenizer: str | None = None,
     rl_input: str | None = None,
+    overwrite: bool = False,
 ) -> FTReport:
     """FT construction end to end: ``OUT/samples`` (a dataset), ``OUT/sft.parquet``, ``OUT/rl.parquet``,
     and with ``tokenizer`` (a model reference) ``OUT/lengths.json``, the targets' token lengths
@@ -238,38 +214,47 @@ def build_ft(
 
     ``rl_input``: another dataset to draw the RL prompts from (images SFT never saw, the reading of
     docs/spec-readings.md); default: the FT samples themselves. Checks come first (predictions a
-    file, ``out`` apart from the inputs, every predictions line valid), so a mistake costs no
-    captions. Old SFT/RL sets are removed before the new samples are written, so an interrupted run
-    never leaves old sets beside new samples. Every sample left out is in ``report.skipped`` with the
+    file, ``out`` apart from the inputs and new — or an earlier FT output with ``overwrite`` —, every
+    predictions line valid), so a mistake costs no captions. The sets are published together only
+    when all are written (``m3ad_rl.core.outputs``); predictions that match no sample are an error
+    and leave an earlier output as it was. Every sample left out is in ``report.skipped`` with the
     reason (undecodable image, no prediction, caption failed, rejected by the writer); nothing is
     printed.
     """
+    from m3ad_rl.core.outputs import FT_SETS, check_dir, publish_dir, require_lasting
+
     require_file(predictions, "--predictions")
-    refuse_overwrite([input, predictions, rl_input], [out])
+    require_lasting(out)
+    old = check_dir(out, FT_SETS, inputs=[input, predictions, rl_input], overwrite=overwrite)
     if rl_input is not None and not storage.exists(rl_input):
         raise UsageError(f"--rl-input {rl_input}: no such dataset", "give the dataset of the RL prompts")
     tok = _load_tokenizer(tokenizer) if tokenizer else None  # a bad model reference fails before any work
     preds = read_predictions(predictions)  # a bad or conflicting line fails here, before any work
     report = FTReport()
     samples = list(decodable(iter_samples(input), report))
+    if samples and not any(s.id in preds for s in samples):
+        raise DataError(f"no sample of {input} has a prediction in {predictions} ({len(samples)} samples, "
+                        f"{len(preds)} predictions, e.g. {next(iter(preds), '-')!r} vs {samples[0].id!r})",
+                        "give the predictions the base model made on this dataset")  # fmt: skip
     built = build(samples, preds, captioner, cfg, report, progress)
-    out = out.rstrip("/")
-    remove_sets(out)
-    with DatasetWriter(f"{out}/samples") as w:
-        kept = [s for s in built if w.write(s)]
-    report.skipped += [(r.id, "; ".join(r.reasons)) for r in w.report.rejected]
-    report.sft_rows = write_parquet(f"{out}/sft.parquet", (sft_row(s, cfg) for s in kept), SFT_SCHEMA)
-    rl = kept
-    if rl_input is not None:
-        rl = list(decodable(iter_samples(rl_input), report))
-        seen = {s.id for s in kept} | {hashlib.sha1(s.image_bytes()).hexdigest() for s in kept}
-        report.rl_overlap = sum(1 for s in rl if s.id in seen or hashlib.sha1(s.image_bytes()).hexdigest() in seen)
-    report.rl_rows = write_parquet(f"{out}/rl.parquet", (rl_row(s, i, cfg) for i, s in enumerate(rl)), RL_SCHEMA)
-    if tok is not None:
-        from m3ad_rl.data.lengths import target_lengths, write_lengths
+    with publish_dir(out.rstrip("/"), FT_SETS, checked=old) as (fs, stage):
+        where = fs.unstrip_protocol(stage)
+        with DatasetWriter(f"{where}/samples") as w:
+            kept = [s for s in built if w.write(s)]
+        report.skipped += [(r.id, "; ".join(r.reasons)) for r in w.report.rejected]
+        report.sft_rows = write_parquet(f"{where}/sft.parquet", (sft_row(s, cfg) for s in kept), SFT_SCHEMA)
+        rl = kept
+        if rl_input is not None:
+            rl = list(decodable(iter_samples(rl_input), report))
+            seen = {s.id for s in kept} | {hashlib.sha1(s.image_bytes()).hexdigest() for s in kept}
+            report.rl_overlap = sum(1 for s in rl if s.id in seen or hashlib.sha1(s.image_bytes()).hexdigest() in seen)
+        rows = (rl_row(s, i, cfg) for i, s in enumerate(rl))
+        report.rl_rows = write_parquet(f"{where}/rl.parquet", rows, RL_SCHEMA)
+        if tok is not None:
+            from m3ad_rl.data.lengths import target_lengths, write_lengths
 
-        report.lengths = target_lengths(((s.mode, s.target) for s in kept), tok, tokenizer)
-        write_lengths(out, report.lengths)
+            report.lengths = target_lengths(((s.mode, s.target) for s in kept), tok, tokenizer)
+            write_lengths(where, report.lengths)
     return report
 
 
@@ -397,10 +382,3 @@ def write_parquet(url: str, rows: Iterable[dict], schema: pa.Schema, row_group_s
     finally:
         remove_file(fs, tmp)
     return n
-
-
-def remove_sets(out: str) -> None:
-    """Remove ``OUT/sft.parquet`` and ``OUT/rl.parquet`` (before new ones are built from new samples)."""
-    fs, root = fsspec.core.url_to_fs(out.rstrip("/"))
-    for name in ("sft.parquet", "rl.parquet", "lengths.json"):
-        remove_file(fs, f"{root}/{name}")

@@ -51,7 +51,7 @@ def contact_sheet(
 
 def write_gallery(
     input: str, out: str, n: int = 24, cols: int = 6, seed: int = 0, anomalous_only: bool = False,
-    on_error: Callable[[Sample, DataError], None] | None = None,
+    on_error: Callable[[Sample, DataError], None] | None = None, overwrite: bool = False,
 ) -> tuple[int, list[str]]:  # fmt: skip
     """A contact sheet of ``n`` random samples of ``input`` saved as ``out`` (.png/.jpg, replaced only
     when complete); returns (samples drawn, ids left out because their image did not decode)."""
@@ -59,16 +59,17 @@ def write_gallery(
     from pathlib import Path
 
     from m3ad_rl.core.errors import UsageError
-    from m3ad_rl.core.guards import refuse_overwrite, replaced_when_done, require_output_file
+    from m3ad_rl.core.outputs import check_file, publish_file
     from m3ad_rl.data.store import iter_samples
 
     if Path(out).suffix.lower() not in (".png", ".jpg", ".jpeg"):
         raise UsageError(f"--out {out} must end in .png or .jpg", "name the image file")
-    require_output_file(out, "--out")
-    refuse_overwrite([input], [out])
+    check_file(out, inputs=[input], overwrite=overwrite, option="--out")
     pool = [s for s in iter_samples(input) if s.anomalous or not anomalous_only]
     if not pool:
-        raise UsageError(f"no samples to show in {input}", "drop --anomalous-only or choose another dataset")
+        what = "no anomalous samples" if anomalous_only else "no samples"
+        todo = "drop --anomalous-only or choose another dataset" if anomalous_only else "choose a dataset with samples"
+        raise UsageError(f"{what} to show in {input}", todo)
     chosen = random.Random(seed).sample(pool, min(n, len(pool)))
     broken: list[str] = []
 
@@ -78,6 +79,6 @@ def write_gallery(
             on_error(sample, error)
 
     sheet = contact_sheet(chosen, cols=cols, on_error=left_out)
-    with replaced_when_done(out) as tmp:
-        sheet.save(tmp)
+    with publish_file(out) as tmp:
+        sheet.save(tmp, format="PNG" if Path(out).suffix.lower() == ".png" else "JPEG")
     return len(chosen) - len(broken), broken

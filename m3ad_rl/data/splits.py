@@ -135,21 +135,32 @@ class SplitResult:
 
 
 def split_datasets(
-    inputs: list[str], out: str, cfg: SplitConfig | None = None, config_file: str | None = None
+    inputs: list[str],
+    out: str,
+    cfg: SplitConfig | None = None,
+    config_file: str | None = None,
+    overwrite: bool = False,
 ) -> SplitResult:
     """Write ``{out}/ft`` and ``{out}/bench`` from the datasets ``inputs``: every input is checked (each
-    dataset once, each id once) and the split is proven disjoint before anything is written."""
-    from m3ad_rl.core.guards import refuse_overwrite
+    dataset once, each id once) and the split is proven disjoint and both sides non-empty before
+    anything is written; the two are published together when both are complete (``core.outputs``)."""
+    from m3ad_rl.core.outputs import SPLIT_SETS, check_dir, publish_dir
     from m3ad_rl.data.store import DatasetWriter, iter_samples
 
     cfg = cfg or SplitConfig()
-    refuse_overwrite([*inputs, *([config_file] if config_file else [])], [out])
+    old = check_dir(out, SPLIT_SETS, inputs=[*inputs, config_file], overwrite=overwrite)
     side = assign(check_inputs(inputs), cfg)
-    check_disjoint([k for k, v in side.items() if v == "ft"], [k for k, v in side.items() if v == "bench"])
-    out = out.rstrip("/")
-    with DatasetWriter(f"{out}/ft") as ft, DatasetWriter(f"{out}/bench") as bench:
-        for url in inputs:
-            for s in iter_samples(url):
-                s.split = side[(s.scene, s.category)]
-                (ft if s.split == "ft" else bench).write(s)
+    sides = {name: [k for k, v in side.items() if v == name] for name in ("ft", "bench")}
+    check_disjoint(sides["ft"], sides["bench"])
+    empty = [name for name, keys in sides.items() if not keys]
+    if empty:
+        raise UsageError(f"the split leaves the {' and '.join(empty)} side empty ({len(side)} categories in all)",
+                         "pool more categories, or move some to that side (bench: / ft: lists)")  # fmt: skip
+    with publish_dir(out.rstrip("/"), SPLIT_SETS, checked=old) as (fs, stage):
+        where = fs.unstrip_protocol(stage)
+        with DatasetWriter(f"{where}/ft") as ft, DatasetWriter(f"{where}/bench") as bench:
+            for url in inputs:
+                for s in iter_samples(url):
+                    s.split = side[(s.scene, s.category)]
+                    (ft if s.split == "ft" else bench).write(s)
     return SplitResult(side, ft.report, bench.report)

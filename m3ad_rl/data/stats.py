@@ -102,20 +102,23 @@ def plot_stats(stats: dict, path: str) -> None:
 
 
 def check_dataset_stats(
-    input: str, plot: str | None = None, check_images: bool = False, on_bad: Callable[[str, str], None] | None = None
+    input: str,
+    plot: str | None = None,
+    check_images: bool = False,
+    on_bad: Callable[[str, str], None] | None = None,
+    overwrite: bool = False,
 ) -> tuple[dict, int]:
     """Counts of ``input`` (printed), optionally every image decoded (``on_bad(id, why)`` for each that does
     not) and a plot saved; returns (the counts, how many images do not decode)."""
     from pathlib import Path
 
     from m3ad_rl.core.errors import UsageError
-    from m3ad_rl.core.guards import refuse_overwrite, replaced_when_done, require_output_file
+    from m3ad_rl.core.outputs import check_file, publish_file
 
-    refuse_overwrite([input], [plot])
     if plot:
         if Path(plot).suffix.lower() not in (".png", ".jpg", ".jpeg", ".svg", ".pdf"):
             raise UsageError(f"--plot {plot} must end in .png, .jpg, .svg or .pdf", "name the image file")
-        require_output_file(plot, "--plot")
+        check_file(plot, inputs=[input], overwrite=overwrite, option="--plot")
     stats = dataset_stats(input)
     print_stats(stats)
     bad = 0
@@ -125,6 +128,6 @@ def check_dataset_stats(
             if on_bad:
                 on_bad(sid, why)
     if plot:
-        with replaced_when_done(plot) as tmp:
+        with publish_file(plot) as tmp:
             plot_stats(stats, str(tmp))
     return stats, bad

@@ -5,11 +5,13 @@ Layout of a dataset at URL (a local folder, ``memory://name``, ``s3://bucket/pre
     URL/manifest.json          {"schema_version", "shards": [{"path", "rows"}], "rows", "rejected": [...]}
     URL/part-00000.parquet     row groups of ``row_group_size`` rows, so readers can stream
 
-Writes are atomic as far as readers can tell. The writer puts its shards in a staging folder
-(``URL/.staging-<token>/``), so the dataset already at URL stays whole and readable while it
-works; an error or Ctrl-C leaves that dataset untouched. Only when every row is written does it
-publish: remove the old manifest first, replace the old shards by the staged ones, write the
-manifest last. A dataset without a manifest is an unfinished write and is not read.
+Writes follow the output contract (``m3ad_rl.core.outputs``): a new dataset is created; an existing
+one is replaced only with ``overwrite``, and a folder holding anything else (a user's files, another
+kind of output) is refused. The writer puts its shards in a staging folder beside URL, so a dataset
+already at URL stays whole and readable while it works; an error or Ctrl-C leaves it untouched. Only
+when every row is written does it publish: the old manifest out first, the old shards out, the
+staged shards in, the manifest last. A dataset without a manifest is an unfinished write and is not
+read.
 
 Readers check the manifest against storage before the first row: every listed shard is there
 with the row count the manifest says, no other shard is, and the counts add up. A damaged
@@ -20,21 +22,20 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import posixpath
 import re
-import shutil
 import sys
-import uuid
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
 import fsspec
 import pyarrow as pa
 import pyarrow.parquet as pq
-from fsspec.implementations.local import LocalFileSystem
 
 from m3ad_rl.core.errors import DataError, UsageError
+from m3ad_rl.core.outputs import move_path as move_file  # noqa: F401 (one place moves and removes: core/outputs)
+from m3ad_rl.core.outputs import remove_path as remove_file  # noqa: F401
+from m3ad_rl.core.outputs import remove_path as remove_tree  # noqa: F401
 from m3ad_rl.core.taxonomy import Taxonomy, default_taxonomy
 from m3ad_rl.data.schema import SAMPLE_SCHEMA, SCHEMA_VERSION, Sample, validate
 
@@ -69,32 +70,6 @@ def _names(fs, path: str) -> list[str]:
     return sorted(posixpath.basename(p.rstrip("/")) for p in fs.ls(path, detail=False))
 
 
-# fsspec's mv/rm expand glob patterns, so a URL with [ ] * ? in it would miss; these never glob.
-def move_file(fs, src: str, dst: str) -> None:
-    """Move one file: a rename on a local disk (atomic), copy-then-delete elsewhere."""
-    if isinstance(fs, LocalFileSystem):
-        os.replace(src, dst)
-    else:
-        fs.cp_file(src, dst)
-        fs.rm_file(src)
-
-
-def remove_file(fs, path: str) -> None:
-    if fs.exists(path):
-        fs.rm_file(path)
-
-
-def remove_tree(fs, path: str) -> None:
-    """Remove a folder and everything in it (nothing if it is not there)."""
-    if isinstance(fs, LocalFileSystem):
-        shutil.rmtree(path, ignore_errors=True)
-        return
-    for f in fs.find(path):
-        fs.rm_file(f)
-    with contextlib.suppress(OSError, NotImplementedError):
-        fs.rmdir(path)
-
-
 class DatasetWriter:
     """Validate and write samples into staged Parquet shards; ``close()`` publishes them under ``url``.
 
@@ -111,13 +86,14 @@ class DatasetWriter:
         check_images: bool = True,
         taxonomy: Taxonomy | None = None,
         quiet: bool = False,
+        overwrite: bool = False,
+        inputs: Iterable[str | None] = (),
     ):
+        from m3ad_rl.core.outputs import DATASET, publish_dir
+
         self.url = url.rstrip("/")
-        self.fs, self.root = fsspec.core.url_to_fs(self.url)
-        if self.fs.isfile(self.root):
-            raise UsageError(f"the dataset output {url} is a file, a folder was expected", "choose a folder path")
-        self.staging = _join(self.root, f"{STAGING}{uuid.uuid4().hex[:12]}")
-        self.fs.makedirs(self.staging, exist_ok=True)
+        self._publish = publish_dir(self.url, DATASET, inputs=inputs, overwrite=overwrite)  # checks: refuses now
+        self.fs, self.staging = self._publish.__enter__()
         self.shard_rows, self.row_group_size = shard_rows, row_group_size
         self.check_images, self.quiet = check_images, quiet
         self.taxonomy = taxonomy or default_taxonomy()
@@ -180,15 +156,19 @@ class DatasetWriter:
 
     def abort(self) -> None:
         """Drop what was staged; the dataset already at ``url`` (if any) stays as it was."""
+        if self.closed:
+            return
         try:
             self._close_shard()
         finally:
             self._writer = self._fh = None
-            remove_tree(self.fs, self.staging)
             self.closed = True
+            with contextlib.suppress(_Abort):
+                self._publish.__exit__(_Abort, _Abort(), None)
 
     def close(self) -> WriteReport:
-        """Publish: old manifest out first, staged shards in, the new manifest last."""
+        """Publish (``m3ad_rl.core.outputs.publish_dir``): the old dataset's manifest and shards out, the
+        staged shards in, the new manifest last."""
         if self.closed:
             return self.report
         self._flush()
@@ -199,22 +179,15 @@ class DatasetWriter:
             "shards": self.report.shards,
             "rejected": [{"id": r.id, "reasons": r.reasons} for r in self.report.rejected],
         }
-        fs, root = self.fs, self.root
-        remove_file(fs, _join(root, MANIFEST))  # from here on readers see an unfinished write, never a mixture
-        for name in _names(fs, root):
-            if SHARD.fullmatch(name):
-                fs.rm_file(_join(root, name))
-        for shard in self.report.shards:
-            move_file(fs, _join(self.staging, shard["path"]), _join(root, shard["path"]))
-        for name in _names(fs, root):  # this write's staging folder and any left by interrupted ones
-            if name.startswith(STAGING):
-                remove_tree(fs, _join(root, name))
-        tmp = _join(root, f".{MANIFEST}.{uuid.uuid4().hex[:8]}")
-        with fs.open(tmp, "w") as fh:
+        with self.fs.open(_join(self.staging, MANIFEST), "w") as fh:
             json.dump(manifest, fh, indent=1)
-        move_file(fs, tmp, _join(root, MANIFEST))
         self.closed = True
+        self._publish.__exit__(None, None, None)
         return self.report
+
+
+class _Abort(Exception):
+    """Thrown into the publishing context to drop the staged write."""
 
 
 def write_dataset(url: str, samples: Iterable[Sample], **kwargs) -> WriteReport:
@@ -235,6 +208,10 @@ def read_manifest(url: str) -> dict:
             raise UsageError(f"no dataset at {url}: the path does not exist", "check the path")
         if fs.isfile(root):
             raise UsageError(f"{url} is a file, a dataset folder was expected", "give the dataset's folder")
+        inside = [n for n in _names(fs, root) if fs.exists(_join(_join(root, n), MANIFEST))]
+        if inside:  # a folder of datasets (split's ft/ and bench/, build-ft's samples/): name them
+            found = ", ".join(_join(url.rstrip("/"), n) for n in inside)
+            raise UsageError(f"{url} is not a dataset but holds the dataset(s) {found}", "give one of those")
         raise DataError(f"dataset {url} has no {MANIFEST}: not a dataset, or its writer did not finish", REWRITE)
     try:
         with fs.open(path, "r") as fh:
@@ -279,9 +256,14 @@ def check_dataset(url: str) -> dict:
     for name, rows in listed.items():
         try:
             with fs.open(_join(root, name), "rb") as fh:
-                found = pq.ParquetFile(fh).metadata.num_rows
+                pf = pq.ParquetFile(fh)
+                found, columns = pf.metadata.num_rows, set(pf.schema_arrow.names)
         except (OSError, pa.ArrowException) as e:
             raise DataError(f"dataset {url}: shard {name} is not a readable Parquet file ({e})", REWRITE) from None
+        missing_columns = [c for c in SAMPLE_SCHEMA.names if c not in columns]
+        if missing_columns:
+            raise DataError(f"dataset {url}: shard {name} lacks the column(s) {', '.join(missing_columns)} of the "
+                            f"sample schema (it has {', '.join(sorted(columns)) or 'none'})", REWRITE)  # fmt: skip
         if found != rows:
             raise DataError(f"dataset {url}: shard {name} holds {found} rows, {MANIFEST} says {rows}", REWRITE)
     return manifest

@@ -206,15 +206,21 @@ def generate_parallel(cfg: SynthConfig, workers: int = 1, chunk: int = 64) -> It
             yield from batch
 
 
-def synthesize(cfg: SynthConfig, out: str, workers: int = 1, progress: bool = True) -> WriteReport:
-    """``cfg.n`` scenes written as a dataset at ``out`` (any URL), ``workers`` processes drawing; the scenes
-    and categories are checked before anything is written."""
+def synthesize(
+    cfg: SynthConfig, out: str, workers: int = 1, progress: bool = True, overwrite: bool = False
+) -> WriteReport:
+    """``cfg.n`` scenes written as a new dataset at ``out`` (any URL; an earlier dataset there only with
+    ``overwrite``), ``workers`` processes drawing; the scenes and categories are checked before anything
+    is written."""
     from tqdm import tqdm
 
     from m3ad_rl.data.store import DatasetWriter
 
     categories_for(cfg)
-    with DatasetWriter(out) as w, tqdm(total=cfg.n, desc="synth", unit="img", disable=not progress) as bar:
+    with (
+        DatasetWriter(out, overwrite=overwrite) as w,
+        tqdm(total=cfg.n, desc="synth", unit="img", disable=not progress) as bar,
+    ):  # the checks come first
         for sample in generate_parallel(cfg, workers):
             w.write(sample)
             bar.update()

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from m3ad_rl.core.errors import DataError
+from m3ad_rl.core.errors import DataError, UsageError
 from m3ad_rl.core.ground_truth import AnswerTally, GroundTruth
 from m3ad_rl.core.matching import greedy_pairs
 from m3ad_rl.core.output_format import ParseConfig, iou, parse
@@ -257,3 +257,16 @@ def _report(tallies: dict[str, _Tally], scenes: list[str], cfg: EvalConfig, thre
 def _key(th: float) -> str:
     """JSON key of a threshold: 0.1 -> "0.1"."""
     return f"{th:g}"
+
+
+def check_excluded(excluded: tuple[str, ...], sources: list[str], where: str) -> None:
+    """``exclude_sources`` must name sources the data has, and leave something to score."""
+    present = {s.lower() for s in sources if s}
+    unknown = [s for s in excluded if s.lower() not in present]
+    if unknown:
+        have = ", ".join(sorted(present)) or "none"
+        raise UsageError(f"exclude_sources {unknown}: no such source in {where} (it has: {have})",
+                         "name sources the data has")  # fmt: skip
+    if excluded and all((s or "").lower() in {e.lower() for e in excluded} for s in sources):
+        raise DataError(f"exclude_sources {list(excluded)} leaves nothing of {where} to score",
+                        "exclude fewer sources")  # fmt: skip

@@ -309,16 +309,40 @@ def chance_statement(report: dict, readable: int, n: int) -> str:
     return f"Mean balanced accuracy {bal:.3f} is above chance (0.5 ± {margin:.3f}).{unreadable}"
 
 
+def preflight(cfg: EvalRunConfig) -> None:
+    """What can be checked before Ray starts (seconds): the model resolves, the dataset is one and has
+    samples, the output is new or this kind's own (``core.outputs``) and apart from the inputs, the
+    sources to exclude exist, and the token limit fits what the model was trained to write."""
+    from m3ad_rl.core.errors import DataError
+    from m3ad_rl.core.outputs import EVAL_RUN, check_dir
+    from m3ad_rl.data.store import read_table
+
+    served = cfg.engine == "openai"  # a served model is a name at an endpoint, not files of ours
+    if not served:
+        from m3ad_rl.train.preflight import check_model
+
+        check_model(cfg.model)
+    sources = read_table(cfg.dataset, ["source"]).column("source").to_pylist()  # a missing/damaged dataset: here
+    if not sources:
+        raise DataError(f"dataset {cfg.dataset} has no samples", "evaluate a dataset with samples")
+    from m3ad_rl.eval.metrics import check_excluded
+
+    check_excluded(cfg.metrics.exclude_sources, sources, cfg.dataset)
+    check_dir(cfg.out, EVAL_RUN, inputs=[cfg.dataset, *([] if served else [cfg.model])], resume=True,
+              overwrite=cfg.overwrite, resumable=True)  # fmt: skip
+    if not served:
+        from m3ad_rl.data.lengths import check_limit, find_lengths
+
+        check_limit(cfg.sampling.max_new_tokens, "sampling.max_new_tokens", find_lengths(model=cfg.model),
+                    cfg.length_check)  # fmt: skip
+
+
 def run(cfg: EvalRunConfig) -> dict:
     """Predict (resumably) and score; ``cfg.out`` may be any storage URL."""
     from m3ad_rl.core import storage
 
     # the engine actors may run on other nodes and in other folders
     cfg = cfg.model_copy(update={"model": storage.absolute_model(cfg.model), "dataset": storage.absolute(cfg.dataset)})
-    if cfg.engine != "openai":  # a served model's files are not ours to read
-        from m3ad_rl.data.lengths import check_limit, find_lengths
-
-        check_limit(cfg.sampling.max_new_tokens, "sampling.max_new_tokens", find_lengths(model=cfg.model),
-                    cfg.length_check)  # fmt: skip
+    preflight(cfg)
     with workspace(cfg.out) as (out, publish):
         return score(cfg, predict(cfg, out, publish), out)

@@ -215,18 +215,20 @@ def render(spec: SweepSpec, template: dict | None = None) -> list[dict]:
     return docs
 
 
-def write_rendered(docs: list[dict], out: str | Path) -> list[Path]:
-    """One file per object: 00-configmap.yaml, then <job-name>.yaml."""
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    paths = []
-    for i, doc in enumerate(docs):
-        name = "00-configmap.yaml" if doc["kind"] == "ConfigMap" else f"{doc['metadata']['name']}.yaml"
-        path = out / name
-        header = f"# Rendered by `m3ad-rl sweep render` ({i}/{len(docs) - 1}); edit the sweep config, not this file.\n"
-        path.write_text(header + "---\n" + yaml.safe_dump(doc, sort_keys=False, width=10_000))
-        paths.append(path)
-    return paths
+def write_rendered(docs: list[dict], out: str | Path, overwrite: bool = False) -> list[Path]:
+    """One file per object: 00-configmap.yaml, then <job-name>.yaml, published together into a new folder (an
+    earlier render there only with ``overwrite``; a folder holding anything else is refused: ``core.outputs``)."""
+    from m3ad_rl.core.outputs import SWEEP_MANIFESTS, publish_local_dir
+
+    names = []
+    with publish_local_dir(str(out), SWEEP_MANIFESTS, overwrite=overwrite) as d:
+        for i, doc in enumerate(docs):
+            name = "00-configmap.yaml" if doc["kind"] == "ConfigMap" else f"{doc['metadata']['name']}.yaml"
+            header = (f"# Rendered by `m3ad-rl sweep render` ({i}/{len(docs) - 1}); edit the sweep config, "
+                      "not this file.\n")  # fmt: skip
+            (d / name).write_text(header + "---\n" + yaml.safe_dump(doc, sort_keys=False, width=10_000))
+            names.append(name)
+    return [Path(out) / n for n in names]
 
 
 def submit(spec: SweepSpec, address: str, dry_run: bool = False) -> list[str]:
@@ -310,8 +312,8 @@ def report(spec: SweepSpec, runs: str | None = None, out: str | None = None) -> 
     return table, missing
 
 
-def main_render(spec: SweepSpec, out: str) -> int:
+def main_render(spec: SweepSpec, out: str, overwrite: bool = False) -> int:
     """CLI body of `sweep render`."""
-    paths = write_rendered(render(spec), out)
+    paths = write_rendered(render(spec), out, overwrite)
     print(f"wrote {len(paths) - 1} RayJob(s) and their ConfigMap to {out}; kubectl apply -f {out}", file=sys.stderr)
     return 0

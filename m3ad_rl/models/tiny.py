@@ -224,10 +224,12 @@ def build_tiny(out: str | Path, spec: TinySpec | None = None) -> Path:
     return out
 
 
-def write_tiny(url: str, spec: TinySpec | None = None) -> dict:
-    """``build_tiny`` to any storage URL (published only when complete); returns its ``m3ad_tiny.json``."""
-    from m3ad_rl.core.storage import staged_dir
+def write_tiny(url: str, spec: TinySpec | None = None, overwrite: bool = False) -> dict:
+    """``build_tiny`` to any storage URL; returns its ``m3ad_tiny.json``. The output contract
+    (``m3ad_rl.core.outputs``): a new or empty folder, or an earlier tiny model there with ``overwrite``;
+    a folder holding anything else is refused; the model is published only when complete."""
+    from m3ad_rl.core.outputs import TINY_MODEL, publish_local_dir
 
-    with staged_dir(url, clear=True) as d:
+    with publish_local_dir(url, TINY_MODEL, overwrite=overwrite) as d:
         build_tiny(d, spec)
         return json.loads((d / "m3ad_tiny.json").read_text())

@@ -60,19 +60,20 @@ def run_demo(out: Path, quick: bool = False) -> int:
     init_ray(None, 8)
 
     t = _step(console, 1, f"synthesize {n_images} images; split categories into FT and benchmark")
-    synthesize(SynthConfig(n=n_images), str(out / "data/synth"), workers=2)
-    split_datasets([str(out / "data/synth")], str(out / "data/split"))
+    synthesize(SynthConfig(n=n_images), str(out / "data/synth"), workers=2, overwrite=True)  # the demo owns out
+    split_datasets([str(out / "data/synth")], str(out / "data/split"), overwrite=True)
     times["data"] = time.perf_counter() - t
 
     t = _step(console, 2, "build the tiny Qwen3-VL (random weights, offline)")
-    write_tiny(str(out / "models/tiny"))
+    write_tiny(str(out / "models/tiny"), overwrite=True)
     times["model"] = time.perf_counter() - t
 
     t = _step(console, 3, "base model over the FT set (easy/hard); Thinking/Reflective trajectories")
     _eval(str(out / "models/tiny"), str(out / "data/split/ft"), out / "base-on-ft", None)
     ft_cfg = FTConfig()
     ft = build_ft(str(out / "data/split/ft"), str(out / "base-on-ft/predictions.jsonl"), str(out / "ft"), ft_cfg,
-                  make_captioner("template", seed=ft_cfg.seed), tokenizer=str(out / "models/tiny"))  # fmt: skip
+                  make_captioner("template", seed=ft_cfg.seed), tokenizer=str(out / "models/tiny"),
+                  overwrite=True)  # fmt: skip
     limit_tokens = suggested_limit(ft.lengths)  # above every SFT target: nothing in the trained format is cut
     console.print(f"SFT targets: up to {ft.lengths['max']} tokens; RL and evaluation stop at {limit_tokens}")
     times["ft"] = time.perf_counter() - t
@@ -81,7 +82,7 @@ def run_demo(out: Path, quick: bool = False) -> int:
     sft_cfg = load_config(SFTConfig, str(config_file("train/sft-cpu.yaml")), [
         f"model={out / 'models/tiny'}", f"data={out / 'ft/sft.parquet'}", f"out={out / 'sft'}",
         f"max_steps={sft_steps}", "optim.lr=3e-3", "optim.warmup_steps=5"])  # fmt: skip
-    sft = run_sft(sft_cfg)
+    sft = run_sft(sft_cfg, overwrite=True)
     times["sft"] = time.perf_counter() - t
     console.print(f"SFT: loss {sft['history'][0]['sft/loss']:.3f} → {sft['loss']:.3f}")
 

@@ -75,7 +75,9 @@ def _defective_scenes(out: str, n: int, seed: int, size: int) -> list:
     from m3ad_rl.data.store import iter_samples
     from m3ad_rl.data.synthetic import SynthConfig, synthesize
 
-    synthesize(SynthConfig(n=n, seed=seed, size=size, anomaly_ratio=1.0, max_defects=1), out, progress=False)
+    synthesize(
+        SynthConfig(n=n, seed=seed, size=size, anomaly_ratio=1.0, max_defects=1), out, progress=False, overwrite=True
+    )  # the check owns its work folder: a rerun starts over
     return list(iter_samples(out))
 
 
@@ -153,10 +155,10 @@ def _run(work: Path, c: LearningCheck) -> LearningResult:
 
     sets = _write_sets(work, c)
     init_ray(None, 8)  # room for SFT now and, later, RCRL's actor, rollout and reward workers together
-    write_tiny(str(work / "tiny"), TinySpec(seed=c.seed))
+    write_tiny(str(work / "tiny"), TinySpec(seed=c.seed), overwrite=True)
     sft = run_sft(SFTConfig(model=str(work / "tiny"), data=sets["sft"], out=str(work / "sft"), seed=c.seed,
                             max_steps=c.sft_steps, epochs=20, grad_accum=1, micro_batch=2,
-                            optim={"lr": 3e-3, "warmup_steps": 4}))  # fmt: skip
+                            optim={"lr": 3e-3, "warmup_steps": 4}), overwrite=True)  # fmt: skip
     result = LearningResult(c)
     result.accuracy_before = answer_accuracy(sft["model"], sets["heldout"], c.heldout_samples, c.max_new_tokens, c.seed)
     cfg = rcrl.RCRLConfig(

@@ -36,6 +36,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from m3ad_rl.core import storage
+from m3ad_rl.pipeline.reproduce_report import variant_name
 
 
 class ReproduceData(BaseModel):
@@ -163,13 +164,6 @@ class Stages:
         return {n: m["seconds"] for n in self.plan if (m := self.done(n)) is not None}
 
 
-def variant_name(ref: str) -> str:
-    """A reward config's stage name: ``rewards/preset_a.yaml`` → ``preset_a``."""
-    from pathlib import PurePosixPath
-
-    return PurePosixPath(ref).stem
-
-
 def data_sets(cfg: ReproduceConfig) -> dict[str, tuple[list[str], int, int]]:
     """{set: (categories, images, seed)}: every set its own seed, so no image is in two sets."""
     d = cfg.data
@@ -219,6 +213,11 @@ def reproduce(cfg: ReproduceConfig, redo: list[str] | None = None) -> dict:
     _perception_config(cfg), _sft_config(cfg, cfg.seeds[0], "base", 512)
     for v in [cfg.reward_config, *cfg.variants]:
         _rcrl_config(cfg, cfg.seeds[0], "sft", v, 512)
+    from m3ad_rl.core.outputs import REPRODUCE, claim_dir
+
+    # the output contract: a new or empty out, or a reproduce run (resumed by its stage markers); never a
+    # folder holding anything else
+    claim_dir(out, REPRODUCE, resume=True)
     stages = plan(cfg)
     stages.redo(redo or [])
     storage.write_text(f"{out}/reproduce.json", cfg.model_dump_json(indent=1))
@@ -254,7 +253,7 @@ def _data(cfg: ReproduceConfig) -> dict:
         synth = SynthConfig(
             n=n, seed=seed, size=d.image_size, categories=tuple(cats), max_defects=1, defect_scale=d.defect_scale
         )
-        synthesize(synth, f"{cfg.out}/data/{name}", workers=2, progress=False)
+        synthesize(synth, f"{cfg.out}/data/{name}", workers=2, progress=False, overwrite=True)  # ours: a rerun
     return {name: f"{cfg.out}/data/{name}" for name in data_sets(cfg)}
 
 
@@ -263,7 +262,7 @@ def _init_model(cfg: ReproduceConfig) -> dict:
 
     side = cfg.data.image_size
     spec = TinySpec(**{"image_min_pixels": side * side, "image_max_pixels": side * side, **cfg.model})
-    info = write_tiny(f"{cfg.out}/models/init", spec)
+    info = write_tiny(f"{cfg.out}/models/init", spec, overwrite=True)
     return {"model": f"{cfg.out}/models/init", "parameters": info["parameters"]}
 
 
@@ -317,6 +316,7 @@ def _ft(cfg: ReproduceConfig, seed: int, base: str) -> dict:
         progress=False,
         tokenizer=base,
         rl_input=f"{cfg.out}/data/rl" if cfg.data.rl_images else None,
+        overwrite=True,  # the stage's own output: a rerun after a kill rebuilds it
     )
     keys = ("easy", "hard", "reflective", "thinking", "sft_rows", "rl_rows", "rl_overlap", "lengths")
     return {k: getattr(report, k) for k in keys}

@@ -23,6 +23,13 @@ STAGE_NAMES = {"base": "Base (stage 0)", "raws": "RAWS (SFT)", "rcrl": "RCRL (GR
 MAIN_SETS = ("bench", "ft-heldout")
 
 
+def variant_name(ref: str) -> str:
+    """A reward config's stage name: ``rewards/preset_a.yaml`` → ``preset_a``."""
+    from pathlib import PurePosixPath
+
+    return PurePosixPath(ref).stem
+
+
 def _read_json(url: str) -> dict:
     return json.loads(storage.read_text(url))
 
@@ -39,8 +46,6 @@ def _sets(cfg: Any) -> list[str]:
 
 def _variants(cfg: Any) -> dict[str, str]:
     """{model key: reward config}: ``rcrl`` (the main reward) and ``rcrl-<variant>`` for each variant."""
-    from m3ad_rl.pipeline.reproduce import variant_name
-
     return {"rcrl": cfg.reward_config, **{f"rcrl-{variant_name(v)}": v for v in cfg.variants}}
 
 
@@ -315,8 +320,6 @@ def variants_table(diffs: dict, refl: dict, hist: dict, labels: dict[str, str]) 
 
 
 def _label(ref: str) -> str:
-    from m3ad_rl.pipeline.reproduce import variant_name
-
     return variant_name(ref)
 
 

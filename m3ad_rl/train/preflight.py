@@ -26,10 +26,18 @@ KINDS = {
 
 
 def check_model(ref: str, key: str = "model") -> None:
-    """A local folder or storage URL must hold ``config.json``; hub ids and ``hf://`` are checked at load."""
+    """The model reference resolves before anything starts: a local folder or storage URL holds
+    ``config.json``; a hub id or ``hf://ORG/REPO[/SUB]`` has its ``config.json`` on the hub (one small
+    download) or, offline (``HF_HUB_OFFLINE=1``), in the local hub cache."""
     ref = str(ref)
+    if storage.is_local(ref) and storage.local_path(ref).is_file():
+        raise UsageError(f"{key}={ref} is a file, a model folder was expected", "give the model's folder")
     if ref.startswith(storage.HF_SCHEME):
-        storage.split_hf(ref)
+        try:
+            repo, sub = storage.split_hf(ref)
+        except ValueError as e:
+            raise UsageError(f"{key}={ref}: {e}", "write it as hf://ORG/REPO or hf://ORG/REPO/FOLDER") from None
+        _check_hub(repo, sub, ref, key)
         return
     if storage.is_local(ref):
         path = storage.local_path(ref)
@@ -38,6 +46,8 @@ def check_model(ref: str, key: str = "model") -> None:
                              "point it at an HF model folder, e.g. runs/sft/model")  # fmt: skip
         if not path.exists() and (ref.count("/") != 1 or ref.startswith((".", "/", "~"))):
             raise UsageError(f"{key}={ref}: no such model folder", "check the path (or give a hub id ORG/NAME)")
+        if not path.exists():
+            _check_hub(ref, None, ref, key)
         return
     try:
         files = storage.list_files(ref)
@@ -45,6 +55,29 @@ def check_model(ref: str, key: str = "model") -> None:
         raise UsageError(f"{key}={ref}: cannot list it ({e})", "check the URL and the storage credentials") from e
     if "config.json" not in files:
         raise UsageError(f"{key}={ref}: no model there (no config.json)", "check the URL")
+
+
+def _check_hub(repo: str, sub: str | None, ref: str, key: str) -> None:
+    """The hub repository (and folder) has a config.json this machine can get now."""
+    import os
+
+    from huggingface_hub import hf_hub_download, try_to_load_from_cache
+
+    offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes")
+    name = f"{sub}/config.json" if sub else "config.json"
+    if offline:
+        if not isinstance(try_to_load_from_cache(repo, name), str):
+            raise UsageError(
+                f"{key}={ref}: HF_HUB_OFFLINE is set and the model is not in the local hub cache",
+                "give a local model folder or storage URL, or unset HF_HUB_OFFLINE to download it",
+            )
+        return
+    try:
+        hf_hub_download(repo, name, token=os.environ.get("HF_TOKEN") or None)
+    except Exception as e:  # the hub client raises many kinds (offline, 401, 404, DNS); the cause is in the line
+        raise UsageError(f"{key}={ref}: cannot get its config.json from the hub ({type(e).__name__}: "
+                         f"{' '.join(str(e).split())[:160]})", "check the name, HF_TOKEN and the network, or give a "
+                         "local model folder or storage URL") from None  # fmt: skip
 
 
 def check_parquet(url: str, kind: str, key: str = "data") -> int:
@@ -74,7 +107,13 @@ def check_parquet(url: str, kind: str, key: str = "data") -> int:
 
 
 def check_writable(out: str, key: str = "out") -> None:
-    """Write and delete a small file under ``out`` (creates it if needed)."""
+    """``out`` can be written: locally its nearest existing folder is writable (nothing is created); on
+    object storage a small file is written and deleted (credentials, bucket, permissions)."""
+    if storage.is_local(out):
+        from m3ad_rl.core.outputs import require_writable
+
+        require_writable(out, key)
+        return
     probe = storage.join(out, f".m3ad-write-test-{uuid.uuid4().hex[:8]}")
     try:
         storage.write_text(probe, "ok")

@@ -246,12 +246,13 @@ def _storage(out: str):
     return path, pafs.PyFileSystem(pafs.FSSpecHandler(fs))
 
 
-def run(cfg: SFTConfig, resume: bool = False) -> dict:
+def run(cfg: SFTConfig, resume: bool = False, overwrite: bool = False) -> dict:
     """Train; returns {"steps", "loss", "model"} and writes ``{out}/metrics.jsonl``."""
     from ray.train import CheckpointConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
     from m3ad_rl.core import storage
+    from m3ad_rl.core.outputs import SFT_RUN, check_dir, claim_dir, require_lasting
     from m3ad_rl.data.lengths import MODEL_LENGTHS_FILE, check_limit, find_lengths
     from m3ad_rl.train.ray_setup import init_ray
 
@@ -263,6 +264,8 @@ def run(cfg: SFTConfig, resume: bool = False) -> dict:
     pf.check_model(cfg.model)  # seconds, before Ray and DeepSpeed start
     pf.check_freeze(cfg.model, cfg.freeze)
     pf.check_parquet(cfg.data, "sft")
+    require_lasting(cfg.out, "out")
+    old = check_dir(cfg.out, SFT_RUN, inputs=[cfg.model, cfg.data], resume=resume, overwrite=overwrite, resumable=True)
     pf.check_writable(cfg.out)
     lengths = find_lengths(data=cfg.data)
     check_limit(cfg.max_response_tokens, "max_response_tokens", lengths, cfg.length_check)
@@ -275,8 +278,9 @@ def run(cfg: SFTConfig, resume: bool = False) -> dict:
     init_ray(cfg.address, max(cfg.workers + 1, 2))
     storage_path, fs = _storage(cfg.out)
     name = "sft"
-    if not resume:
-        _clear_previous(cfg.out, name)
+    # the output contract (core/outputs): a new or empty out, or this kind's own run with --resume or
+    # --overwrite (its own entries removed then, nothing else); never over the model or the data
+    claim_dir(cfg.out, SFT_RUN, checked=old)
     trainer = TorchTrainer(
         train_loop,
         train_loop_config=cfg.model_dump(mode="json"),
@@ -298,12 +302,3 @@ def run(cfg: SFTConfig, resume: bool = False) -> dict:
     history = read_metrics(cfg.out)
     loss = history[-1]["sft/loss"] if history else math.nan
     return {"steps": steps, "loss": loss, "model": f"{cfg.out.rstrip('/')}/model", "history": history}
-
-
-def _clear_previous(out: str, name: str) -> None:
-    """A fresh (non-resumed) run must not pick up an older run's checkpoints."""
-    from fsspec.core import url_to_fs
-
-    fs, path = url_to_fs(f"{out.rstrip('/')}/ray_train/{name}")
-    if fs.exists(path):
-        fs.rm(path, recursive=True)

@@ -108,7 +108,11 @@ def test_data_commands_refuse_to_write_over_their_inputs(argv, dataset, tmp_path
     assert main(argv) == EXIT_USAGE
     assert "would write over what it reads" in _one_line(capsys.readouterr().err)
     assert read_manifest(dataset) == manifest and cfg.read_text() == "size: 64\n"
-    assert sorted(p.name for p in Path(dataset).iterdir()) == ["manifest.json", "part-00000.parquet"]
+    assert sorted(p.name for p in Path(dataset).iterdir()) == [
+        ".m3ad-output.json",
+        "manifest.json",
+        "part-00000.parquet",
+    ]
 
 
 # -- files and folders ---------------------------------------------------------------------------
@@ -215,12 +219,14 @@ def test_bad_values_are_usage_errors(argv):
     assert e.value.code == EXIT_USAGE
 
 
-def test_unknown_scenes_and_categories_in_configs(capsys):
+def test_unknown_scenes_and_categories_in_configs(capsys, tmp_path):
+    never = str(tmp_path / "never")
     for setting, listed in [("scenes=[texure]", "texture, workpiece"), ("categories=[woood]", "brick, gravel")]:
-        assert main(["data", "synth", "--out", "memory://never", "--n", "2", "--set", setting]) == EXIT_USAGE
+        assert main(["data", "synth", "--out", never, "--n", "2", "--set", setting]) == EXIT_USAGE
         line = _one_line(capsys.readouterr().err)
         assert "config error" in line and listed in line
-    assert main(["data", "import", "--dataset", "folder", "--root", ".", "--out", "memory://never",
+    assert not (tmp_path / "never").exists()
+    assert main(["data", "import", "--dataset", "folder", "--root", ".", "--out", never,
                  "--scene", "kitchen", "--category", "x"]) == EXIT_USAGE  # fmt: skip
     assert "scene 'kitchen' is not one of texture" in _one_line(capsys.readouterr().err)
 
@@ -235,9 +241,8 @@ def test_readme_lists_every_exit_code():
 
 
 def test_a_file_where_a_folder_should_be_is_a_usage_error(tmp_path, capsys):
-    """`check learning --out FILE`: mkdir(parents=True) raises FileExistsError; one line and exit 2."""
+    """`check learning --out FILE`: the output contract refuses it before anything runs; one line and exit 2."""
     (tmp_path / "f").write_text("x")
     assert main(["check", "learning", "--out", str(tmp_path / "f"), "--seeds", "0"]) == 2
-    assert _one_line(capsys.readouterr().err).endswith(
-        "a file is in the way where a folder was expected — give a folder path"
-    )
+    assert _one_line(capsys.readouterr().err).endswith("is a file, a folder was expected — give a folder path")
+    assert (tmp_path / "f").read_text() == "x"

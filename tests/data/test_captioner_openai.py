@@ -284,4 +284,4 @@ def test_build_ft_cli_with_the_openai_captioner(base_url, tmp_path, capsys):
     for s in built:
         p = parse(s.target)
         assert p.well_formed and p.answer == ("yes" if s.anomalous else "no")
-    assert main(argv) == 0 and S.count == 12  # the rerun is served from the cache
+    assert main([*argv, "--overwrite"]) == 0 and S.count == 12  # the rerun is served from the cache

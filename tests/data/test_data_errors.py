@@ -17,6 +17,7 @@ import pytest
 from PIL import Image
 
 from m3ad_rl.cli import main
+from m3ad_rl.core import outputs
 from m3ad_rl.core.errors import EXIT_DATA, EXIT_SKIPPED, EXIT_USAGE, DataError, UsageError
 from m3ad_rl.data import ft, schema, store
 from m3ad_rl.data.importers import import_mask_folder, import_mvtec_ad, import_mvtec_loco, import_real_iad, import_visa
@@ -96,11 +97,14 @@ def test_an_interrupted_rewrite_leaves_the_old_dataset_whole(url):
         raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        write_dataset(url, new_rows(), shard_rows=2, row_group_size=2)
+        write_dataset(url, new_rows(), shard_rows=2, row_group_size=2, overwrite=True)
     assert _ids(url) == [f"s{i}" for i in range(6)]  # not the new rows under the old manifest
     fs, root = fsspec.core.url_to_fs(url)
-    assert sorted(p.rsplit("/", 1)[-1] for p in fs.ls(root, detail=False)) == [
-        "manifest.json", "part-00000.parquet", "part-00001.parquet", "part-00002.parquet"]  # fmt: skip
+    parts = [f"part-0000{i}.parquet" for i in range(3)]
+    assert sorted(p.rsplit("/", 1)[-1] for p in fs.ls(root, detail=False)) == [".m3ad-output.json", "manifest.json",
+                                                                                *parts]  # fmt: skip
+    parent = root.rstrip("/").rsplit("/", 1)[0]
+    assert not [p for p in fs.ls(parent, detail=False) if ".partial-" in p]  # the staged write is gone
 
 
 def test_a_crash_while_publishing_is_never_read_as_finished(url, monkeypatch):
@@ -110,15 +114,15 @@ def test_a_crash_while_publishing_is_never_read_as_finished(url, monkeypatch):
     def crash(*args, **kwargs):
         raise OSError("storage went away")
 
-    monkeypatch.setattr(store, "move_file", crash)  # the first staged shard never arrives
+    monkeypatch.setattr(outputs, "move_path", crash)  # the first staged shard never arrives
     with pytest.raises(OSError, match="went away"):
-        write_dataset(url, [_sample(10 + i) for i in range(4)], shard_rows=2)
+        write_dataset(url, [_sample(10 + i) for i in range(4)], shard_rows=2, overwrite=True)
     monkeypatch.undo()
     with pytest.raises(DataError, match=r"has no manifest\.json: not a dataset, or its writer did not finish"):
         _ids(url)
-    write_dataset(url, [_sample(20)])  # the next write cleans up after the crashed one
+    write_dataset(url, [_sample(20)], overwrite=True)  # the next write replaces what the crashed one left
     assert _ids(url) == ["s20"]
-    assert not [p for p in fs.ls(fsspec.core.url_to_fs(url)[1], detail=False) if ".staging-" in p]
+    assert not [p for p in fs.ls(fsspec.core.url_to_fs(url)[1], detail=False) if ".partial-" in p]
 
 
 # -- readers check the manifest against storage -------------------------------------------------
@@ -380,9 +384,11 @@ def test_an_interrupted_build_ft_leaves_no_stale_sets(synth, tmp_path, monkeypat
             raise KeyboardInterrupt
         return real(url, rows, schema, **kw)
 
+    before = {p.name: p.read_bytes() for p in (tmp_path / "ft").iterdir() if p.is_file()}
     monkeypatch.setattr(ft, "write_parquet", interrupted)
-    assert main(argv) == 130
-    assert not (tmp_path / "ft/rl.parquet").exists()  # never the old RL set beside new samples
-    assert not [p for p in (tmp_path / "ft").iterdir() if p.name.endswith(".tmp")]
+    assert main([*argv, "--overwrite"]) == 130
+    # the earlier output stays whole and consistent (its samples beside its own sets), nothing half-written
+    assert {p.name: p.read_bytes() for p in (tmp_path / "ft").iterdir() if p.is_file()} == before
+    assert not [p for p in tmp_path.iterdir() if ".partial-" in p.name]
     capsys.readouterr()
     assert read_manifest(str(tmp_path / "ft/samples"))["rows"] == 24

@@ -7,7 +7,7 @@ import fsspec
 import pytest
 from PIL import Image
 
-from m3ad_rl.core.errors import DataError
+from m3ad_rl.core.errors import DataError, UsageError
 from m3ad_rl.data.schema import DefectRecord, Sample, validate
 from m3ad_rl.data.store import DatasetWriter, iter_batches, iter_samples, read_manifest, write_dataset
 from m3ad_rl.data.synthetic import SynthConfig, generate
@@ -103,9 +103,14 @@ def test_image_by_url(tmp_path):
 def test_a_dataset_without_manifest_is_not_read():
     w = DatasetWriter("memory://unfinished")
     w.write(_sample(0))
-    w._flush()  # shards exist, but close() never wrote the manifest
-    with pytest.raises(DataError, match=r"memory://unfinished has no manifest\.json.*did not finish"):
+    w._flush()  # shards exist, staged beside the output, but close() never published them
+    with pytest.raises(UsageError, match=r"no dataset at memory://unfinished"):
         list(iter_samples("memory://unfinished"))
+    w.abort()
+    write_dataset("memory://lost-manifest", [_sample(0)])
+    fsspec.filesystem("memory").rm("/lost-manifest/manifest.json")  # shards without a manifest
+    with pytest.raises(DataError, match=r"memory://lost-manifest has no manifest\.json.*did not finish"):
+        list(iter_samples("memory://lost-manifest"))
 
 
 def test_manifest_is_json_listing_shards(tmp_path):

@@ -366,6 +366,32 @@ def test_cli_import_writes_a_dataset_and_reports_skips(mvtec, tmp_path, capsys):
     assert rc == EXIT_SKIPPED
     err = capsys.readouterr().err
     assert "skipped" in err and "002.png" in err  # the file that is not an image
+    assert "no scene for category 'mystery'; give it one with --category-scene mystery=<scene>" in err
+
+
+def test_cli_import_options_reach_the_importers(mvtec, tmp_path, capsys):
+    """``--category-scene`` (public datasets) and ``--defect-type`` (folder) are the library's options."""
+    from m3ad_rl.cli import EXIT_DATA, main
+
+    out = str(tmp_path / "scened")
+    main(["data", "import", "--dataset", "mvtec-ad", "--root", str(mvtec), "--out", out,
+          "--category-scene", "mystery=texture", "transistor=workpiece"])  # fmt: skip
+    got = _by_id(iter_samples(out, with_images=False))
+    assert got["mvtec-ad/mystery/test/good/000"].scene == "texture"
+    assert got["mvtec-ad/transistor/test/misplaced/000"].scene == "workpiece"  # the table said electronic
+
+    root = tmp_path / "line3"
+    _image(root / "images/a.png")
+    _mask(root / "masks/a.png", [A])  # anomalous, and no labels.csv
+    args = ["data", "import", "--dataset", "folder", "--root", str(root), "--scene", "workpiece", "--category", "plate"]
+    assert main([*args, "--out", str(tmp_path / "typed"), "--defect-type", "dent"]) == 0
+    assert [_boxes(s) for s in iter_samples(str(tmp_path / "typed"), with_images=False)] == [[("dent", BOX_A)]]
+    capsys.readouterr()
+    assert main([*args, "--out", str(tmp_path / "untyped")]) == EXIT_DATA  # without it the one image has no type
+    assert "no defect type (labels.csv, or --defect-type" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main([*args, "--out", str(tmp_path / "x"), "--category-scene", "plate=kitchen"])
+    assert "scene 'kitchen' is not one of texture" in capsys.readouterr().err
 
 
 # -- import_dataset: the library call behind `data import` ------------------------------------

@@ -167,22 +167,42 @@ def test_build_ft_writes_samples_sft_and_rl(ft_input, tmp_path):
     ).num_rows == 9
 
 
-def test_build_ft_removes_old_sets_before_writing_samples(ft_input, tmp_path, monkeypatch):
+def test_build_ft_publishes_all_sets_or_nothing(ft_input, tmp_path, monkeypatch):
+    """The output contract: a folder of a user's files is refused and untouched; an interrupted rewrite of an
+    earlier FT output leaves that output whole (its samples beside its own sets); predictions that match no
+    sample are an error before anything is written."""
+    from m3ad_rl.core.errors import DataError, UsageError
     from m3ad_rl.data.store import DatasetWriter
 
     ds, preds, _ = ft_input
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "sft.parquet").write_bytes(b"a user's file")
+    with pytest.raises(UsageError, match="did not write"):
+        ft.build_ft(ds, preds, str(mine), ft.FTConfig(), TemplateCaptioner(), progress=False, overwrite=True)
+    assert [p.name for p in mine.iterdir()] == ["sft.parquet"] and (
+        mine / "sft.parquet"
+    ).read_bytes() == b"a user's file"
+
     out = tmp_path / "ft"
-    out.mkdir()
-    (out / "sft.parquet").write_bytes(b"old")
-    (out / "rl.parquet").write_bytes(b"old")
+    ft.build_ft(ds, preds, str(out), ft.FTConfig(), TemplateCaptioner(), progress=False)
+    before = {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    with pytest.raises(UsageError, match="--overwrite"):
+        ft.build_ft(ds, preds, str(out), ft.FTConfig(), TemplateCaptioner(), progress=False)
 
     def interrupted(self, sample):
         raise RuntimeError("disk full")
 
     monkeypatch.setattr(DatasetWriter, "write", interrupted)
     with pytest.raises(RuntimeError, match="disk full"):
-        ft.build_ft(ds, preds, str(out), ft.FTConfig(), TemplateCaptioner(), progress=False)
-    assert not (out / "sft.parquet").exists() and not (out / "rl.parquet").exists()  # never old sets beside new samples
+        ft.build_ft(ds, preds, str(out), ft.FTConfig(), TemplateCaptioner(), progress=False, overwrite=True)
+    assert {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
+    monkeypatch.undo()
+    nobody = tmp_path / "nobody.jsonl"
+    nobody.write_text('{"id": "not-a-sample", "answer": "yes"}\n')
+    with pytest.raises(DataError, match=r"no sample .* has a prediction"):
+        ft.build_ft(ds, str(nobody), str(out), ft.FTConfig(), TemplateCaptioner(), progress=False, overwrite=True)
+    assert {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
 
 
 def test_build_ft_checks_before_any_work(ft_input, tmp_path):

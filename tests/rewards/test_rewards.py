@@ -187,7 +187,7 @@ def test_bad_config_file(tmp_path):
     (tmp_path / "r.yaml").write_text("enabled:\n  reflexion: true\n")
     with pytest.raises(ConfigError, match=r"enabled\.reflexion: unknown key"):
         load_reward_config(tmp_path / "r.yaml")
-    with pytest.raises(ConfigError, match="cannot read config"):
+    with pytest.raises(ConfigError, match="does not exist"):
         load_reward_config(tmp_path / "missing.yaml")
 
 

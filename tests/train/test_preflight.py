@@ -63,7 +63,7 @@ def test_a_used_output_needs_resume_or_overwrite(files):
     _finished_checkpoint(files, 2, RCRLTrainer(c).run_settings())
     (files["out"] / "metrics.jsonl").write_text('{"step": 1}\n')
     msg = refused(RCRLTrainer(c))
-    assert "already holds a run (checkpoints, metrics.jsonl)" in msg and "--overwrite" in msg
+    assert "already holds an RCRL run" in msg and "--resume" in msg and "--overwrite" in msg
     RCRLTrainer(c, overwrite=True).preflight()  # clears the old run
     assert not (files["out"] / "checkpoints").exists() and not (files["out"] / "metrics.jsonl").exists()
 

@@ -60,13 +60,18 @@ def import_dataset(
     source: str | None = None,
     scene: str | None = None,
     category: str | None = None,
+    defect_type: str | None = None,
+    category_scene: dict[str, str] | None = None,
     embed_images: bool = False,
     progress: bool = True,
+    overwrite: bool = False,
 ) -> ImportResult:
     """Import the dataset at ``root`` (a ``DATASETS`` name) into a new dataset at ``out``.
 
-    ``source`` (default ``custom``), ``scene`` and ``category`` describe a ``folder`` dataset and
-    are ignored for the public datasets, which name their own (``mvtec-ad/<category>/…`` ids).
+    ``source`` (default ``custom``), ``scene``, ``category`` and ``defect_type`` (the type of an
+    anomalous image ``labels.csv`` does not name) describe a ``folder`` dataset and are ignored for
+    the public datasets, which name their own (``mvtec-ad/<category>/…`` ids); ``category_scene``
+    ({category: scene}) adds or overrides a public dataset's scenes and is ignored for a folder.
     ``embed_images`` stores the image bytes instead of their paths. Skips and rejections are
     echoed on stderr as they happen and returned; the summary is the caller's to print. A bad
     ``out`` (over ``root``), a folder without scene/category, a missing root or one not laid out
@@ -75,11 +80,21 @@ def import_dataset(
     entry = IMPORTERS.get(dataset)
     refuse_overwrite([root], [out])
     report = ImportReport()
-    samples = entry(root, report=report, source=source, scene=scene, category=category)  # checks the layout
+    samples = entry(  # checks the layout
+        root,
+        report=report,
+        source=source,
+        scene=scene,
+        category=category,
+        defect_type=defect_type,
+        category_scene=category_scene,
+    )
     from tqdm import tqdm
 
-    bar = tqdm(desc=f"import {dataset}", unit="img", dynamic_ncols=True, file=sys.stderr, disable=not progress)
-    with DatasetWriter(out) as w, bar:
+    with (
+        DatasetWriter(out, overwrite=overwrite, inputs=[root]) as w,  # the output contract's checks come first
+        tqdm(desc=f"import {dataset}", unit="img", dynamic_ncols=True, file=sys.stderr, disable=not progress) as bar,
+    ):
         for sample in samples:
             if embed_images and sample.image_uri:
                 with contextlib.suppress(DataError):  # if not, the writer rejects it with the reason, by id

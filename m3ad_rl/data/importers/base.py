@@ -189,7 +189,8 @@ class Importer:
     def scene(self, category: str, path: str) -> str | None:
         scene = self.scenes.get(category)
         if scene not in SCENES:
-            self.report.skip(self.uri(path), f"no scene for category {category!r}; pass category_scene")
+            self.report.skip(self.uri(path), f"no scene for category {category!r}; give it one with "
+                             f"--category-scene {category}=<scene> (category_scene in Python)")  # fmt: skip
             return None
         return scene
 
@@ -284,7 +285,15 @@ class Entry(Protocol):
     """How ``import_dataset`` calls a dataset's importer; an option the dataset does not take is ignored."""
 
     def __call__(
-        self, root: str, *, report: ImportReport, source: str | None, scene: str | None, category: str | None
+        self,
+        root: str,
+        *,
+        report: ImportReport,
+        source: str | None,
+        scene: str | None,
+        category: str | None,
+        defect_type: str | None,
+        category_scene: dict[str, str] | None,
     ) -> Iterator[Sample]: ...
 
 

@@ -51,16 +51,25 @@ def _folder_sample(imp: Importer, image: str, category: str, scene: str, dtype: 
     if not imp.fs.exists(mask) or not (m := fit(imp.load_mask(mask), size, imp.uri(mask))).any():
         return imp.sample(image, imp.root, category, scene, [], size)
     if not dtype:
-        raise Skip("anomalous mask but no defect type (labels.csv or defect_type)")
+        raise Skip("anomalous mask but no defect type (labels.csv, or --defect-type / defect_type)")
     dtype = imp.fine_type(category, dtype, free_text=True)
     return imp.sample(image, imp.root, category, scene, [(dtype, b) for b in imp.boxes(m)], size)
 
 
 @IMPORTERS.register("folder")
 def _folder_entry(
-    root: str, *, report: ImportReport, source: str | None = None, scene: str | None = None, category: str | None = None
+    root: str,
+    *,
+    report: ImportReport,
+    source: str | None = None,
+    scene: str | None = None,
+    category: str | None = None,
+    defect_type: str | None = None,
+    **_: object,
 ) -> Iterator[Sample]:
     """A folder says nothing about itself: the scene and the category must be given."""
     if not (scene and category):
         raise UsageError("--dataset folder needs --scene and --category", "add both")
-    return import_mask_folder(root, source or "custom", scene=scene, category=category, report=report)
+    return import_mask_folder(
+        root, source or "custom", scene=scene, category=category, defect_type=defect_type, report=report
+    )

@@ -72,12 +72,18 @@ def _mvtec_loco(imp: Importer, cats: list[str]) -> Iterator[Sample]:
 
 
 @IMPORTERS.register("mvtec-ad")
-def _mvtec_ad_entry(root: str, *, report: ImportReport, **_: object) -> Iterator[Sample]:
-    """The dataset names its own source, scenes and categories (``import_dataset``'s options do not apply)."""
-    return import_mvtec_ad(root, report=report)
+def _mvtec_ad_entry(
+    root: str, *, report: ImportReport, category_scene: dict[str, str] | None = None, **_: object
+) -> Iterator[Sample]:
+    """The dataset names its own source, categories and (through the table) scenes; ``category_scene``
+    adds or overrides scenes, the folder options of ``import_dataset`` do not apply."""
+    return import_mvtec_ad(root, category_scene, report=report)
 
 
 @IMPORTERS.register("mvtec-loco")
-def _mvtec_loco_entry(root: str, *, report: ImportReport, **_: object) -> Iterator[Sample]:
-    """The dataset names its own source, scenes and categories (``import_dataset``'s options do not apply)."""
-    return import_mvtec_loco(root, report=report)
+def _mvtec_loco_entry(
+    root: str, *, report: ImportReport, category_scene: dict[str, str] | None = None, **_: object
+) -> Iterator[Sample]:
+    """The dataset names its own source, categories and (through the table) scenes; ``category_scene``
+    adds or overrides scenes, the folder options of ``import_dataset`` do not apply."""
+    return import_mvtec_loco(root, category_scene, report=report)

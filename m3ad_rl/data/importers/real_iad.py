@@ -64,6 +64,9 @@ def _real_iad(imp: Importer, jsons: list[str], resolution: str | int) -> Iterato
 
 
 @IMPORTERS.register("real-iad")
-def _real_iad_entry(root: str, *, report: ImportReport, **_: object) -> Iterator[Sample]:
-    """The dataset names its own source, scenes and categories (``import_dataset``'s options do not apply)."""
-    return import_real_iad(root, report=report)
+def _real_iad_entry(
+    root: str, *, report: ImportReport, category_scene: dict[str, str] | None = None, **_: object
+) -> Iterator[Sample]:
+    """The dataset names its own source, categories and (through the table) scenes; ``category_scene``
+    adds or overrides scenes, the folder options of ``import_dataset`` do not apply."""
+    return import_real_iad(root, category_scene, report=report)

@@ -85,6 +85,9 @@ def _visa_sample(imp: Importer, image: str, cat_dir: str, category: str, scene: 
 
 
 @IMPORTERS.register("visa")
-def _visa_entry(root: str, *, report: ImportReport, **_: object) -> Iterator[Sample]:
-    """The dataset names its own source, scenes and categories (``import_dataset``'s options do not apply)."""
-    return import_visa(root, report=report)
+def _visa_entry(
+    root: str, *, report: ImportReport, category_scene: dict[str, str] | None = None, **_: object
+) -> Iterator[Sample]:
+    """The dataset names its own source, categories and (through the table) scenes; ``category_scene``
+    adds or overrides scenes, the folder options of ``import_dataset`` do not apply."""
+    return import_visa(root, category_scene, report=report)

@@ -110,6 +110,10 @@ class RCRLConfig(BaseModel):
 
     @model_validator(mode="after")
     def _divisible(self) -> RCRLConfig:
+        if self.rollout.sampling.n < 2:
+            raise ValueError(f"rollout.sampling.n={self.rollout.sampling.n}: GRPO compares each response with the "
+                             "others of its prompt's group, so a group of one has no advantage and nothing is "
+                             "learned; use n ≥ 2 (SPEC §6: 4)")  # fmt: skip
         rows = self.batch_prompts * self.rollout.sampling.n
         if self.actor.workers % self.actor.nodes:
             raise ValueError(f"actor.workers={self.actor.workers} must be a multiple of actor.nodes={self.actor.nodes}")

@@ -87,31 +87,40 @@ class RCRLTrainer:
 
     def preflight(self) -> None:
         """Everything that can be checked before Ray and DeepSpeed start (seconds, not a minute)."""
-        from m3ad_rl.core.errors import UsageError
-        from m3ad_rl.train import checkpoint as ck
+        from m3ad_rl.core.outputs import RCRL_RUN, check_dir, claim_dir, require_lasting
         from m3ad_rl.train import preflight as pf
 
         cfg = self.cfg
         pf.check_model(cfg.model)
         pf.check_freeze(cfg.model, cfg.actor.freeze, "actor.freeze")
         pf.check_parquet(cfg.data, "rl")
+        require_lasting(cfg.out, "out")
+        old = check_dir(cfg.out, RCRL_RUN, inputs=[cfg.model, cfg.data], resume=self.resume, overwrite=self.overwrite,
+                        resumable=True)  # fmt: skip
         pf.check_writable(cfg.out)
         self.lengths = find_lengths(model=cfg.model, data=cfg.data)
         check_limit(cfg.rollout.sampling.max_new_tokens, "rollout.sampling.max_new_tokens", self.lengths,
                     cfg.length_check)  # fmt: skip
+        self._check_resume()
+        # the output contract (core/outputs), once every check passed: a new or empty out, or this kind's own
+        # run with --resume or --overwrite (its own entries removed then, nothing else); never over the inputs
+        claim_dir(cfg.out, RCRL_RUN, checked=old)
+        if not self.resume and cfg.checkpoint.dir and storage.exists(cfg.checkpoint_root):
+            storage.remove(cfg.checkpoint_root)  # --overwrite (checked above)
+
+    def _check_resume(self) -> None:
+        """A fresh run: no checkpoints of another in checkpoint.dir (unless --overwrite); a resumed run: the
+        same run, not finished; sets the checkpoint to resume from."""
+        from m3ad_rl.core.errors import UsageError
+        from m3ad_rl.train import checkpoint as ck
+        from m3ad_rl.train import preflight as pf
+
+        cfg = self.cfg
         if not self.resume:
-            used = pf.existing_run(cfg.out, self.RUN_FILES) + (
-                ["checkpoints"] if cfg.checkpoint.dir and storage.exists(cfg.checkpoint_root) else []
-            )
-            if used and not self.overwrite:
-                raise UsageError(
-                    f"out={cfg.out} already holds a run ({', '.join(sorted(set(used)))})",
-                    "continue it with --resume, start over with --overwrite, or choose another out",
-                )
-            for name in used:
-                storage.remove(storage.join(cfg.out, name))
-            if used:
-                storage.remove(cfg.checkpoint_root)
+            if cfg.checkpoint.dir and storage.exists(cfg.checkpoint_root) and not self.overwrite:
+                raise UsageError(f"checkpoint.dir={cfg.checkpoint.dir} already holds checkpoints",
+                                 "continue the run with --resume, start over with --overwrite, or choose "
+                                 "another checkpoint.dir")  # fmt: skip
             return
         found = ck.latest_complete(cfg.checkpoint_root)
         if found is None:

@@ -153,7 +153,7 @@ def check_dir(
 
 
 def _article(word: str) -> str:
-    """"a" or "an" as it is spoken: an evaluation, an SFT run, an RCRL run, a dataset."""
+    """ "a" or "an" as it is spoken: an evaluation, an SFT run, an RCRL run, a dataset."""
     acronym = len(word) > 1 and word[:2].isupper()
     return "an" if (word[:1] in "AEFHILMNORSX" if acronym else word[:1].lower() in "aeiou") else "a"
 

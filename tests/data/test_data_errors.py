@@ -4,7 +4,6 @@ and FT construction that refuse misspelt or conflicting input."""
 
 import io
 import json
-import os
 import re
 import shutil
 import uuid
@@ -45,32 +44,6 @@ def _error_line(capsys) -> str:
     err = capsys.readouterr().err
     assert "Traceback" not in err, err
     return [ln for ln in err.splitlines() if ln.startswith("m3ad-rl:")][-1]
-
-
-@pytest.fixture(scope="module")
-def s3_bucket():
-    """An S3 API (moto) on 127.0.0.1 and an empty bucket, as production's s3:// datasets see it."""
-    pytest.importorskip("s3fs")
-    moto_server = pytest.importorskip("moto.server")
-    import s3fs
-
-    server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=0)
-    server.start()
-    host, port = server.get_host_and_port()
-    env = {"AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test", "AWS_DEFAULT_REGION": "us-east-1",
-           "AWS_ENDPOINT_URL": f"http://{host}:{port}"}  # fmt: skip
-    saved = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)
-    s3fs.S3FileSystem.clear_instance_cache()
-    # moto keeps its buckets in process-global state, so a second module's server sees the first's
-    # bucket: a fresh name per fixture instance keeps each module's bucket empty.
-    bucket = f"data-errors-{uuid.uuid4().hex[:12]}"
-    fsspec.filesystem("s3").mkdir(bucket)
-    yield f"s3://{bucket}"
-    s3fs.S3FileSystem.clear_instance_cache()
-    for k, v in saved.items():
-        os.environ.pop(k) if v is None else os.environ.__setitem__(k, v)
-    server.stop()
 
 
 @pytest.fixture(params=["memory", "local", "s3"])

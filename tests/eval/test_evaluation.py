@@ -1,5 +1,6 @@
 """`eval run` as a new user runs it: tiny model, small synthetic benchmark, 2 Ray workers; resume."""
 
+import dataclasses
 import json
 
 import pytest
@@ -14,10 +15,14 @@ pytestmark = pytest.mark.slow  # end-to-end: `pytest -m 'not slow'` skips it
 
 
 @pytest.fixture(scope="module")
-def setup(tmp_path_factory, tiny_model):
+def setup(tmp_path_factory, tiny_model, s3_bucket):
+    """Ray starts after the S3 API's credentials are in the environment: its workers inherit them."""
     root = tmp_path_factory.mktemp("eval")
     (root / "tiny").symlink_to(tiny_model)
-    write_dataset(str(root / "bench"), generate(SynthConfig(n=16, seed=9, size=128)))
+    samples = generate(SynthConfig(n=16, seed=9, size=128))
+    samples = [dataclasses.replace(s, source="other") if i % 4 == 0 else s for i, s in enumerate(samples)]
+    write_dataset(str(root / "bench"), samples)
+    (root / "s3").write_text(s3_bucket)
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     yield root
     ray.shutdown()
@@ -46,7 +51,7 @@ def test_eval_run_two_workers_then_resume(setup, capsys):
     lines = (out / "predictions.jsonl").read_text().splitlines()
     rows = [json.loads(x) for x in lines]
     assert len(rows) == 16 and len({r["id"] for r in rows}) == 16
-    assert set(rows[0]) == {"id", "scene", "source", "response", "ground_truth"}
+    assert set(rows[0]) == {"id", "scene", "source", "response", "ground_truth", "truncated"}
     report = json.loads((out / "report.json").read_text())
     assert sum(s["n"] for s in report["scenes"].values()) == 16
     assert "chance" in report["verdict"] and "chance" in (out / "report.md").read_text()
@@ -72,7 +77,7 @@ def test_baseline_sweep_table(setup, tmp_path):
         sampling={"n": 1, "temperature": 0.0, "max_new_tokens": 8, "logprobs": False},
         models=[
             {"name": "tiny-a", "model": str(setup / "tiny")},
-            {"name": "tiny-b", "model": str(setup / "tiny"), "exclude_sources": ["synthetic"]},
+            {"name": "tiny-b", "model": str(setup / "tiny"), "exclude_sources": ["other"]},
         ],
     )
     table = run_sweep(cfg)
@@ -110,16 +115,16 @@ def test_eval_run_refuses_another_models_predictions(setup, tiny_model, capsys, 
 
 
 def test_eval_run_writes_to_a_storage_url_and_resumes_there(setup, capsys):
-    """--out on object storage (memory:// here): predictions, run.json and the report land there."""
+    """--out on object storage (an S3 API): predictions, run.json and the report land there."""
     import fsspec
 
-    url = "memory://evalbucket/runs/eval"
+    url = f"{(setup / 's3').read_text()}/runs/eval"
     argv = ["eval", "run", "--model", str(setup / "tiny"), "--engine", "hf", "--dataset", str(setup / "bench"),
             "--out", url, "--set", "sampling.max_new_tokens=8", "limit=4"]  # fmt: skip
     assert main(argv) == 0
-    fs = fsspec.filesystem("memory")
-    names = {p.rsplit("/", 1)[-1] for p in fs.find("/evalbucket/runs/eval")}
+    fs = fsspec.filesystem("s3")
+    names = {p.rsplit("/", 1)[-1] for p in fs.find(url)}
     assert {"predictions.jsonl", "run.json", "report.json", "report.md"} <= names
     capsys.readouterr()
     assert main(argv) == 0  # same run again: nothing left to predict
-    assert len(fs.cat("/evalbucket/runs/eval/predictions.jsonl").splitlines()) == 4
+    assert len(fs.cat(f"{url}/predictions.jsonl").splitlines()) == 4

@@ -395,11 +395,15 @@ def _sft_config(cfg: ReproduceConfig, seed: int, base: str, longest: int):
 
 def _rcrl_config(cfg: ReproduceConfig, seed: int, sft: str, reward_ref: str, longest: int, tag: str = ""):
     """RCRL's config; ``rollout.sampling.max_new_tokens`` unset in the section: auto (above every target)."""
+    from omegaconf import OmegaConf
+
     from m3ad_rl.train.rcrl import RCRLConfig
     from rewards import load_reward_config
 
     fixed = {"model": sft, "data": f"{cfg.out}/seed-{seed}/ft/rl.parquet", "out": f"{cfg.out}/seed-{seed}/rcrl{tag}",
              "seed": seed, "address": cfg.address}  # fmt: skip
-    reward = {"reward": load_reward_config(_reward_path(reward_ref)).model_dump(mode="json")}
+    # the variant's reward file, with the section's own ``reward`` keys over it (they hold for every variant)
+    file = load_reward_config(_reward_path(reward_ref)).model_dump(mode="json")
+    reward = {"reward": OmegaConf.to_container(OmegaConf.merge(file, dict(cfg.rcrl).get("reward") or {}))}
     derived = {"rollout": {"sampling": {"max_new_tokens": auto_limit(cfg, longest)}}}
     return _stage_config(RCRLConfig, "train/rcrl-cpu.yaml", derived, cfg.rcrl, fixed, reward, root="rcrl.")

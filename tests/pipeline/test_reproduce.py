@@ -10,8 +10,6 @@ import sys
 import pytest
 import yaml
 
-from tests.data.test_data_errors import s3_bucket  # noqa: F401 (the moto S3 fixture)
-
 slow = [pytest.mark.slow, pytest.mark.timeout(1800)]
 
 TOY = {
@@ -112,7 +110,7 @@ def test_a_typo_in_a_trainer_section_fails_before_any_stage_runs(tmp_path, secti
 
 @slow[0]
 @slow[1]
-def test_reproduce_on_object_storage(tmp_path, s3_bucket):  # noqa: F811 (the imported fixture)
+def test_reproduce_on_object_storage(tmp_path, s3_bucket):
     """Every stage's outputs on s3:// (moto on 127.0.0.1): the Ray task, Ray Train, RCRL and Ray Data workers
     read and write through the URL; the report lands there too."""
     import fsspec
@@ -164,6 +162,19 @@ def test_a_stale_stage_is_refused_and_redo_clears_it_and_its_descendants(tmp_pat
     assert b.run("seed-0-sft", lambda: {"ok": 2}) == {"ok": 2}
     assert b.descendants("seed-0-sft") == ["seed-0-sft", "seed-0-rcrl", "seed-0-eval", "seed-0-rcrl-preset_a",
                                            "seed-0-eval-preset_a"]  # fmt: skip
+
+
+def test_the_rcrl_sections_reward_keys_hold_for_every_variant(tmp_path):
+    """``rcrl.reward.*`` in the reproduce config goes over each variant's reward file, not under it."""
+    from m3ad_rl.pipeline.reproduce import ReproduceConfig, _rcrl_config
+
+    rcrl = {**TOY["rcrl"], "reward": {"consistency": {"reference": "ground_truth"}}}
+    cfg = ReproduceConfig(**{**TOY, "out": str(tmp_path), "rcrl": rcrl})
+    for variant, preset in (("rewards/preset_d.yaml", "d"), ("rewards/preset_a.yaml", "a")):
+        rc = _rcrl_config(cfg, 0, str(tmp_path / "sft"), variant, 100)
+        assert (rc.reward.reflection.preset, rc.reward.consistency.reference) == (preset, "ground_truth")
+    plain = _rcrl_config(ReproduceConfig(**{**TOY, "out": str(tmp_path)}), 0, str(tmp_path), "rewards/preset_d.yaml", 9)
+    assert plain.reward.consistency.reference == "prediction"
 
 
 def test_the_image_sets_are_disjoint(tmp_path):

@@ -27,6 +27,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field
 
 LABEL_PREFIX = "m3ad.io"
+PACK_LABEL = f"{LABEL_PREFIX}/gpu-pack"  # base/rayjob.rcrl.yaml: the rollout pods that pack on one node
 CONFIG_DIR = "/etc/m3ad"
 
 
@@ -187,6 +188,20 @@ def _label_pods(doc: dict, labels: dict[str, str]) -> None:
         meta["labels"] = {**(meta.get("labels") or {}), **labels}
 
 
+def _retarget_pack(obj: Any, old: str, new: str) -> None:
+    """The template's ``m3ad.io/gpu-pack`` labels and (anti-)affinity selectors name its job: renamed,
+    each variant packs only its own rollout pods (two variants' pods never hold each other's node)."""
+    if isinstance(obj, dict):
+        for k, v in obj.items():
+            if k == PACK_LABEL and v == old:
+                obj[k] = new
+            else:
+                _retarget_pack(v, old, new)
+    elif isinstance(obj, list):
+        for v in obj:
+            _retarget_pack(v, old, new)
+
+
 def render(spec: SweepSpec, template: dict | None = None) -> list[dict]:
     """The sweep's ConfigMap followed by one RayJob per variant."""
     template = template or load_template(spec.template)
@@ -199,6 +214,7 @@ def render(spec: SweepSpec, template: dict | None = None) -> list[dict]:
     for job in expand(spec):
         doc = copy.deepcopy(template)
         md = doc["metadata"]
+        _retarget_pack(doc["spec"], md["name"], job_name(spec.name, job.variant))
         md["name"] = job_name(spec.name, job.variant)
         md["labels"] = {**md.get("labels", {}), **job.labels, "app.kubernetes.io/component": "sweep"}
         if spec.kueue_queue:
@@ -248,7 +264,8 @@ def submit(spec: SweepSpec, address: str, dry_run: bool = False) -> list[str]:
         for job in expand(spec):
             sid = f"{job_name(spec.name, job.variant)}-{hashlib.sha1(str(spec.out).encode()).hexdigest()[:6]}"
             if client is not None:
-                sid = client.submit_job(
+                sid = _submit_retrying(
+                    client,
                     entrypoint=entrypoint(spec, job, config_dir="."),
                     submission_id=sid,
                     runtime_env={"working_dir": tmp},
@@ -256,6 +273,26 @@ def submit(spec: SweepSpec, address: str, dry_run: bool = False) -> list[str]:
                 )
             ids.append(sid)
     return ids
+
+
+TRANSIENT = ("No available agent", "status code 502", "status code 503", "status code 504")
+
+
+def _submit_retrying(client, wait_s: float = 120.0, **kwargs) -> str:
+    """``submit_job``, again while the head answers that it is not ready yet: a fresh head's Jobs API
+    lists jobs before its job agent can take one ("No available agent ... try again later"), and a
+    head behind a Service or ingress answers 502-504 while it restarts."""
+    import time
+
+    deadline, pause = time.monotonic() + wait_s, 1.0
+    while True:
+        try:
+            return client.submit_job(**kwargs)
+        except RuntimeError as e:
+            if not any(t in str(e) for t in TRANSIENT) or time.monotonic() + pause > deadline:
+                raise
+            time.sleep(pause)
+            pause = min(pause * 2, 10.0)
 
 
 def gather(spec: SweepSpec, runs: str | None = None) -> tuple[dict[str, dict], list[str]]:

@@ -267,3 +267,42 @@ def test_python_dash_m_runs_the_validator(tmp_path):
     (tmp_path / "job.yaml").write_text(yaml.safe_dump(rcrl()))
     res = subprocess.run([sys.executable, "-m", "m3ad_rl.k8s.validate", str(tmp_path)], capture_output=True, text=True)
     assert res.returncode == 0, res.stdout + res.stderr
+
+
+# --- GPU placement (placement.py) ---------------------------------------------------------------
+
+TRAIN = f"{RCS}.workerGroupSpecs[1]"
+
+
+@pytest.mark.parametrize("drop", ["both", "rollout", "train"])
+def test_rcrl_gpu_pods_that_the_scheduler_would_strand(drop):
+    """Issue 21: 4 one-GPU rollout pods spread 2 + 2 over two 8-GPU nodes leave no node for the 8-GPU
+    train pod. Without the rollouts' packing affinity the replay strands it; the train pod's
+    anti-affinity alone does not pack them (it only guards larger nodes), so dropping just it passes."""
+    doc = rcrl()
+    if drop in ("both", "rollout"):
+        del spec_at(doc, f"{ROLLOUT}.template.spec")["affinity"]
+    if drop in ("both", "train"):
+        del spec_at(doc, f"{TRAIN}.template.spec")["affinity"]
+    found = [f for f in findings(doc) if f.check == "placement"]
+    if drop == "train":
+        assert found == []
+        return
+    assert len(found) == 1 and "8 GPUs" in found[0].message and "podAffinity" in found[0].message, found
+    print(found[0])
+
+
+def test_the_placement_replay():
+    from m3ad_rl.k8s.validate.placement import _GpuPod, replay
+
+    sel = (("m3ad.io/gpu-pack", "j"),)  # one selector: its (label, value) pairs
+    loose = [_GpuPod("r", "rollout", 1, {}, (), ())] * 4 + [_GpuPod("t", "train", 8, {}, (), ())]
+    assert replay(loose, 8, 2).name == "train"  # spread 2 + 2: stranded
+    assert replay(loose[::-1], 8, 2) is None  # train first: the rollouts fill the other node
+    packed = [_GpuPod("r", "rollout", 1, dict(sel), (sel,), ())] * 4 + [_GpuPod("t", "train", 8, {}, (), (sel,))]
+    assert replay(packed, 8, 2) is None and replay(packed[::-1], 8, 2) is None
+    # anti-affinity alone is symmetric but does not pack: rollouts spread, train stranded
+    anti_only = [_GpuPod("r", "rollout", 1, dict(sel), (), ())] * 4 + [_GpuPod("t", "train", 8, {}, (), (sel,))]
+    assert replay(anti_only, 8, 2).name == "train"
+    # a third pod set too big for what is left is stranded whatever the affinity
+    assert replay([*packed, _GpuPod("x", "x", 8, {}, (), ())], 8, 2).name == "x"

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -44,6 +45,9 @@ def test_render_presets_gives_four_valid_rayjobs(tmp_path):
     findings = kv.validate_paths([tmp_path])
     assert findings == [], "\n".join(map(str, findings))
     cm = next(d for d in docs if d["kind"] == "ConfigMap")
+    for j in jobs:  # each variant packs its own rollout pods: the gpu-pack label and selectors name the job
+        packs = {m.group(1) for m in re.finditer(r"m3ad\.io/gpu-pack: (\S+)", yaml.safe_dump(j, width=10_000))}
+        assert packs == {j["metadata"]["name"]}, packs
     for j in jobs:
         v = j["metadata"]["labels"]["m3ad.io/variant"]
         assert f"--reward-config /etc/m3ad/preset_{v}.yaml" in j["spec"]["entrypoint"]

@@ -17,6 +17,7 @@ import yaml
 from m3ad_rl.k8s.validate import kuberay, rules
 from m3ad_rl.k8s.validate.configrefs import check_config_files, configmap_keys
 from m3ad_rl.k8s.validate.load import CRDS_ENV, RENDERED, crd_dir, load_documents
+from m3ad_rl.k8s.validate.placement import check_gpu_placement
 from m3ad_rl.k8s.validate.schema import check_core_object, check_pod_template, check_schema, crd_schemas
 
 EXIT_FINDINGS, EXIT_USAGE = 1, 2
@@ -76,6 +77,8 @@ def _ray_checks(doc: dict, crds: Path | None) -> list[tuple[str, str, str]]:
     spec = doc.get("spec") or {}
     if kind == "RayJob":
         found += [(p, m, "kuberay") for p, m in kuberay.check_rayjob(spec)]
+    if kind in ("RayJob", "RayCluster"):
+        found += [(p, m, "placement") for p, m in check_gpu_placement(doc)]
     if kind == "RayService":
         found += [(p, m, "serve-config") for p, m in kuberay.check_rayservice(spec)]
     return found

@@ -5,7 +5,7 @@ each logged step, ``close`` at the end. ``logging.backends`` chooses them:
 
 - ``jsonl``: ``{out}/metrics.jsonl``, one ``{"step": s, ...}`` line a step; always written (resume and
   ``m3ad-rl train sft`` read it back).
-- ``tensorboard``: scalars under ``{out}/tensorboard`` (skipped when ``out`` is a storage URL).
+- ``tensorboard``: scalars under ``{out}/tensorboard`` (on a storage URL: written locally, copied there each step).
 - ``mlflow``: an MLflow run (package ``mlflow-skinny``) in ``logging.mlflow_tracking_uri``, by default
   the file store ``{out}/mlruns`` (``mlflow ui --backend-store-uri {out}/mlruns`` shows it).
 - ``wandb``: a Weights & Biases run in offline mode under ``logging.wandb_dir`` (default ``out``); it
@@ -163,27 +163,50 @@ class JsonlBackend:
 
 
 class TensorBoardBackend:
-    """Scalars under ``{out}/tensorboard``; a resumed run purges the steps after its checkpoint."""
+    """Scalars under ``{out}/tensorboard``; a resumed run purges the steps after its checkpoint.
+
+    ``SummaryWriter`` writes local files only: with ``out`` on object storage the events are written to
+    a local folder and each changed event file is copied to ``{out}/tensorboard/`` after every logged
+    step, so ``tensorboard --logdir s3://…/tensorboard`` (or a synced copy) sees the run as it goes. A
+    resumed run adds a new event file whose purge marker hides the old file's later steps.
+    """
 
     def __init__(self, run: RunInfo, cfg: LoggingConfig):
-        self.writer = None
-        if run.local:  # SummaryWriter writes local files only
-            tb = _require("torch.utils.tensorboard", "logging.backends: tensorboard", "tensorboard", "train")
-            self.writer = tb.SummaryWriter(os.path.join(run.out, "tensorboard"), purge_step=run.resume_step + 1)
+        import tempfile
+
+        tb = _require("torch.utils.tensorboard", "logging.backends: tensorboard", "tensorboard", "train")
+        self.remote = None if run.local else f"{run.out.rstrip('/')}/tensorboard"
+        self.dir = os.path.join(run.out, "tensorboard") if run.local else tempfile.mkdtemp(prefix="m3ad-tb-")
+        self.writer = tb.SummaryWriter(self.dir, purge_step=run.resume_step + 1)
+        self._sent: dict[str, int] = {}
+
+    def _publish(self) -> None:
+        """Copy the event files that grew since the last copy (one small PUT each)."""
+        if self.remote is None:
+            return
+        fs, root = fsspec.core.url_to_fs(self.remote)
+        for name in sorted(os.listdir(self.dir)):
+            size = os.path.getsize(os.path.join(self.dir, name))
+            if self._sent.get(name) != size:
+                fs.put_file(os.path.join(self.dir, name), f"{root}/{name}")
+                self._sent[name] = size
 
     def log_params(self, params: dict[str, Any]) -> None:
-        if self.writer is not None:
-            self.writer.add_text("config", "```\n" + json.dumps(params, indent=1, default=str) + "\n```")
+        self.writer.add_text("config", "```\n" + json.dumps(params, indent=1, default=str) + "\n```")
 
     def log(self, step: int, metrics: dict[str, float]) -> None:
-        if self.writer is not None:
-            for k, v in metrics.items():
-                self.writer.add_scalar(k, v, step)
-            self.writer.flush()
+        for k, v in metrics.items():
+            self.writer.add_scalar(k, v, step)
+        self.writer.flush()
+        self._publish()
 
     def close(self) -> None:
-        if self.writer is not None:
-            self.writer.close()
+        self.writer.close()
+        self._publish()
+        if self.remote is not None:
+            import shutil
+
+            shutil.rmtree(self.dir, ignore_errors=True)
 
 
 class MlflowBackend:

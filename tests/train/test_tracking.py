@@ -59,6 +59,29 @@ def test_tensorboard_scalars_read_back(tmp_path):
     assert [e.step for e in acc.Scalars("timing/step_s")] == [1]
 
 
+def test_tensorboard_on_object_storage_reads_back_and_resumes(s3_bucket, tmp_path):
+    """Issue 21: with out on s3:// the events used to go nowhere; now each step's events land under
+    {out}/tensorboard, and a resumed run's purge marker hides the steps it redoes."""
+    import fsspec
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    out = f"{s3_bucket}/tb-run"
+    tracker = Tracker(out, LoggingConfig(backends=["tensorboard"]), "s3-run")
+    tracker.log(1, STEPS[1])
+    fs = fsspec.filesystem("s3")
+    assert [p for p in fs.ls(f"{out}/tensorboard") if "tfevents" in p], "nothing published after a step"
+    for step in (2, 3):
+        tracker.log(step, STEPS[step])
+    tracker.close()
+    _run_url = Tracker(out, LoggingConfig(backends=["tensorboard"]), "s3-run", resume_step=1)
+    _run_url.log(2, {"sft/loss": 9.0})
+    _run_url.close()
+    fs.get(f"{out}/tensorboard/", str(tmp_path / "tb"), recursive=True)
+    acc = EventAccumulator(str(tmp_path / "tb"))
+    acc.Reload()
+    assert _loss_by_step((e.step, e.value) for e in acc.Scalars("sft/loss")) == {1: 2.0, 2: 9.0}
+
+
 def test_mlflow_file_store_history_params_and_resume(tmp_path):
     from mlflow.tracking import MlflowClient
 

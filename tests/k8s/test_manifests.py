@@ -120,7 +120,8 @@ def test_stages_are_suspended_with_deadlines_and_a_short_ttl(overlay):
     assert namespace["metadata"]["labels"]["pod-security.kubernetes.io/enforce"] == "restricted"
     policy = next(d for d in docs if d["kind"] == "NetworkPolicy")
     assert policy["spec"]["podSelector"] == {"matchLabels": {"ray.io/is-ray-node": "yes"}}
-    same_namespace, operator = policy["spec"]["ingress"]
+    same_namespace, operator, scraper = policy["spec"]["ingress"]
+    assert scraper["ports"] == [{"port": 8080, "protocol": "TCP"}]  # Prometheus: Ray's metrics port only
     assert same_namespace == {"from": [{"podSelector": {}}]}  # any port, from this namespace only
     assert operator["ports"] == [{"port": 8265, "protocol": "TCP"}]  # elsewhere: the KubeRay operator, dashboard only
     assert operator["from"][0]["podSelector"]["matchLabels"] == {"app.kubernetes.io/name": "kuberay-operator"}
@@ -400,3 +401,22 @@ def test_kustomize_helpers_find_overlays():
     closed = kv.close_schema({"type": "object", "properties": {"a": {"type": "string", "nullable": True}}})
     assert closed["additionalProperties"] is False and closed["properties"]["a"]["type"] == ["string", "null"]
     assert copy.deepcopy(kv.apply_defaults({"a": None}, {"properties": {"a": {"default": 1}}})) == {"a": 1}
+
+
+def test_telemetry_is_wired_end_to_end():
+    """Issue 21: every shipped GPU config that exports OTLP names its collector, and the Ray pods'
+    NetworkPolicy lets that port out, Prometheus in on Ray's metrics port and workload identity reach the
+    cloud metadata endpoint."""
+    from urllib.parse import urlparse
+
+    policy = yaml.safe_load((ROOT / "manifests/base/networkpolicy.yaml").read_text())["spec"]
+    out_ports = {p["port"] for rule in policy["egress"] for p in rule.get("ports", []) if "to" not in rule}
+    in_ports = {p["port"] for rule in policy["ingress"] for p in rule.get("ports", [])}
+    metadata = {b["ipBlock"]["cidr"] for rule in policy["egress"] for b in rule.get("to", []) if "ipBlock" in b}
+    assert 8080 in in_ports and "169.254.169.254/32" in metadata
+    for name in ("sft.yaml", "rcrl.yaml"):
+        logging = yaml.safe_load((ROOT / "manifests/base/config" / name).read_text())["logging"]
+        if logging.get("otel") == "otlp":
+            endpoint = logging.get("otlp_endpoint")
+            assert endpoint, f"{name}: otel: otlp without otlp_endpoint exports to localhost, i.e. nowhere"
+            assert urlparse(endpoint).port in out_ports, f"{name}: {endpoint} is blocked by the NetworkPolicy"

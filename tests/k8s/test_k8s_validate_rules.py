@@ -68,13 +68,18 @@ def test_the_shipped_crds_are_used_by_default(monkeypatch):
 # --- GPUs -------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("hint", ["name", "num-gpus", "requests"])
+@pytest.mark.parametrize("hint", ["name", "num-gpus", "requests", "nodeSelector", "toleration"])
 def test_gpu_group_without_gpu_limit(hint):
     doc = rcrl()
     group, res = spec_at(doc, ROLLOUT), spec_at(doc, f"{ROLLOUT_C0}.resources")
+    pod = spec_at(doc, f"{ROLLOUT}.template.spec")
     del res["limits"]["nvidia.com/gpu"]
     if hint != "requests":
         del res["requests"]["nvidia.com/gpu"]
+    if hint != "nodeSelector":  # placed on GPU nodes by the selector alone (issue 21) ...
+        del pod["nodeSelector"]
+    if hint != "toleration":  # ... or by the toleration alone
+        del pod["tolerations"]
     if hint == "name":
         group["groupName"] = "gpu-rollout"
     if hint == "num-gpus":

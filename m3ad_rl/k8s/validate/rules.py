@@ -88,6 +88,17 @@ def check_gpus(where: str, c: dict, pod: Pod) -> list[tuple[str, str]]:
         hints.append(f'rayStartParams num-gpus "{params["num-gpus"]}"')
     if parse_quantity(req.get(GPU)):
         hints.append(f"requests {GPU}: {req[GPU]}")
+    selector = pod.spec.get("nodeSelector") or {}
+    gpu_labels = [
+        k
+        for k in selector
+        if isinstance(k, str) and k.startswith(("nvidia.com/gpu", "cloud.google.com/gke-accelerator"))
+    ]
+    if gpu_labels:
+        hints.append(f"nodeSelector {gpu_labels[0]}")
+    tolerations = [t for t in pod.spec.get("tolerations") or [] if isinstance(t, dict) and t.get("key") == GPU]
+    if tolerations:
+        hints.append(f"a toleration for {GPU}")
     if hints and GPU not in lim:
         n = params.get("num-gpus") or req.get(GPU) or 1
         why = f"group {name!r} implies GPUs ({', '.join(hints)}) but sets no {GPU} limit, so its pods get no GPU"

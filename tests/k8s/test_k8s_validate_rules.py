@@ -311,3 +311,33 @@ def test_the_placement_replay():
     assert replay(anti_only, 8, 2).name == "train"
     # a third pod set too big for what is left is stranded whatever the affinity
     assert replay([*packed, _GpuPod("x", "x", 8, {}, (), ())], 8, 2).name == "x"
+
+
+# --- mistakes engineers make (issue 21) -----------------------------------------------------------
+
+
+def test_dashboard_bound_to_loopback():
+    doc = rcrl()
+    spec_at(doc, f"{RCS}.headGroupSpec")["rayStartParams"]["dashboard-host"] = "127.0.0.1"
+    print(assert_finding(doc, f"{RCS}.headGroupSpec.rayStartParams.dashboard-host", "loopback", "0.0.0.0"))
+
+
+def test_duplicated_port_names():
+    doc = rcrl()
+    spec_at(doc, ROLLOUT_C0)["ports"] = [{"name": "metrics", "containerPort": 8080},
+                                         {"name": "metrics", "containerPort": 8081}]  # fmt: skip
+    print(assert_finding(doc, f"{ROLLOUT_C0}.ports", "'metrics'", "twice"))
+
+
+def test_kueue_label_on_the_pod_template_instead_of_the_rayjob():
+    doc = rcrl()
+    spec_at(doc, f"{ROLLOUT}.template")["metadata"]["labels"]["kueue.x-k8s.io/queue-name"] = "m3ad"
+    print(assert_finding(doc, f"{ROLLOUT}.template.metadata.labels", "owning object", "RayJob"))
+
+
+@pytest.mark.parametrize("level", ["pod", "container"])
+def test_run_as_root(level):
+    doc = rcrl()
+    where = f"{ROLLOUT}.template.spec" if level == "pod" else ROLLOUT_C0
+    spec_at(doc, where)["securityContext"]["runAsUser"] = 0
+    print(assert_finding(doc, f"{where}.securityContext.runAsUser", "root", "runAsUser: 1000"))

@@ -152,6 +152,29 @@ def check_pod_security(pod: Pod) -> list[tuple[str, str]]:
         problems.append(
             (f"{pod.path}.spec.securityContext.seccompProfile", f"{', '.join(unconfined)} unconfined: {fix}")
         )
+    for ctx_path, ctx in [(f"{pod.path}.spec.securityContext", spec.get("securityContext") or {})] + [
+        (f"{pod.path}.{cpath}.securityContext", c.get("securityContext") or {}) for cpath, c in containers(pod.template)
+    ]:
+        if isinstance(ctx, dict) and ctx.get("runAsUser") == 0:
+            fix = "run as the image's user (runAsUser: 1000, runAsNonRoot: true); Pod Security restricted refuses root"
+            problems.append((f"{ctx_path}.runAsUser", f"runAsUser: 0 is root: {fix}"))
+    labels = (pod.template.get("metadata") or {}).get("labels") or {}
+    if "kueue.x-k8s.io/queue-name" in labels:
+        fix = "put kueue.x-k8s.io/queue-name on the RayJob's (or RayCluster's) metadata.labels instead"
+        problems.append(
+            (f"{pod.path}.metadata.labels", f"Kueue reads the queue from the owning object, not its pods: {fix}")
+        )
+    for cpath, c in containers(pod.template):
+        names = [p.get("name") for p in c.get("ports") or [] if isinstance(p, dict) and p.get("name")]
+        for dup in sorted({n for n in names if names.count(n) > 1}):
+            problems.append((f"{pod.path}.{cpath}.ports", f"port name {dup!r} is used twice: names must be unique"))
+    if pod.role == "head":
+        host = str((pod.group.get("rayStartParams") or {}).get("dashboard-host", "0.0.0.0"))
+        if host in ("127.0.0.1", "localhost", "::1"):
+            why = "the KubeRay operator, the submitter and Serve health checks reach the dashboard by pod IP"
+            problems.append(
+                (f"{pod.group_path}.rayStartParams.dashboard-host", f"{host!r} is loopback only: {why}; write 0.0.0.0")
+            )
     for key in ("hostNetwork", "hostPID", "hostIPC"):
         if spec.get(key):
             problems.append((f"{pod.path}.spec.{key}", f"{key}: true shares the node's namespace: remove it"))

@@ -341,3 +341,17 @@ def test_run_as_root(level):
     where = f"{ROLLOUT}.template.spec" if level == "pod" else ROLLOUT_C0
     spec_at(doc, where)["securityContext"]["runAsUser"] = 0
     print(assert_finding(doc, f"{where}.securityContext.runAsUser", "root", "runAsUser: 1000"))
+
+
+def test_a_dropped_gpu_toleration():
+    doc = rcrl()
+    del spec_at(doc, f"{ROLLOUT}.template.spec")["tolerations"]
+    print(assert_finding(doc, f"{ROLLOUT}.template.spec.tolerations", "Pending", "operator: Exists"))
+
+
+def test_a_dropped_dns_egress_rule():
+    policy = yaml.safe_load((MANIFESTS / "base" / "networkpolicy.yaml").read_text())
+    assert [f for f in findings(copy.deepcopy(policy)) if f.check == "network"] == []
+    policy["spec"]["egress"] = [r for r in policy["spec"]["egress"]
+                                if not any(p.get("port") == 53 for p in r.get("ports", []))]  # fmt: skip
+    print(assert_finding(policy, "spec.egress", "DNS (port 53)", "kube-dns"))

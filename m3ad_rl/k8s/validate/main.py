@@ -50,6 +50,7 @@ def validate_document(
     obj = f"{kind}/{(doc.get('metadata') or {}).get('name', '?')}"
     found: list[tuple[str, str, str]] = [(p, m, "name") for p, m in kuberay.check_name(doc)]
     found += [(p, m, "secrets") for p, m in rules.check_plain_secrets(doc)]
+    found += [(p, m, "network") for p, m in rules.check_network_policy(doc)]
     found += [(p, m, "core-schema") for p, m in check_core_object(doc)]
     ray = doc.get("apiVersion") == kuberay.GROUP_VERSION and kind in kuberay.MAX_NAME
     if ray:

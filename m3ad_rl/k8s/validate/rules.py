@@ -103,6 +103,11 @@ def check_gpus(where: str, c: dict, pod: Pod) -> list[tuple[str, str]]:
         n = params.get("num-gpus") or req.get(GPU) or 1
         why = f"group {name!r} implies GPUs ({', '.join(hints)}) but sets no {GPU} limit, so its pods get no GPU"
         return [(f"{where}.resources.limits", f'{why}: add limits: {{{GPU}: "{n}"}} (and the same request)')]
+    if parse_quantity(lim.get(GPU)) and not tolerations:
+        why = f"group {name!r} asks for GPUs but tolerates no {GPU} taint"
+        fix = f"add tolerations: [{{key: {GPU}, operator: Exists, effect: NoSchedule}}]"
+        why += f": GPU node pools are tainted {GPU}:NoSchedule (GKE, EKS, AKS), so its pods stay Pending"
+        return [(f"{pod.path}.spec.tolerations", f"{why}; {fix}")]
     limit = parse_quantity(lim.get(GPU))
     if num_gpus is not None and limit is not None and num_gpus != limit:
         why = f'num-gpus "{params["num-gpus"]}" but the Ray container\'s {GPU} limit is {lim[GPU]}'
@@ -234,3 +239,21 @@ def check_plain_secrets(doc: dict) -> list[tuple[str, str]]:
         return []
     why = "Secret values must not be committed; create the Secret out of band"
     return [("data", f'{why} (or annotate a throwaway dev credential with m3ad.io/dev-only: "true")')]
+
+
+def check_network_policy(doc: dict) -> list[tuple[str, str]]:
+    """A policy that restricts egress must still let DNS out, or every Service name stops resolving."""
+    if doc.get("kind") != "NetworkPolicy":
+        return []
+    spec = doc.get("spec") or {}
+    if "Egress" not in (spec.get("policyTypes") or []):
+        return []
+    for rule in spec.get("egress") or []:
+        rule = rule if isinstance(rule, dict) else {}
+        peers = rule.get("to")
+        beyond = not peers or any(isinstance(p, dict) and ("namespaceSelector" in p or "ipBlock" in p) for p in peers)
+        ports = rule.get("ports")
+        if beyond and (not ports or any(str(p.get("port")) == "53" for p in ports if isinstance(p, dict))):
+            return []  # a rule that reaches kube-dns's namespace on every port, or on DNS's
+    fix = "add an egress rule to kube-dns: ports [{port: 53, protocol: UDP}, {port: 53, protocol: TCP}]"
+    return [("spec.egress", f"egress is restricted but no rule lets DNS (port 53) out: names stop resolving; {fix}")]

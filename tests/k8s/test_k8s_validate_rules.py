@@ -355,3 +355,15 @@ def test_a_dropped_dns_egress_rule():
     policy["spec"]["egress"] = [r for r in policy["spec"]["egress"]
                                 if not any(p.get("port") == 53 for p in r.get("ports", []))]  # fmt: skip
     print(assert_finding(policy, "spec.egress", "DNS (port 53)", "kube-dns"))
+
+
+def test_messages_are_one_readable_line(tmp_path):
+    """Issue 21: PyYAML's five-line error and the quantity regex are said in one line an engineer reads."""
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: x\n data: {a: 1}\n")
+    (found,) = kv.validate_paths([bad])
+    assert f"{bad}:5:2: not valid YAML" in found.message and "\n" not in found.message, found
+    doc = rcrl()
+    spec_at(doc, f"{ROLLOUT_C0}.resources")["limits"]["cpu"] = "12 cores"
+    line = assert_finding(doc, f"{ROLLOUT_C0}.resources.limits.cpu", "not a Kubernetes quantity", "500m")
+    assert "[0-9]" not in line, line

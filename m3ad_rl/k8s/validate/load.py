@@ -82,7 +82,16 @@ def load_documents(paths: Iterable[str | Path]) -> Iterator[tuple[str, dict]]:
 
 
 def read_yaml_docs(text: str, source: str) -> Iterator[tuple[str, dict]]:
-    """The objects (mappings with a ``kind``) of a multi-document YAML text."""
-    for doc in yaml.safe_load_all(text):
+    """The objects (mappings with a ``kind``) of a multi-document YAML text; a syntax error is one line
+    naming the file, line and column (PyYAML's own message spans five)."""
+    try:
+        docs = list(yaml.safe_load_all(text))
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f"{source}:{mark.line + 1}:{mark.column + 1}" if mark is not None else source
+        problem = " ".join(str(getattr(e, "problem", None) or e).split())
+        context = getattr(e, "context", None)
+        raise RuntimeError(f"{where}: not valid YAML: {problem}" + (f" ({context})" if context else "")) from None
+    for doc in docs:
         if isinstance(doc, dict) and "kind" in doc:
             yield source, doc

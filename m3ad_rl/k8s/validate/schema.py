@@ -101,8 +101,17 @@ def check_schema(doc: dict, schema: dict) -> list[tuple[str, str]]:
             field = err.message.split("'")[1] if "'" in err.message else err.message
             problems.append((dotted([*path, field]), f"required field '{field}' is missing"))
         else:
-            problems.append((dotted(path), err.message))
+            problems.append((dotted(path), plain_message(err)))
     return problems
+
+
+def plain_message(err) -> str:
+    """jsonschema's message, with the cases it words as raw patterns said the way an engineer would."""
+    if err.validator == "pattern" and "numkMGTPE" in str(err.validator_value):  # resource.Quantity
+        return f"{err.instance!r} is not a Kubernetes quantity: write e.g. 500m or 2 (CPUs), 512Mi or 1Gi (bytes)"
+    if err.validator == "pattern":
+        return f"{err.instance!r} does not have the form this field takes (pattern {err.validator_value})"
+    return err.message
 
 
 def check_pod_template(template: dict) -> list[tuple[str, str]]:
@@ -122,5 +131,5 @@ def check_core_object(doc: dict) -> list[tuple[str, str]]:
     except kv.SchemaNotFoundError:
         return []
     except kv.ValidationError as e:
-        return [(dotted(list(e.path)), e.message)]
+        return [(dotted(list(e.path)), plain_message(e))]
     return []

@@ -367,3 +367,14 @@ def test_messages_are_one_readable_line(tmp_path):
     spec_at(doc, f"{ROLLOUT_C0}.resources")["limits"]["cpu"] = "12 cores"
     line = assert_finding(doc, f"{ROLLOUT_C0}.resources.limits.cpu", "not a Kubernetes quantity", "500m")
     assert "[0-9]" not in line, line
+
+
+def test_serve_replicas_larger_than_any_worker():
+    """Issue 21: a deployment asking for more CPUs per replica than any worker has waits forever."""
+    service = yaml.safe_load((MANIFESTS / "base" / "rayservice.rewards.yaml").read_text())
+    assert [f for f in findings(copy.deepcopy(service)) if "largest worker" in f.message] == []
+    config = yaml.safe_load(service["spec"]["serveConfigV2"])
+    config["applications"][0]["deployments"][0]["ray_actor_options"]["num_cpus"] = 64
+    service["spec"]["serveConfigV2"] = yaml.safe_dump(config)
+    path = "spec.serveConfigV2: applications[0].deployments[0].ray_actor_options.num_cpus"
+    print(assert_finding(service, path, "64 CPUs per replica", "largest worker"))

@@ -225,9 +225,43 @@ def check_rayservice(spec: dict) -> list[tuple[str, str]]:
     text = spec.get("serveConfigV2")
     if text is None:
         return [*problems, ("spec.serveConfigV2", "required for this project's RayService")]
-    return problems + [
-        (f"spec.serveConfigV2: {p}" if p else "spec.serveConfigV2", m) for p, m in check_serve_config(text)
-    ]
+    problems += [(f"spec.serveConfigV2: {p}" if p else "spec.serveConfigV2", m) for p, m in check_serve_config(text)]
+    return problems + check_serve_fits(text, spec.get("rayClusterConfig") or {})
+
+
+def _worker_cpus(group: dict) -> float | None:
+    """The CPUs Ray gives a worker of ``group``: rayStartParams num-cpus, else the container's limit."""
+    from m3ad_rl.k8s.validate.quantity import parse_quantity
+
+    value = (group.get("rayStartParams") or {}).get("num-cpus")
+    if value is None:
+        cs = ((group.get("template") or {}).get("spec") or {}).get("containers") or [{}]
+        res = (cs[0] or {}).get("resources") or {}
+        value = (res.get("limits") or {}).get("cpu", (res.get("requests") or {}).get("cpu"))
+    q = parse_quantity(value)
+    return float(q) if q is not None else None
+
+
+def check_serve_fits(text: str, cluster: dict) -> list[tuple[str, str]]:
+    """Every deployment's replica fits on some worker: ``ray_actor_options.num_cpus`` (default 1) no more
+    than the largest worker's CPUs, else Serve waits for a node that never comes."""
+    try:
+        data = yaml.safe_load(text) or {}
+    except yaml.YAMLError:
+        return []  # check_serve_config says so
+    sizes = [c for g in cluster.get("workerGroupSpecs") or [] if isinstance(g, dict) for c in [_worker_cpus(g)]]
+    if not sizes or any(c is None for c in sizes):
+        return []
+    largest, problems = max(sizes), []
+    for i, app in enumerate(data.get("applications") or []):
+        for j, dep in enumerate((app or {}).get("deployments") or []):
+            opts = (dep or {}).get("ray_actor_options") or {}
+            need = opts.get("num_cpus", 1)
+            if isinstance(need, int | float) and need > largest:
+                where = f"spec.serveConfigV2: applications[{i}].deployments[{j}].ray_actor_options.num_cpus"
+                fix = f"ask for at most {largest:g} or give a worker group more CPUs"
+                problems.append((where, f"{need:g} CPUs per replica, but the largest worker has {largest:g}: {fix}"))
+    return problems
 
 
 def check_serve_config(text: str) -> list[tuple[str, str]]:

@@ -70,7 +70,7 @@ def _findings(docs: list[dict], source: str) -> list[str]:
 
 
 OVERLAY_CASES = [("dev", ()), ("gpu", ()), ("gpu", ("kueue",)), ("dev", ("pipeline-runner",)),
-                 ("gpu", ("kueue", "pipeline-runner"))]  # fmt: skip
+                 ("gpu", ("pipeline-runner", "kueue"))]  # fmt: skip
 
 
 @needs_crds
@@ -87,8 +87,14 @@ def test_overlay_passes_validation(overlay, components):
     assert found == []
     jobs = [d for d in docs if d["kind"] == "RayJob"]
     if "kueue" in components:
-        assert all(j["metadata"]["labels"]["kueue.x-k8s.io/queue-name"] == "m3ad-gpu" for j in jobs)
+        # issue 21: labelled up front, Kueue admitted every stage at once (eval beside SFT, before a model
+        # existed); now no stage is labelled and the runner labels each when its turn comes
+        assert not any("kueue.x-k8s.io/queue-name" in j["metadata"].get("labels", {}) for j in jobs)
         assert any(d["kind"] == "LocalQueue" and d["metadata"]["namespace"] == "m3ad" for d in docs)
+        if "pipeline-runner" in components:
+            runner = next(d for d in docs if d["kind"] == "Job" and d["metadata"]["name"] == "m3ad-pipeline")
+            args = runner["spec"]["template"]["spec"]["containers"][0]["args"]
+            assert args[args.index("--queue") + 1] == "m3ad-gpu", args
     if "pipeline-runner" in components:
         runner = next(d for d in docs if d["kind"] == "Job" and d["metadata"]["name"] == "m3ad-pipeline")
         args = runner["spec"]["template"]["spec"]["containers"][0]["args"]

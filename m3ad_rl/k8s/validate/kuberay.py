@@ -249,7 +249,7 @@ def check_serve_fits(text: str, cluster: dict) -> list[tuple[str, str]]:
         data = yaml.safe_load(text) or {}
     except yaml.YAMLError:
         return []  # check_serve_config says so
-    sizes = [c for g in cluster.get("workerGroupSpecs") or [] if isinstance(g, dict) for c in [_worker_cpus(g)]]
+    sizes = [_worker_cpus(g) for g in cluster.get("workerGroupSpecs") or [] if isinstance(g, dict)]
     if not sizes or any(c is None for c in sizes):
         return []
     largest, problems = max(sizes), []

@@ -23,7 +23,7 @@ HOSTNAME = "kubernetes.io/hostname"
 @dataclass
 class _Node:
     free: float
-    labels: list[dict] = field(default_factory=list)  # the labels of the pods placed here
+    pods: list[_GpuPod] = field(default_factory=list)  # the pods placed here
 
 
 @dataclass(frozen=True)
@@ -87,14 +87,14 @@ def gpu_pods(doc: dict) -> list[_GpuPod]:
 def _fits(node: _Node, p: _GpuPod, nodes: list[_Node]) -> bool:
     if node.free < p.gpus:
         return False
-    if any(_matches(s, other) for s in p.anti for other in node.labels):
+    if any(_matches(s, other.labels) for s in p.anti for other in node.pods):
         return False
     # symmetry: a pod already here whose anti-affinity selects the newcomer keeps it out
-    if any(_matches(s, p.labels) for other in node.labels for s in other.get("__anti__", ())):
+    if any(_matches(s, p.labels) for other in node.pods for s in other.anti):
         return False
     for s in p.affinity:
-        anywhere = any(_matches(s, other) for n in nodes for other in n.labels)
-        here = any(_matches(s, other) for other in node.labels)
+        anywhere = any(_matches(s, other.labels) for n in nodes for other in n.pods)
+        here = any(_matches(s, other.labels) for other in node.pods)
         # the first pod of a self-affine set may go anywhere (the scheduler's own exception)
         if not here and (anywhere or not _matches(s, p.labels)):
             return False
@@ -110,7 +110,7 @@ def replay(order: list[_GpuPod], node_gpus: float, n_nodes: int) -> _GpuPod | No
             return p
         best = max(fit, key=lambda n: n.free)  # LeastAllocated: the emptiest node wins (first on a tie)
         best.free -= p.gpus
-        best.labels.append({**p.labels, "__anti__": p.anti})
+        best.pods.append(p)
     return None
 
 

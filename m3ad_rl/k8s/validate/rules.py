@@ -20,7 +20,7 @@ SECCOMP_OK = ("RuntimeDefault", "Localhost")
 
 def check_pod(pod: Pod) -> list[tuple[str, str]]:
     """Every rule for one pod template and its containers."""
-    problems = check_pod_security(pod) + check_volume_mounts(pod)
+    problems = check_pod_security(pod) + check_pod_wiring(pod) + check_volume_mounts(pod)
     for cpath, c in containers(pod.template):
         where = f"{pod.path}.{cpath}"
         ray_container = pod.runs_ray and cpath == "spec.containers[0]"
@@ -163,6 +163,20 @@ def check_pod_security(pod: Pod) -> list[tuple[str, str]]:
         if isinstance(ctx, dict) and ctx.get("runAsUser") == 0:
             fix = "run as the image's user (runAsUser: 1000, runAsNonRoot: true); Pod Security restricted refuses root"
             problems.append((f"{ctx_path}.runAsUser", f"runAsUser: 0 is root: {fix}"))
+    for key in ("hostNetwork", "hostPID", "hostIPC"):
+        if spec.get(key):
+            problems.append((f"{pod.path}.spec.{key}", f"{key}: true shares the node's namespace: remove it"))
+    for i, vol in enumerate(spec.get("volumes") or []):
+        if isinstance(vol, dict) and "hostPath" in vol:
+            fix = "use an emptyDir, a PersistentVolumeClaim or object storage"
+            problems.append((f"{pod.path}.spec.volumes[{i}].hostPath", f"hostPath exposes the node's files: {fix}"))
+    return problems + _check_token(pod)
+
+
+def check_pod_wiring(pod: Pod) -> list[tuple[str, str]]:
+    """What makes a pod unreachable or unqueued: the Kueue label on the pod instead of its owner,
+    duplicated port names, a head dashboard bound to loopback."""
+    problems = []
     labels = (pod.template.get("metadata") or {}).get("labels") or {}
     if "kueue.x-k8s.io/queue-name" in labels:
         fix = "put kueue.x-k8s.io/queue-name on the RayJob's (or RayCluster's) metadata.labels instead"
@@ -180,14 +194,7 @@ def check_pod_security(pod: Pod) -> list[tuple[str, str]]:
             problems.append(
                 (f"{pod.group_path}.rayStartParams.dashboard-host", f"{host!r} is loopback only: {why}; write 0.0.0.0")
             )
-    for key in ("hostNetwork", "hostPID", "hostIPC"):
-        if spec.get(key):
-            problems.append((f"{pod.path}.spec.{key}", f"{key}: true shares the node's namespace: remove it"))
-    for i, vol in enumerate(spec.get("volumes") or []):
-        if isinstance(vol, dict) and "hostPath" in vol:
-            fix = "use an emptyDir, a PersistentVolumeClaim or object storage"
-            problems.append((f"{pod.path}.spec.volumes[{i}].hostPath", f"hostPath exposes the node's files: {fix}"))
-    return problems + _check_token(pod)
+    return problems
 
 
 def _check_token(pod: Pod) -> list[tuple[str, str]]:

@@ -309,6 +309,11 @@ def test_the_placement_replay():
     # anti-affinity alone is symmetric but does not pack: rollouts spread, train stranded
     anti_only = [_GpuPod("r", "rollout", 1, dict(sel), (), ())] * 4 + [_GpuPod("t", "train", 8, {}, (), (sel,))]
     assert replay(anti_only, 8, 2).name == "train"
+    # anti-affinity is symmetric: a pod already on the node keeps out the pods it selects, room or not
+    assert (
+        replay([_GpuPod("t", "train", 8, {}, (), (sel,)), _GpuPod("r", "rollout", 1, dict(sel), (), ())], 16, 1).name
+        == "rollout"
+    )
     # a third pod set too big for what is left is stranded whatever the affinity
     assert replay([*packed, _GpuPod("x", "x", 8, {}, (), ())], 8, 2).name == "x"
 

@@ -47,7 +47,26 @@ def add_k8s_commands(sub) -> None:
     p.add_argument("--queue", help="hand each stage to this Kueue LocalQueue instead of resuming it")
     p.add_argument("--server", help="API server URL (default: in-cluster, else the kubeconfig's)")
     p.add_argument("--token", help="bearer token (default: the service account's or the kubeconfig's)")
-    p.add_argument("--kubeconfig", help="default: $KUBECONFIG or ~/.kube/config")
+    p.add_argument("--kubeconfig", help="default: $KUBECONFIG or ~/.kube/config (exec plugins work)")
+    p.add_argument(
+        "--record",
+        default="m3ad-pipeline-record",
+        help="ConfigMap that records finished stages, so a deleted or re-applied one is not re-run ('' for none)",
+    )
+    p.add_argument("--rerun", default="", help="stages to run again although recorded as succeeded (comma list)")
+    p.add_argument(
+        "--admission-timeout",
+        type=float,
+        default=7200.0,
+        help="fail a stage still suspended (not admitted by Kueue) after this many seconds (0: never)",
+    )
+    p.add_argument(
+        "--pod-grace",
+        type=float,
+        default=600.0,
+        help="fail a stage whose pods cannot start (image pull, missing Secret) for this many seconds",
+    )
+    p.add_argument("--log-every", type=float, default=600.0, help="a progress line at least this often (seconds)")
     p.set_defaults(func=cmd_k8s_pipeline)
 
 
@@ -125,8 +144,14 @@ def cmd_k8s_validate(args: argparse.Namespace) -> int:
 def cmd_k8s_pipeline(args: argparse.Namespace) -> int:
     from m3ad_rl.k8s.pipeline import main as pipeline
 
-    jobs = [j.strip() for j in args.jobs.split(",") if j.strip()]
-    return pipeline(args.namespace, jobs, args.poll, args.timeout, args.queue, args.server, args.token, args.kubeconfig)
+    def names(text: str) -> list[str]:
+        return [j.strip() for j in text.split(",") if j.strip()]
+
+    return pipeline(
+        args.namespace, names(args.jobs), args.poll, args.timeout, args.queue, args.server, args.token,
+        args.kubeconfig, record=args.record or None, rerun=names(args.rerun),
+        admission_timeout=args.admission_timeout or None, pod_grace=args.pod_grace, log_every=args.log_every,
+    )  # fmt: skip
 
 
 def cmd_cluster_up(args: argparse.Namespace) -> int:

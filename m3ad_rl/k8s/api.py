@@ -1,170 +1,199 @@
-"""Just enough of the Kubernetes REST API for RayJobs: GET and merge-PATCH of
-``/apis/ray.io/v1/namespaces/{ns}/rayjobs/{name}`` over HTTPS with httpx, no client library.
+"""The Kubernetes calls the stage runner makes, through the official client (``kubernetes``).
 
-Credentials come from the pod's service account when running in a cluster, else from the current
-context of ``$KUBECONFIG`` / ``~/.kube/config`` (a token or a client certificate; exec plugins are
-not run: pass ``--token`` for those clusters).
+Credentials are found the way kubectl finds them: the pod's service account inside a cluster (its
+token re-read as it rotates), else the current context of ``$KUBECONFIG`` / ``~/.kube/config`` with
+everything kubectl supports there (client certificates, tokens, and ``exec`` plugins such as
+``aws eks get-token``, ``gke-gcloud-auth-plugin`` or ``kubelogin``, whose short-lived tokens are
+fetched again before they expire). A 401 re-runs the authentication once, so a token that expired
+anyway is replaced rather than ending a multi-day pipeline.
 """
 
 from __future__ import annotations
 
-import base64
 import os
-import ssl
-import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
+from typing import Any
 
-import yaml
-
-SERVICE_ACCOUNT = Path("/var/run/secrets/kubernetes.io/serviceaccount")
-RAYJOB_PATH = "/apis/ray.io/v1/namespaces/{ns}/rayjobs/{name}"
+GROUP, VERSION, PLURAL = "ray.io", "v1", "rayjobs"
 MERGE_PATCH = "application/merge-patch+json"
+SERVICE_ACCOUNT_NAMESPACE = "/var/run/secrets/kubernetes.io/serviceaccount/namespace"
 
 
 class KubeError(RuntimeError):
     """The API server said no (or could not be reached); the message says what to do. ``transient``
     errors (no connection, 429, 5xx) are worth another try."""
 
-    def __init__(self, message: str, transient: bool = False) -> None:
+    def __init__(self, message: str, transient: bool = False, status: int | None = None) -> None:
         super().__init__(message)
-        self.transient = transient
+        self.transient, self.status = transient, status
 
 
 @dataclass
 class Connection:
-    """Where the API server is and how to authenticate to it."""
+    """How to build an API client (again, after a 401), the default namespace, and where it came from."""
 
-    server: str
-    token: Callable[[], str | None] = lambda: None  # read per request: mounted tokens rotate
-    ca_file: str | None = None
-    ca_data: str | None = None  # PEM
-    cert: tuple[str, str] | None = None  # client certificate and key files
-    insecure: bool = False
-    namespace: str | None = None
-
-    def ssl_context(self) -> ssl.SSLContext | bool:
-        """What httpx's ``verify`` gets: a context with the cluster's CA and client certificate."""
-        if self.insecure:
-            return False
-        ctx = ssl.create_default_context(cafile=self.ca_file, cadata=self.ca_data)
-        if self.cert:
-            ctx.load_cert_chain(*self.cert)
-        return ctx
+    make_client: Callable[[], Any]
+    namespace: str | None
+    where: str
 
 
-def in_cluster() -> Connection | None:
-    """The pod's service account, when running inside a cluster."""
-    host, port = os.environ.get("KUBERNETES_SERVICE_HOST"), os.environ.get("KUBERNETES_SERVICE_PORT", "443")
-    token = SERVICE_ACCOUNT / "token"
-    if not host or not token.exists():
+def connect(server: str | None = None, token: str | None = None, kubeconfig: str | None = None) -> Connection:
+    """``--server``/``--token`` if given, else the pod's service account, else the kubeconfig's
+    current context. KubeError (one line) when none of them works."""
+    from kubernetes import client, config
+    from kubernetes.config.config_exception import ConfigException
+
+    def configured(setup: Callable[[Any], None]) -> Callable[[], Any]:
+        def make() -> Any:
+            cfg = client.Configuration()
+            try:
+                setup(cfg)
+            except (ConfigException, OSError, ValueError, KeyError, TypeError) as e:
+                raise KubeError(f"cannot load Kubernetes credentials: {' '.join(str(e).split())}") from None
+            if token:
+                cfg.api_key = {"BearerToken": f"Bearer {token}"}
+                cfg.refresh_api_key_hook = None
+            return client.ApiClient(cfg)
+
+        return make
+
+    if server:
+
+        def plain(cfg: Any) -> None:
+            cfg.host = server.rstrip("/")
+
+        return Connection(configured(plain), None, f"--server {server}")
+    if os.environ.get("KUBERNETES_SERVICE_HOST"):
+        make = configured(lambda cfg: config.load_incluster_config(client_configuration=cfg, try_refresh_token=True))
+        return Connection(make, _pod_namespace(), "the pod's service account")
+    path = kubeconfig or os.environ.get("KUBECONFIG", "").split(os.pathsep)[0] or os.path.expanduser("~/.kube/config")
+    if not os.path.exists(path):
+        raise KubeError(f"no kubeconfig at {path}: set KUBECONFIG, pass --kubeconfig, or --server and --token")
+    try:
+        _, active = config.list_kube_config_contexts(config_file=path)
+    except (ConfigException, OSError, ValueError) as e:
+        raise KubeError(f"{path}: not a usable kubeconfig: {' '.join(str(e).split())}") from None
+    make = configured(lambda cfg: config.load_kube_config(config_file=path, client_configuration=cfg))
+    namespace = (active.get("context") or {}).get("namespace")
+    return Connection(make, namespace, f"{path} (context {active.get('name')!r})")
+
+
+def _pod_namespace() -> str | None:
+    """The pod's namespace, from its service account mount."""
+    try:
+        with open(SERVICE_ACCOUNT_NAMESPACE) as f:
+            return f.read().strip() or None
+    except OSError:
         return None
-    namespace = (
-        (SERVICE_ACCOUNT / "namespace").read_text().strip() if (SERVICE_ACCOUNT / "namespace").exists() else None
-    )
-    host = f"[{host}]" if ":" in host else host
-    return Connection(
-        f"https://{host}:{port}",
-        lambda: token.read_text().strip(),
-        str(SERVICE_ACCOUNT / "ca.crt"),
-        namespace=namespace,
-    )
 
 
-def from_kubeconfig(path: str | Path | None = None) -> Connection:
-    """The current context of a kubeconfig: its server, CA, token or client certificate, namespace."""
-    path = Path(path or os.environ.get("KUBECONFIG", "").split(os.pathsep)[0] or Path.home() / ".kube" / "config")
-    if not path.exists():
-        raise KubeError(f"no kubeconfig at {path}: pass --server and --token, or set KUBECONFIG")
-    cfg = yaml.safe_load(path.read_text()) or {}
-    ctx = _named(cfg, "contexts", cfg.get("current-context"), path)
-    cluster = _named(cfg, "clusters", ctx.get("cluster"), path)
-    user = _named(cfg, "users", ctx.get("user"), path) if ctx.get("user") else {}
-    if "exec" in user or "auth-provider" in user:
-        why = f"kubeconfig user {ctx.get('user')!r} gets its token from a plugin, which this client does not run"
-        raise KubeError(f'{why}: pass --token (e.g. --token "$(kubectl create token NAME)")')
-    base = path.parent
-    token = user.get("token") or (_file(base, user["tokenFile"]).read_text().strip() if user.get("tokenFile") else None)
-    cert = None
-    if user.get("client-certificate") or user.get("client-certificate-data"):
-        cert = (_pem(base, user, "client-certificate"), _pem(base, user, "client-key"))
-    return Connection(
-        server=cluster["server"].rstrip("/"),
-        token=lambda: token,
-        ca_file=str(_file(base, cluster["certificate-authority"])) if cluster.get("certificate-authority") else None,
-        ca_data=_b64(cluster["certificate-authority-data"]) if cluster.get("certificate-authority-data") else None,
-        cert=cert,
-        insecure=bool(cluster.get("insecure-skip-tls-verify")),
-        namespace=ctx.get("namespace"),
-    )
+class Kube:
+    """The runner's calls: RayJobs (get, merge-patch), pods (list), one ConfigMap (get, create, patch).
+    Objects come back as plain dicts in the API's own spelling (``metadata.labels``, ``status.jobStatus``)."""
 
+    def __init__(self, conn: Connection) -> None:
+        self.conn = conn
+        self._client = conn.make_client()
 
-def _named(cfg: dict, section: str, name: str | None, path: Path) -> dict:
-    for item in cfg.get(section) or []:
-        if item.get("name") == name:
-            return item.get(section.removesuffix("s")) or {}
-    raise KubeError(
-        f"{path}: no {section.removesuffix('s')} named {name!r} (current-context is {cfg.get('current-context')!r})"
-    )
-
-
-def _file(base: Path, name: str) -> Path:
-    return Path(name) if Path(name).is_absolute() else base / name
-
-
-def _b64(data: str) -> str:
-    return base64.b64decode(data).decode()
-
-
-def _pem(base: Path, user: dict, key: str) -> str:
-    """A client certificate or key as a file (ssl loads them from files only)."""
-    if user.get(key):
-        return str(_file(base, user[key]))
-    fd, name = tempfile.mkstemp(prefix="m3ad-kube-", suffix=".pem")  # 0600
-    with os.fdopen(fd, "w") as f:
-        f.write(_b64(user[f"{key}-data"]))
-    return name
-
-
-class RayJobs:
-    """GET and merge-PATCH of RayJobs in one namespace."""
-
-    def __init__(self, conn: Connection, timeout: float = 30.0) -> None:
-        import httpx
-
-        def bearer(request: httpx.Request) -> None:
-            if token := conn.token():
-                request.headers["Authorization"] = f"Bearer {token}"
-
-        verify = conn.ssl_context() if conn.server.startswith("https") else False
-        self._http = httpx.Client(
-            base_url=conn.server, verify=verify, timeout=timeout, event_hooks={"request": [bearer]}
+    def get_rayjob(self, namespace: str, name: str) -> dict | None:
+        """The RayJob, or None when there is none by that name."""
+        return self._call(
+            f"GET RayJob {namespace}/{name}",
+            lambda c: c.CustomObjectsApi(self._client).get_namespaced_custom_object(
+                GROUP, VERSION, namespace, PLURAL, name
+            ),
+            missing_ok=True,
         )
 
-    def get(self, namespace: str, name: str) -> dict:
-        return self._call("GET", namespace, name)
-
-    def patch(self, namespace: str, name: str, body: dict) -> dict:
+    def patch_rayjob(self, namespace: str, name: str, body: dict) -> dict:
         """A JSON merge patch (RFC 7386): only the fields in ``body`` change."""
-        return self._call("PATCH", namespace, name, body)
+        return self._call(
+            f"PATCH RayJob {namespace}/{name}",
+            lambda c: c.CustomObjectsApi(self._client).patch_namespaced_custom_object(
+                GROUP, VERSION, namespace, PLURAL, name, body, _content_type=MERGE_PATCH
+            ),
+        )
 
-    def _call(self, method: str, namespace: str, name: str, body: dict | None = None) -> dict:
-        import httpx
+    def list_pods(self, namespace: str, selector: str) -> list[dict]:
+        out = self._call(
+            f"list pods {selector} in {namespace}",
+            lambda c: c.CoreV1Api(self._client).list_namespaced_pod(namespace, label_selector=selector),
+        )
+        return list((out or {}).get("items") or [])
 
-        url = RAYJOB_PATH.format(ns=namespace, name=name)
-        headers = {"Content-Type": MERGE_PATCH} if body is not None else {}
-        try:
-            res = self._http.request(method, url, json=body, headers=headers)
-        except httpx.TransportError as e:
-            raise KubeError(f"cannot reach the API server {self._http.base_url}: {e}", transient=True) from e
-        if res.status_code == 404:
-            raise KubeError(f"RayJob {namespace}/{name} not found: apply the manifests first (kubectl apply -k ...)")
-        if res.status_code >= 400:
+    def get_configmap(self, namespace: str, name: str) -> dict | None:
+        return self._call(
+            f"GET ConfigMap {namespace}/{name}",
+            lambda c: c.CoreV1Api(self._client).read_namespaced_config_map(name, namespace),
+            missing_ok=True,
+        )
+
+    def put_configmap_data(self, namespace: str, name: str, data: dict[str, str], labels: dict[str, str]) -> None:
+        """Merge ``data`` into the ConfigMap, creating it first when it does not exist."""
+        from kubernetes import client
+
+        def create(c: Any) -> Any:
+            meta = client.V1ObjectMeta(name=name, labels=labels)
+            return c.CoreV1Api(self._client).create_namespaced_config_map(
+                namespace, client.V1ConfigMap(metadata=meta, data=data)
+            )
+
+        if self.get_configmap(namespace, name) is None:
             try:
-                why = res.json().get("message") or res.text
-            except ValueError:
-                why = res.text
-            transient = res.status_code == 429 or res.status_code >= 500
-            raise KubeError(f"{method} RayJob {namespace}/{name}: HTTP {res.status_code}: {why.strip()}", transient)
-        return res.json()
+                self._call(f"create ConfigMap {namespace}/{name}", create)
+                return
+            except KubeError as e:
+                if e.status != 409:  # 409: someone created it meanwhile, so patch it below
+                    raise
+        self._call(
+            f"PATCH ConfigMap {namespace}/{name}",
+            lambda c: c.CoreV1Api(self._client).patch_namespaced_config_map(
+                name, namespace, {"data": data}, _content_type=MERGE_PATCH
+            ),
+        )
+
+    def _call(self, what: str, call: Callable[[Any], Any], missing_ok: bool = False) -> Any:
+        """One request; a 401 rebuilds the client (re-running the credential plugin) and tries once more."""
+        import urllib3
+        from kubernetes import client
+        from kubernetes.client.exceptions import ApiException
+
+        for attempt in (0, 1):
+            try:
+                return self._plain(call(client))
+            except ApiException as e:
+                if e.status == 404 and missing_ok:
+                    return None
+                if e.status == 401 and attempt == 0:
+                    self._client = self.conn.make_client()
+                    continue
+                raise _api_error(what, e, self.conn.where) from None
+            except (urllib3.exceptions.HTTPError, OSError) as e:  # no connection, TLS, a cut response
+                host = getattr(self._client.configuration, "host", "?")
+                raise KubeError(f"{what}: cannot reach the API server {host}: {_one_line(e)}", transient=True) from None
+        raise AssertionError("unreachable")
+
+    def _plain(self, obj: Any) -> Any:
+        """Typed models (V1Pod...) as dicts in the API's spelling; custom objects are dicts already."""
+        return self._client.sanitize_for_serialization(obj) if not isinstance(obj, dict | list) else obj
+
+
+def _api_error(what: str, e: Any, where: str) -> KubeError:
+    import json
+
+    try:
+        why = json.loads(e.body or "{}").get("message") or e.reason
+    except (ValueError, AttributeError):
+        why = e.reason or str(e.body)
+    status = e.status or 0
+    if status == 401:
+        why = f"{why}: the credentials from {where} were refused (expired token? run `kubectl auth whoami`)"
+    elif status == 403:
+        why = f"{why}: give the runner's account this permission (manifests/components/pipeline-runner/rbac.yaml)"
+    transient = status == 429 or status >= 500
+    return KubeError(f"{what}: HTTP {status}: {_one_line(why)}", transient=transient, status=status)
+
+
+def _one_line(x: object) -> str:
+    return " ".join(str(x).split())

@@ -383,3 +383,209 @@ def test_serve_replicas_larger_than_any_worker():
     service["spec"]["serveConfigV2"] = yaml.safe_dump(config)
     path = "spec.serveConfigV2: applications[0].deployments[0].ray_actor_options.num_cpus"
     print(assert_finding(service, path, "64 CPUs per replica", "largest worker"))
+
+
+# --- KubeRay's own rejections (kuberay.py) --------------------------------------------------------
+
+HEAD_ENV = f"{HEAD}.containers[0].env"
+
+
+def test_autoscaler_v2_env_with_autoscaling_off():
+    doc = rcrl()
+    spec_at(doc, f"{HEAD}.containers[0]").setdefault("env", []).append(
+        {"name": "RAY_enable_autoscaler_v2", "value": "1"}
+    )
+    i = len(spec_at(doc, HEAD_ENV)) - 1
+    print(assert_finding(doc, f"{HEAD_ENV}[{i}]", "enableInTreeAutoscaling off", "autoscalerOptions.version: v2"))
+
+
+def test_autoscaler_v2_env_beside_autoscaler_options_version():
+    doc = copy.deepcopy(CLUSTER)
+    head = doc["spec"]["headGroupSpec"]["template"]["spec"]["containers"][0]
+    head.setdefault("env", []).append({"name": "RAY_enable_autoscaler_v2", "value": "1"})
+    path = f"spec.headGroupSpec.template.spec.containers[0].env[{len(head['env']) - 1}]"
+    print(assert_finding(doc, path, "autoscalerOptions.version", "remove the variable"))
+
+
+def test_deletion_rules_with_shutdown_after_job_finishes():
+    doc = rcrl()
+    assert doc["spec"]["shutdownAfterJobFinishes"] is True
+    doc["spec"]["deletionStrategy"] = {
+        "deletionRules": [{"policy": "DeleteCluster", "condition": {"jobStatus": "SUCCEEDED", "ttlSeconds": 60}}]
+    }
+    print(
+        assert_finding(
+            doc, "spec.deletionStrategy.deletionRules", "mutually exclusive", "drop shutdownAfterJobFinishes"
+        )
+    )
+    doc["spec"]["deletionStrategy"] = {"onSuccess": {"policy": "DeleteCluster"}}  # the legacy pair, half of it
+    print(assert_finding(doc, "spec.deletionStrategy", "both onSuccess and onFailure"))
+
+
+def test_the_autoscaler_sidecar_is_held_to_pod_security():
+    """KubeRay adds the autoscaler container to the head from autoscalerOptions: Pod Security sees it."""
+    doc = copy.deepcopy(CLUSTER)
+    del doc["spec"]["autoscalerOptions"]["securityContext"]
+    print(assert_finding(doc, "spec.autoscalerOptions.securityContext.allowPrivilegeEscalation", "autoscaler sidecar"))
+    assert_finding(doc, "spec.autoscalerOptions.securityContext.capabilities.drop", "autoscaler sidecar", "drop: [ALL]")
+
+
+# --- across the documents of a render (crossrefs.py, kueue.py) ------------------------------------
+
+
+def set_findings(docs: list[dict], strict: bool = False) -> list[kv.Finding]:
+    return kv.check_document_sets([("overlay (kustomize)", d) for d in docs], strict)
+
+
+def assert_set_finding(docs: list[dict], path: str, *words: str, strict: bool = False) -> str:
+    found = set_findings(docs, strict)
+    hits = [f for f in found if f.path == path and all(w in f.message for w in words)]
+    assert hits, f"no finding at {path} with {words}; got:\n" + "\n".join(map(str, found))
+    return str(hits[0])
+
+
+def test_a_service_account_no_manifest_defines():
+    doc = rcrl()
+    spec_at(doc, f"{ROLLOUT}.template.spec")["serviceAccountName"] = "m3ad-traner"
+    print(assert_set_finding([doc], f"{ROLLOUT}.template.spec.serviceAccountName", "'m3ad-traner'", "ServiceAccount"))
+    account = {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": "m3ad-traner"}}
+    assert [f for f in set_findings([doc, account]) if f.check == "references"] == []
+
+
+def test_an_overlay_whose_images_miss_the_submitter():
+    """Issue 21: `images:` rewrote the Ray images to a registry but not the submitter's."""
+    doc = rcrl()
+    for pod in kv.pods(doc):
+        for _, c in kv.containers(pod.template):
+            if pod.role != "submitter":
+                c["image"] = "ghcr.io/acme/" + c["image"]
+    assert spec_at(doc, "spec.submitterPodTemplate.spec.containers[0]")["image"].startswith("m3ad-rl-submitter:")
+    path = "spec.submitterPodTemplate.spec.containers[0].image"
+    print(assert_set_finding([doc], path, "no registry", "- name: m3ad-rl-submitter", "images:"))
+    spec_at(doc, "spec.submitterPodTemplate.spec.containers[0]")["image"] = "ghcr.io/acme/m3ad-rl-submitter:0.1.0"
+    assert [f for f in set_findings([doc]) if f.check == "images"] == []
+
+
+KUEUE = MANIFESTS / "components" / "kueue"
+
+
+def kueue_objects() -> tuple[dict, dict, dict]:
+    """(ResourceFlavor, ClusterQueue, LocalQueue) as shipped."""
+    flavor = yaml.safe_load((KUEUE / "cluster" / "resourceflavor.yaml").read_text())
+    cq = yaml.safe_load((KUEUE / "cluster" / "clusterqueue.yaml").read_text())
+    return flavor, cq, yaml.safe_load((KUEUE / "localqueue.yaml").read_text())
+
+
+def queued_rcrl(queue: str = "m3ad-gpu") -> dict:
+    doc = rcrl()
+    doc["metadata"].setdefault("labels", {})["kueue.x-k8s.io/queue-name"] = queue
+    return doc
+
+
+def test_the_shipped_kueue_objects_and_a_queued_rcrl_job_are_clean():
+    docs = [*kueue_objects(), queued_rcrl()]
+    assert [f for d in docs for f in findings(d) if f.check.startswith("kueue")] == []
+    assert set_findings(docs, strict=True) == []
+
+
+def test_kueue_schema_mistakes():
+    flavor, cq, lq = kueue_objects()
+    resources = cq["spec"]["resourceGroups"][0]["flavors"][0]["resources"]
+    resources[0]["nominalquota"] = resources[0].pop("nominalQuota")
+    print(
+        assert_finding(cq, "spec.resourceGroups[0].flavors[0].resources[0].nominalquota", "did you mean 'nominalQuota'")
+    )
+    _, cq, _ = kueue_objects()
+    cq["spec"]["resourceGroups"][0]["flavors"][0]["resources"].pop()  # ephemeral-storage gone from the flavor
+    print(assert_finding(cq, "spec.resourceGroups[0].flavors[0].resources", "coveredResources", "same order"))
+    _, cq, _ = kueue_objects()
+    cq["spec"]["queueingStrategy"] = "FIFO"
+    assert_finding(cq, "spec.queueingStrategy", "StrictFIFO")
+    lq["spec"] = {"clusterqueue": "m3ad-gpu"}
+    assert_finding(lq, "spec.clusterqueue", "did you mean 'clusterQueue'")
+    assert_finding(lq, "spec.clusterQueue", "required")
+    flavor["apiVersion"] = "kueue.x-k8s.io/v1alpha1"
+    assert_finding(flavor, "apiVersion", "kueue.x-k8s.io/v1beta2")
+
+
+def test_kueue_references_that_lead_nowhere():
+    flavor, cq, lq = kueue_objects()
+    lq["spec"]["clusterQueue"] = "m3ad-gpus"
+    print(assert_set_finding([flavor, cq, lq], "spec.clusterQueue", "no ClusterQueue named 'm3ad-gpus'"))
+    flavor, cq, lq = kueue_objects()
+    cq["spec"]["resourceGroups"][0]["flavors"][0]["name"] = "h100"
+    print(
+        assert_set_finding([flavor, cq, lq], "spec.resourceGroups[0].flavors[0].name", "no ResourceFlavor named 'h100'")
+    )
+    flavor, cq, lq = kueue_objects()
+    print(assert_set_finding([flavor, cq, lq, queued_rcrl("m3ad")], "metadata.labels.kueue.x-k8s.io/queue-name",
+                             "no LocalQueue named 'm3ad'"))  # fmt: skip
+    # the cluster objects are applied apart by an admin: a render without them is not wrong unless --strict
+    assert set_findings([queued_rcrl()]) == []
+    assert_set_finding([queued_rcrl()], "metadata.labels.kueue.x-k8s.io/queue-name", "no LocalQueue", strict=True)
+
+
+def test_a_queued_job_larger_than_the_quota_or_asking_for_an_uncovered_resource():
+    flavor, cq, lq = kueue_objects()
+    gpus = next(r for r in cq["spec"]["resourceGroups"][0]["flavors"][0]["resources"] if r["name"] == "nvidia.com/gpu")
+    gpus["nominalQuota"] = 8  # one 8-GPU node, but RCRL wants 12
+    print(assert_set_finding([flavor, cq, lq, queued_rcrl()], "spec", "12 nvidia.com/gpu", "quota 8", "never admits"))
+    flavor, cq, lq = kueue_objects()
+    doc = queued_rcrl()
+    spec_at(doc, f"{ROLLOUT_C0}.resources")["requests"]["example.com/fpga"] = 1
+    print(assert_set_finding([flavor, cq, lq, doc], "spec", "example.com/fpga", "does not cover it"))
+
+
+def test_what_kueue_refuses_in_a_rayjob_it_manages():
+    flavor, cq, lq = kueue_objects()
+    doc = queued_rcrl()
+    doc["spec"]["shutdownAfterJobFinishes"] = False
+    doc["spec"]["rayClusterSpec"]["enableInTreeAutoscaling"] = True
+    assert_set_finding([flavor, cq, lq, doc], "spec.shutdownAfterJobFinishes", "Kueue", "set it to true")
+    print(assert_set_finding([flavor, cq, lq, doc], "spec.rayClusterSpec.enableInTreeAutoscaling", "autoscaling"))
+
+
+def test_the_runners_queue_counts_as_the_stages_queue():
+    """The pipeline runner's `--queue Q` hands its stages to Q: they are checked as if labelled."""
+    flavor, cq, lq = kueue_objects()
+    runner = yaml.safe_load_all((MANIFESTS / "components" / "pipeline-runner" / "job.yaml").read_text())
+    job = next(d for d in runner if d and d["kind"] == "Job")
+    job["spec"]["template"]["spec"]["containers"][0]["args"] += ["--jobs", "m3ad-rcrl", "--queue", "m3ad-gpus"]
+    print(assert_set_finding([flavor, cq, lq, job, rcrl()], "(the pipeline runner's --queue)", "no LocalQueue named"))
+
+
+# --- what the command line reads ----------------------------------------------------------------
+
+
+@pytest.mark.skipif(kv.load.kustomize_command() is None, reason="kubectl or kustomize renders components")
+def test_components_are_validated_on_their_own(tmp_path, capsys):
+    """Issue 21: a Component no overlay includes was never read; now it is rendered on its own."""
+    import shutil
+
+    from m3ad_rl.cli import main
+
+    assert main(["k8s", "validate", str(MANIFESTS / "components" / "pipeline-runner")]) == 0
+    assert "4 documents checked" in capsys.readouterr().err
+    broken = tmp_path / "pipeline-runner"
+    shutil.copytree(MANIFESTS / "components" / "pipeline-runner", broken)
+    job = broken / "job.yaml"
+    job.write_text(job.read_text().replace("runAsNonRoot: true, allowPrivilegeEscalation: false", "runAsNonRoot: true"))
+    assert main(["k8s", "validate", str(tmp_path)]) == 1
+    assert "Job/m3ad-pipeline: spec.template.spec.containers[0].securityContext.allowPrivilegeEscalation" in (
+        capsys.readouterr().out
+    )
+
+
+def test_a_rendered_stream_on_stdin(monkeypatch, capsys):
+    """`kustomize build overlay | m3ad-rl k8s validate -`: checked as one render."""
+    import io
+
+    from m3ad_rl.cli import main
+    from m3ad_rl.k8s.validate import load
+
+    doc = rcrl()
+    spec_at(doc, f"{ROLLOUT}.template.spec")["serviceAccountName"] = "nobody"
+    monkeypatch.setattr(load, "_STDIN", [])
+    monkeypatch.setattr("sys.stdin", io.StringIO(yaml.safe_dump_all([doc])))
+    assert main(["k8s", "validate", "-"]) == 1
+    assert "<stdin> (kustomize): RayJob/m3ad-rcrl: " in capsys.readouterr().out

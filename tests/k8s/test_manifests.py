@@ -83,6 +83,11 @@ def test_overlay_passes_validation(overlay, components):
     assert kinds.count("RayJob") >= 3 and "RayCluster" in kinds and "RayService" in kinds
     configmaps = kv.configmap_keys(docs)
     found = [str(f) for d in docs for f in kv.validate_document(d, overlay, configmaps=configmaps, strict=True)]
+    cluster = []  # the admin's Kueue objects, so the queue references and the quota are checked too
+    if "kueue" in components:
+        cluster = [d for d in yaml.safe_load_all(kv.render_kustomization(MANIFESTS / "components/kueue/cluster")) if d]
+    sets = [(f"{overlay} (kustomize)", d) for d in docs] + [("kueue/cluster (kustomize)", d) for d in cluster]
+    found += [str(f) for f in kv.check_document_sets(sets, strict="kueue" in components)]
     if _app_builder_missing():
         found = [f for f in found if "app_builder" not in f]
     assert found == []

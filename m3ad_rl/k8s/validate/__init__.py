@@ -33,16 +33,54 @@ from m3ad_rl.k8s.validate.kuberay import (
     pods,
 )
 from m3ad_rl.k8s.validate.load import CRDS_ENV, crd_dir, kustomize_roots, load_documents, render_kustomization
-from m3ad_rl.k8s.validate.main import Finding, main, run, validate_document, validate_paths, yamllint_paths
+from m3ad_rl.k8s.validate.main import (
+    Finding,
+    check_document_sets,
+    main,
+    run,
+    validate_document,
+    validate_paths,
+    yamllint_paths,
+)
 from m3ad_rl.k8s.validate.quantity import parse_quantity
 from m3ad_rl.k8s.validate.rules import check_plain_secrets, check_pod
 from m3ad_rl.k8s.validate.schema import apply_defaults, check_schema, close_schema, crd_schemas, dotted
 
 __all__ = [
-    "CRDS_ENV", "DNS1035", "GPU", "GROUP_VERSION", "LABEL_VALUE", "RAY_VERSION", "Finding", "Pod",
-    "apply_defaults", "check_cluster_spec", "check_config_files", "check_name", "check_plain_secrets",
-    "check_pod", "check_rayjob", "check_rayservice", "check_schema", "check_serve_config", "close_schema",
-    "cluster_specs", "configmap_keys", "containers", "crd_dir", "crd_schemas", "dotted", "kustomize_roots",
-    "load_documents", "main", "parse_quantity", "pods", "render_kustomization", "run", "validate_document",
-    "validate_paths", "yamllint_paths",
+    "CRDS_ENV",
+    "DNS1035",
+    "GPU",
+    "GROUP_VERSION",
+    "LABEL_VALUE",
+    "RAY_VERSION",
+    "Finding",
+    "Pod",
+    "apply_defaults",
+    "check_cluster_spec",
+    "check_config_files",
+    "check_document_sets",
+    "check_name",
+    "check_plain_secrets",
+    "check_pod",
+    "check_rayjob",
+    "check_rayservice",
+    "check_schema",
+    "check_serve_config",
+    "close_schema",
+    "cluster_specs",
+    "configmap_keys",
+    "containers",
+    "crd_dir",
+    "crd_schemas",
+    "dotted",
+    "kustomize_roots",
+    "load_documents",
+    "main",
+    "parse_quantity",
+    "pods",
+    "render_kustomization",
+    "run",
+    "validate_document",
+    "validate_paths",
+    "yamllint_paths",
 ]  # fmt: skip

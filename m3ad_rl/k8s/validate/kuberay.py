@@ -24,6 +24,8 @@ WORKLOADS = {"Deployment", "StatefulSet", "DaemonSet", "ReplicaSet", "Job"}
 DNS1035 = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
 DNS1123_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 DNS1123_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+V2_ENV = "RAY_enable_autoscaler_v2"
+DELETION_POLICIES = ("DeleteCluster", "DeleteWorkers", "DeleteSelf", "DeleteNone")
 LABEL_VALUE = re.compile(r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$")
 
 
@@ -138,6 +140,28 @@ def check_cluster_spec(base: str, cs: dict) -> list[tuple[str, str]]:
             problems.append((f"{path}.template.spec.restartPolicy", "must be Never or unset with autoscaler v2"))
         if where != "headGroupSpec":
             problems += _check_group(path, g, seen, autoscaling)
+    return problems + _check_autoscaler_switches(base, cs, autoscaling)
+
+
+def _check_autoscaler_switches(base: str, cs: dict, autoscaling: bool) -> list[tuple[str, str]]:
+    """The operator's rules for ``RAY_enable_autoscaler_v2`` on the head and ``autoscalerOptions``."""
+    head = ((cs.get("headGroupSpec") or {}).get("template") or {}).get("spec") or {}
+    ray = (head.get("containers") or [{}])[0]
+    env = {e.get("name"): (i, e) for i, e in enumerate(ray.get("env") or []) if isinstance(e, dict)}
+    problems = []
+    if V2_ENV in env:
+        i, var = env[V2_ENV]
+        where = f"{base}.headGroupSpec.template.spec.containers[0].env[{i}]"
+        if not autoscaling and str(var.get("value")) in ("1", "true"):
+            why = "KubeRay rejects the cluster: the autoscaler v2 needs the autoscaler"
+            fix = "set enableInTreeAutoscaling: true with autoscalerOptions.version: v2, or remove the variable"
+            problems.append((where, f"{V2_ENV}={var.get('value')} with enableInTreeAutoscaling off: {why}; {fix}"))
+        elif autoscaling and (cs.get("autoscalerOptions") or {}).get("version"):
+            fix = "remove the variable: autoscalerOptions.version alone selects the autoscaler (KubeRay rejects both)"
+            problems.append((where, f"{V2_ENV} is set and so is autoscalerOptions.version: {fix}"))
+    idle = (cs.get("autoscalerOptions") or {}).get("idleTimeoutSeconds")
+    if isinstance(idle, int) and idle < 0:
+        problems.append((f"{base}.autoscalerOptions.idleTimeoutSeconds", f"{idle} must be >= 0"))
     return problems
 
 
@@ -183,7 +207,7 @@ def check_rayjob(spec: dict) -> list[tuple[str, str]]:
         problems.append(("spec.backoffLimit", "must be >= 0"))
     if mode == "InteractiveMode" and isinstance(backoff, int) and backoff > 0:
         problems.append(("spec.backoffLimit", "InteractiveMode does not support retries"))
-    problems += _check_cluster_choice(spec)
+    problems += _check_cluster_choice(spec) + _check_deletion(spec)
     if mode == "SidecarMode" and (spec.get("submitterPodTemplate") or spec.get("submitterConfig")):
         problems.append(("spec.submitterPodTemplate", "SidecarMode takes no submitter pod or config"))
     if not spec.get("entrypoint") and mode != "InteractiveMode":
@@ -192,6 +216,37 @@ def check_rayjob(spec: dict) -> list[tuple[str, str]]:
         yaml.safe_load(spec.get("runtimeEnvYAML") or "")
     except yaml.YAMLError as e:
         problems.append(("spec.runtimeEnvYAML", f"not valid YAML: {e}"))
+    return problems
+
+
+def _check_deletion(spec: dict) -> list[tuple[str, str]]:
+    """validateDeletionConfiguration: ``deletionStrategy`` rules exclude ``shutdownAfterJobFinishes``
+    and the legacy ``onSuccess``/``onFailure`` pair; the pair comes whole; no DeleteWorkers with the
+    autoscaler or DeleteCluster/DeleteWorkers on a selected cluster."""
+    strategy = spec.get("deletionStrategy")
+    if not isinstance(strategy, dict):
+        return []
+    rules = strategy.get("deletionRules") or []
+    legacy = [k for k in ("onSuccess", "onFailure") if k in strategy]
+    path = "spec.deletionStrategy"
+    if rules and spec.get("shutdownAfterJobFinishes"):
+        why = "KubeRay rejects the RayJob: they are mutually exclusive"
+        fix = "drop shutdownAfterJobFinishes (and ttlSecondsAfterFinished) and say when to delete in the rules"
+        return [(f"{path}.deletionRules", f"deletionRules with shutdownAfterJobFinishes: true: {why}; {fix}")]
+    if rules and legacy:
+        return [(path, "deletionRules and onSuccess/onFailure cannot be used together: keep deletionRules")]
+    if not rules and len(legacy) != 2:
+        return [(path, "needs both onSuccess and onFailure, or deletionRules (KubeRay rejects it otherwise)")]
+    problems = []
+    autoscaling = bool((spec.get("rayClusterSpec") or {}).get("enableInTreeAutoscaling"))
+    for i, rule in enumerate(rules if isinstance(rules, list) else []):
+        policy = (rule or {}).get("policy") if isinstance(rule, dict) else None
+        if policy == "DeleteWorkers" and autoscaling:
+            why = "KubeRay cannot delete the workers of an autoscaling cluster"
+            problems.append((f"{path}.deletionRules[{i}].policy", f"DeleteWorkers with the autoscaler on: {why}"))
+        if policy in ("DeleteCluster", "DeleteWorkers") and spec.get("clusterSelector"):
+            why = "the cluster is not the RayJob's to delete"
+            problems.append((f"{path}.deletionRules[{i}].policy", f"{policy} with clusterSelector: {why}"))
     return problems
 
 

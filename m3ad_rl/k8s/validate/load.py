@@ -37,6 +37,34 @@ def kustomize_roots(path: Path) -> list[Path]:
     return sorted(found[f] for f in found if f not in included and f not in components)
 
 
+def lone_components(path: Path) -> list[Path]:
+    """``kind: Component`` folders under ``path`` that no kustomization there includes: rendered on
+    their own (``render_component``), or nothing would ever check them."""
+    found = {p.parent.resolve(): p.parent for p in path.rglob("kustomization.yaml")}
+    included, components = set(), set()
+    for folder in found:
+        k = yaml.safe_load((folder / "kustomization.yaml").read_text()) or {}
+        if k.get("kind") == "Component":
+            components.add(folder)
+        for ref in [*(k.get("resources") or []), *(k.get("components") or [])]:
+            included.add((folder / ref).resolve())
+    return sorted(found[f] for f in components if f not in included)
+
+
+def render_component(path: Path) -> str:
+    """A Component rendered on its own: a throwaway kustomization that lists only it."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="m3ad-component-") as tmp:
+        wrapper = {"apiVersion": "kustomize.config.k8s.io/v1beta1", "kind": "Kustomization"}
+        wrapper["components"] = [os.path.relpath(path.resolve(), tmp)]
+        (Path(tmp) / "kustomization.yaml").write_text(yaml.safe_dump(wrapper))
+        try:
+            return render_kustomization(Path(tmp))
+        except RuntimeError as e:
+            raise RuntimeError(str(e).replace(tmp, f"<component {path}>")) from None
+
+
 def kustomize_command() -> list[str] | None:
     """``kubectl kustomize``, else a standalone ``kustomize build``, else None."""
     if kubectl := shutil.which("kubectl"):
@@ -64,12 +92,19 @@ def load_documents(paths: Iterable[str | Path]) -> Iterator[tuple[str, dict]]:
     kubectl or kustomize the raw files are read instead (ConfigMap payloads under ``config/`` skipped).
     """
     for p in map(Path, paths):
+        if str(p) == "-":  # `kustomize build ... | m3ad-rl k8s validate -`
+            yield from read_yaml_docs(stdin_text(), f"<stdin>{RENDERED}")
+            continue
         if p.is_file():
             yield from read_yaml_docs(p.read_text(), str(p))
             continue
         roots = kustomize_roots(p) if kustomize_command() else []
         for root in roots:
             yield from read_yaml_docs(render_kustomization(root), f"{root}{RENDERED}")
+        components = lone_components(p) if kustomize_command() else []
+        for component in components:
+            yield from read_yaml_docs(render_component(component), f"{component}{RENDERED}")
+        roots = roots + components
         inside = {q.parent for q in p.rglob("kustomization.yaml")}
         for f in sorted([*p.rglob("*.yaml"), *p.rglob("*.yml")]):
             if not roots and f.name == "kustomization.yaml":
@@ -79,6 +114,18 @@ def load_documents(paths: Iterable[str | Path]) -> Iterator[tuple[str, dict]]:
             if not roots and f.parent.name == "config":
                 continue
             yield from read_yaml_docs(f.read_text(), str(f))
+
+
+_STDIN: list[str] = []
+
+
+def stdin_text() -> str:
+    """Standard input, read once (the documents are loaded more than once per run)."""
+    import sys
+
+    if not _STDIN:
+        _STDIN.append(sys.stdin.read())
+    return _STDIN[0]
 
 
 def read_yaml_docs(text: str, source: str) -> Iterator[tuple[str, dict]]:

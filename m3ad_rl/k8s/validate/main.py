@@ -14,7 +14,7 @@ from pathlib import Path
 
 import yaml
 
-from m3ad_rl.k8s.validate import kuberay, rules
+from m3ad_rl.k8s.validate import crossrefs, kuberay, kueue, rules
 from m3ad_rl.k8s.validate.configrefs import check_config_files, configmap_keys
 from m3ad_rl.k8s.validate.load import CRDS_ENV, RENDERED, crd_dir, load_documents
 from m3ad_rl.k8s.validate.placement import check_gpu_placement
@@ -52,6 +52,8 @@ def validate_document(
     found += [(p, m, "secrets") for p, m in rules.check_plain_secrets(doc)]
     found += [(p, m, "network") for p, m in rules.check_network_policy(doc)]
     found += [(p, m, "core-schema") for p, m in check_core_object(doc)]
+    if kueue.is_kueue(doc):
+        found += [(p, m, "kueue-schema") for p, m in kueue.check_object(doc)]
     ray = doc.get("apiVersion") == kuberay.GROUP_VERSION and kind in kuberay.MAX_NAME
     if ray:
         found += _ray_checks(doc, crds)
@@ -75,6 +77,7 @@ def _ray_checks(doc: dict, crds: Path | None) -> list[tuple[str, str, str]]:
         found += [(p, m, "crd-schema") for p, m in check_schema(doc, crd_schemas(str(crds))[kind])]
     for base, cs in kuberay.cluster_specs(doc):
         found += [(p, m, "kuberay") for p, m in kuberay.check_cluster_spec(base, cs)]
+        found += [(p, m, "project") for p, m in rules.check_autoscaler(base, cs)]
     spec = doc.get("spec") or {}
     if kind == "RayJob":
         found += [(p, m, "kuberay") for p, m in kuberay.check_rayjob(spec)]
@@ -102,6 +105,28 @@ def validate_paths(paths: Iterable[str | Path], strict: bool = False) -> list[Fi
                 configmap_keys([d for s, d in docs if s == source]) if source.endswith(RENDERED) else loose
             )
         findings += validate_document(doc, source, None, by_source[source], strict)
+    return findings + check_document_sets(docs, strict)
+
+
+def check_document_sets(docs: list[tuple[str, dict]], strict: bool = False) -> list[Finding]:
+    """Names one object gives and another uses: within each render (loose files only with ``strict``:
+    they may rely on objects applied apart), and Kueue's queues across everything checked."""
+    findings = []
+
+    def report(group: list[tuple[str, dict]], found: list[tuple[int, str, str]], check: str) -> None:
+        for i, path, message in found:
+            source, doc = group[i]
+            obj = f"{doc.get('kind', '?')}/{(doc.get('metadata') or {}).get('name', '?')}"
+            findings.append(Finding(source, obj, path, message, check))
+
+    sets = [[(s, d) for s, d in docs if s == src] for src in dict.fromkeys(s for s, _ in docs if s.endswith(RENDERED))]
+    if strict:
+        sets.append([(s, d) for s, d in docs if not s.endswith(RENDERED)])
+    for group in sets:
+        plain = [d for _, d in group]
+        report(group, crossrefs.check_service_accounts(plain), "references")
+        report(group, crossrefs.check_images(plain), "images")
+    report(docs, kueue.check_references([d for _, d in docs], strict), "kueue")
     return findings
 
 
@@ -125,7 +150,7 @@ def yamllint_paths(paths: Iterable[str | Path], config: str | Path = ".yamllint.
 
 def run(paths: list[str], strict: bool = False) -> int:
     """Print the findings for ``paths``; 0 clean, 1 findings, 2 a path that does not exist."""
-    missing = [p for p in paths if not Path(p).exists()]
+    missing = [p for p in paths if p != "-" and not Path(p).exists()]
     if missing or not paths:
         print(f"m3ad-rl k8s validate: no such file or folder: {', '.join(missing) or '(none given)'}", file=sys.stderr)
         return EXIT_USAGE

@@ -33,6 +33,25 @@ def check_pod(pod: Pod) -> list[tuple[str, str]]:
     return problems
 
 
+def check_autoscaler(base: str, cs: dict) -> list[tuple[str, str]]:
+    """The autoscaler container KubeRay adds to the head pod (built from ``autoscalerOptions``) is
+    part of that pod for Pod Security: ``restricted`` refuses the whole head for it."""
+    if not cs.get("enableInTreeAutoscaling"):
+        return []
+    head = cs.get("headGroupSpec") or {}
+    pod = Pod(f"{base}.headGroupSpec.template", head.get("template") or {}, "head", head, f"{base}.headGroupSpec", cs)
+    opts = cs.get("autoscalerOptions") or {}
+    sidecar = {"securityContext": opts.get("securityContext") or {}, "image": opts.get("image")}
+    where = f"{base}.autoscalerOptions"
+    problems = check_container_security(where, sidecar, pod)
+    if sidecar["securityContext"].get("runAsUser") == 0:
+        problems.append((f"{where}.securityContext.runAsUser", "runAsUser: 0 is root: remove it (runAsNonRoot: true)"))
+    if opts.get("image"):
+        problems += check_image(where, sidecar, pod)
+    why = "the autoscaler sidecar KubeRay adds to the head pod"
+    return [(path, f"{why}: {message}") for path, message in problems]
+
+
 def check_image(where: str, c: dict, pod: Pod) -> list[tuple[str, str]]:
     """Pinned by a tag other than latest (or a digest); a Ray image's version equals rayVersion."""
     image = c.get("image") or ""

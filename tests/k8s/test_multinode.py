@@ -1,8 +1,11 @@
 """The dev overlay's RayJobs on a cluster laid out like KubeRay's, with everything in S3.
 
 A Ray head with 0 CPUs (where every job's driver runs), two worker nodes each in its own mount
-namespace (private /tmp, /dev/shm and home: no shared disk), the ConfigMap mounted at /etc/m3ad on
-every node, and a real S3 API (moto) on 127.0.0.1. The entrypoints are the manifests' own, sent
+namespace (private /tmp as its working directory, /dev/shm, home and torch-extensions folder: no
+shared disk), each on its own loopback address (head 127.0.0.2, workers .3 and .4) and under its own
+memory limit (a cgroup), the ConfigMap mounted at /etc/m3ad on every node, and a real S3 API (moto)
+on 127.0.0.1. Every job's driver is checked to have run on the head, and RCRL's two DeepSpeed ranks
+on the two different worker nodes. The entrypoints are the manifests' own, sent
 through the Ray Jobs API as a RayJob's submitter sends them; only the ConfigMap's run lengths are
 shrunk. Faults: SIGKILL of the RCRL driver, then the RayJob's retry; SIGKILL of a worker node's
 raylet, then the retry once the node is back.
@@ -73,13 +76,15 @@ def cluster(tmp_path_factory):
     from tests.pipeline.test_reproduce import TOY
 
     (configs / "reproduce-toy.yaml").write_text(yaml.safe_dump({**TOY, "seeds": [0]}))
-    c = LocalCluster(tmp_path_factory.mktemp("cluster"), workers=2, cpus=4, config_dir=configs)
+    c = LocalCluster(tmp_path_factory.mktemp("cluster"), workers=2, cpus=4, config_dir=configs,
+                     memory_mb=8192, head_memory_mb=6144)  # fmt: skip
     c.up()
     os.environ.update(c.client_env())  # this process reads the results from the same S3
     try:
         yield c
     finally:
         c.down()
+        print(f"peak memory per node (MiB): {c.peak_memory_mb}", file=sys.stderr)
         for k in c.client_env():
             os.environ.pop(k, None)
         for n in c.root.glob("*.log"):
@@ -92,6 +97,7 @@ class Jobs:
     def __init__(self, cluster):
         from ray.job_submission import JobSubmissionClient
 
+        self.cluster = cluster
         self.client = JobSubmissionClient(cluster.dashboard_url)
 
     def submit(self, entrypoint: str) -> str:
@@ -111,7 +117,22 @@ class Jobs:
         status = self.wait(sid, timeout)
         logs = self.client.get_job_logs(sid)
         assert status == "SUCCEEDED", f"{entrypoint}\n{status}\n{logs[-6000:]}"
+        self.last = sid
+        driver = self.client.get_job_info(sid).driver_info
+        assert driver is not None and driver.node_ip_address == self.cluster.head_ip, (entrypoint, driver)
         return logs
+
+    def nodes_of(self, sid: str, class_name: str) -> list[str]:
+        """The node addresses the job's actors of ``class_name`` ran on (Ray keeps dead actors' records)."""
+        from ray.util.state import list_actors, list_nodes
+
+        job_id = self.client.get_job_info(sid).job_id
+        ips = {n.node_id: n.node_ip for n in list_nodes(address=self.cluster.dashboard_url, limit=1000)}
+        actors = list_actors(address=self.cluster.dashboard_url, filters=[("job_id", "=", job_id)], limit=10000,
+                             detail=True)  # fmt: skip
+        found = [ips.get(a.node_id, a.node_id) for a in actors if class_name in (a.class_name or "")]
+        assert found, f"no {class_name} actor in job {job_id}: {sorted({a.class_name for a in actors})}"
+        return found
 
     def logs(self, sid: str) -> str:
         return self.client.get_job_logs(sid)
@@ -182,6 +203,73 @@ def with_sets(entrypoint: str, **sets: str) -> str:
     return shlex.join(argv)
 
 
+def test_nodes_are_isolated_like_pods(cluster):
+    """Each node: its own address, mount namespace, working directory (/tmp), torch-extensions folder
+    and memory limit, which Ray itself reads (as it reads a pod's)."""
+    import psutil
+
+    own_ns = os.readlink("/proc/self/ns/mnt")
+    alive = {n["node_ip"]: n for n in cluster.alive_nodes()}
+    assert sorted(alive) == [cluster.node_ip(i) for i in range(3)], sorted(alive)
+    for i, node in enumerate(cluster.nodes):
+        raylet = next(p for p in psutil.Process(node.proc.pid).children(recursive=True) if "raylet" in p.name())
+        assert raylet.cwd() == "/tmp" and os.readlink(f"/proc/{raylet.pid}/ns/mnt") != own_ns, node.name
+        assert raylet.environ()["TORCH_EXTENSIONS_DIR"] == "/tmp/torch_extensions"
+        limit = cluster.describe()["memory_limit_mb"]
+        if limit:  # where cgroups can be written: Ray sizes the node from the limit, not the machine
+            memory = alive[cluster.node_ip(i)]["resources_total"]["memory"] / 2**20
+            assert memory < limit[node.name], (node.name, memory, limit)
+    assert not Path("/tmp/torch_extensions").exists() or Path("/tmp/torch_extensions").stat().st_mtime < time.time()
+
+
+def test_an_environment_and_checkout_under_tmp_reach_every_node(tmp_path):
+    """Issue 21: from a venv under /tmp (un-activated, with no `ray` script of its own) and a checkout
+    under /tmp, nodes used to die with `ray: not found`; now both are bound into each node read-only."""
+    venv, clone = tmp_path / "venv", tmp_path / "clone"
+    subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", "--without-pip", str(venv)], check=True)
+    subprocess.run(["git", "clone", "-q", str(ROOT), str(clone)], check=True)
+    subprocess.run(["cp", "-r", str(ROOT / "m3ad_rl"), str(clone)], check=True)  # the working tree, not HEAD
+    script = clone / "probe.py"
+    script.write_text(PROBE)
+    env = {k: v for k, v in os.environ.items() if k not in ("VIRTUAL_ENV", "PYTHONPATH")}
+    env["PATH"] = "/usr/bin:/bin"  # not activated: the nodes must not need PATH to find ray or python
+    res = subprocess.run([str(venv / "bin" / "python"), str(script), str(tmp_path / "cluster")], cwd=clone, env=env,
+                         capture_output=True, text=True, timeout=600)  # fmt: skip
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    lines = [line.split(" ", 1)[1] for line in res.stdout.splitlines() if line[:6] in ("driver", "task  ")]
+    driver, task = map(json.loads, lines)
+    assert driver == [str(venv / "bin" / "python"), str(clone / "m3ad_rl" / "__init__.py"), "/tmp", "127.0.0.2"]
+    assert task[:3] == driver[:3] and task[3] == "127.0.0.3", task
+
+
+PROBE = """\
+import json, os, sys, time
+from pathlib import Path
+sys.path.insert(0, str(Path(__file__).parent))  # the checkout on the import path, as an editable install
+os.environ["PYTHONPATH"] = str(Path(__file__).parent)  # puts it for every process of this environment
+from m3ad_rl.k8s.localcluster import LocalCluster
+from ray.job_submission import JobSubmissionClient
+
+code = (
+    "import json, os, sys, ray, m3ad_rl; ray.init(); "
+    "where = lambda: [sys.executable, m3ad_rl.__file__, os.getcwd(), ray.util.get_node_ip_address()]; "
+    "print('driver', json.dumps(where())); "
+    "print('task  ', json.dumps(ray.get(ray.remote(num_cpus=1)(where).remote())))"
+)
+with LocalCluster(Path(sys.argv[1]), workers=1, cpus=1, bucket=None, memory_mb=4096, head_memory_mb=4096) as c:
+    jobs = JobSubmissionClient(c.dashboard_url)
+    sid = jobs.submit_job(entrypoint=f"python -c {json.dumps(code)}")
+    for _ in range(300):
+        status = str(jobs.get_job_status(sid)).split(".")[-1]
+        if status in ("SUCCEEDED", "FAILED", "STOPPED"):
+            break
+        time.sleep(1)
+    logs = jobs.get_job_logs(sid)
+    print("\\n".join(line for line in logs.splitlines() if line.startswith(("driver", "task  "))))
+    sys.exit(0 if status == "SUCCEEDED" else f"{status}: {logs[-2000:]}")
+"""
+
+
 def test_dev_pipeline_on_multinode_cluster_with_s3(cluster):
     jobs = Jobs(cluster)
     entry = rendered_jobs()
@@ -201,6 +289,9 @@ def test_dev_pipeline_on_multinode_cluster_with_s3(cluster):
         rcrl = with_sets(entry["m3ad-rcrl"], **{"reward_service.url": url})
         ref_out = f"{BUCKET}/rcrl-uninterrupted"
         jobs.run(with_sets(rcrl, out=ref_out))
+        ranks = jobs.nodes_of(jobs.last, "PolicyWorker")  # actor.workers: 2, actor.nodes: 2
+        print(f"DeepSpeed ranks ran on {ranks}")
+        assert len(ranks) == 2 and set(ranks) == {cluster.node_ip(1), cluster.node_ip(2)}, ranks
         sid = jobs.submit(rcrl)
         jobs.driver_pid(sid)
         wait_for(f"{BUCKET}/rcrl/checkpoints/step_000002/COMPLETE")

@@ -9,8 +9,9 @@ from m3ad_rl.core.errors import UsageError
 
 
 def node_placement_groups(per_node: int, nodes: int, use_gpu: bool, role: str) -> list:
-    """One STRICT_PACK placement group per node, each aimed at a different node (verl's pool would let
-    Ray put them all on one), so the ranks really are spread: ``actor.nodes``."""
+    """One STRICT_PACK placement group per node, each pinned to a different node by its
+    ``ray.io/node-id`` label (verl's pool would let Ray put them all on one, and a soft target would
+    too when one node has room), so the ranks really are spread: ``actor.nodes``."""
     import ray
     from ray.util.placement_group import placement_group
 
@@ -23,7 +24,7 @@ def node_placement_groups(per_node: int, nodes: int, use_gpu: bool, role: str) -
         raise RuntimeError(f"actor.nodes={nodes}, but only {len(fits)} node(s) have room for {per_node} rank(s)")
     pgs = [
         placement_group([dict(bundle) for _ in range(per_node)], strategy="STRICT_PACK", name=f"m3ad-{role}-{i}",
-                        _soft_target_node_id=node)
+                        bundle_label_selector=[{"ray.io/node-id": node}] * per_node)
         for i, node in enumerate(fits[:nodes])
     ]  # fmt: skip
     ray.get([pg.ready() for pg in pgs])

@@ -80,6 +80,8 @@ def add_cluster_commands(sub) -> None:
     p.add_argument("--workers", type=int, default=2, help="worker nodes")
     p.add_argument("--cpus", type=int, default=4, help="logical CPUs per worker node")
     p.add_argument("--config-dir", help="mounted read-only at /etc/m3ad on every node (the ConfigMap)")
+    p.add_argument("--memory-mb", type=int, default=8192, help="memory limit of each worker node (a cgroup)")
+    p.add_argument("--head-memory-mb", type=int, default=4096, help="memory limit of the head node")
     p.set_defaults(func=cmd_cluster_up)
     p = cl.add_parser("down", help="stop what `cluster up` started")
     p.add_argument("--dir", required=True)
@@ -157,7 +159,7 @@ def cmd_k8s_pipeline(args: argparse.Namespace) -> int:
 def cmd_cluster_up(args: argparse.Namespace) -> int:
     from m3ad_rl.k8s.localcluster import up_cli
 
-    return up_cli(args.dir, args.workers, args.cpus, args.config_dir)
+    return up_cli(args.dir, args.workers, args.cpus, args.config_dir, args.memory_mb, args.head_memory_mb)
 
 
 def cmd_cluster_down(args: argparse.Namespace) -> int:

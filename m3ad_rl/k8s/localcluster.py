@@ -423,9 +423,12 @@ class _ignore:
         return typ is not None and issubclass(typ, ProcessLookupError | PermissionError)
 
 
-def up_cli(root: str, workers: int, cpus: int, config_dir: str | None) -> int:
+def up_cli(
+    root: str, workers: int, cpus: int, config_dir: str | None, memory_mb: int = 8192, head_memory_mb: int = 4096
+) -> int:
     """`m3ad-rl cluster up`: start it and leave it running; prints how to use it."""
-    c = LocalCluster(Path(root), workers=workers, cpus=cpus, config_dir=Path(config_dir) if config_dir else None)
+    c = LocalCluster(Path(root), workers=workers, cpus=cpus, config_dir=Path(config_dir) if config_dir else None,
+                     memory_mb=memory_mb, head_memory_mb=head_memory_mb)  # fmt: skip
     try:
         c.up()
     except RuntimeError as e:  # an environment the nodes cannot use, or a node that did not start

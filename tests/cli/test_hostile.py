@@ -143,7 +143,7 @@ EXEMPT = {  # commands with no file input or output of their own, and why
     "serve rewards": "a server; no file input or output",
     "k8s validate": "reads manifests, writes nothing",
     "k8s pipeline": "talks to a Kubernetes API, writes nothing",
-    "cluster up": "starts processes under --dir (tests/k8s/test_multinode.py)",
+    "cluster up": "starts processes under --dir (tests/k8s/test_multinode.py, tests/cli/test_cluster_up.py)",
     "cluster down": "stops what cluster up started",
     "demo": "owns its --out folder and starts over in it",
     "taxonomy": "reads the built-in taxonomy only",

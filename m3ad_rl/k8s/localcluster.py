@@ -155,6 +155,8 @@ class LocalCluster:
         for name, cg in list(self.cgroups.items()):
             self.peak_memory_mb[name] = _peak_mb(cg)
             _remove_cgroup(cg)
+        if self.cgroups and self.root.is_dir():  # what each "pod" needed: sizes for the real limits
+            (self.root / "peak-memory-mb.json").write_text(json.dumps(self.peak_memory_mb, indent=2))
         self.cgroups.clear()
         shutil.rmtree(self.staging, ignore_errors=True)
 

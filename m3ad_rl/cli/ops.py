@@ -82,6 +82,15 @@ def add_cluster_commands(sub) -> None:
     p.add_argument("--config-dir", help="mounted read-only at /etc/m3ad on every node (the ConfigMap)")
     p.add_argument("--memory-mb", type=int, default=8192, help="memory limit of each worker node (a cgroup)")
     p.add_argument("--head-memory-mb", type=int, default=4096, help="memory limit of the head node")
+    p.add_argument(
+        "--autoscaling",
+        metavar="RAYCLUSTER_YAML",
+        help="grow worker nodes on demand with Ray's autoscaler, node types from this manifest's "
+        "worker groups (e.g. manifests/base/raycluster.autoscaler.yaml); use with --workers 0",
+    )
+    p.add_argument("--node-cpus", type=float, help="with --autoscaling: CPUs per node (default: the manifest's)")
+    p.add_argument("--idle-timeout", type=float, help="with --autoscaling: seconds before an idle node goes "
+                   "(default: the manifest's autoscalerOptions.idleTimeoutSeconds)")  # fmt: skip
     p.set_defaults(func=cmd_cluster_up)
     p = cl.add_parser("down", help="stop what `cluster up` started")
     p.add_argument("--dir", required=True)
@@ -159,7 +168,10 @@ def cmd_k8s_pipeline(args: argparse.Namespace) -> int:
 def cmd_cluster_up(args: argparse.Namespace) -> int:
     from m3ad_rl.k8s.localcluster import up_cli
 
-    return up_cli(args.dir, args.workers, args.cpus, args.config_dir, args.memory_mb, args.head_memory_mb)
+    return up_cli(
+        args.dir, args.workers, args.cpus, args.config_dir, args.memory_mb, args.head_memory_mb,
+        autoscaling=args.autoscaling, node_cpus=args.node_cpus, idle_timeout_s=args.idle_timeout,
+    )  # fmt: skip
 
 
 def cmd_cluster_down(args: argparse.Namespace) -> int:

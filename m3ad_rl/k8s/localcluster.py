@@ -22,6 +22,7 @@ Jobs go in through the Ray Jobs API at ``dashboard_url``, as a RayJob's submitte
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shlex
@@ -68,6 +69,9 @@ class LocalCluster:
     env: dict[str, str] = field(default_factory=dict)
     memory_mb: int = 8192  # each worker node's limit, as a pod's
     head_memory_mb: int = 4096
+    autoscaling: Path | None = None  # a RayCluster manifest: its worker groups as Ray autoscaler node types
+    node_cpus: float | None = None  # with autoscaling: CPUs of each autoscaled node instead of the manifest's
+    idle_timeout_s: float | None = None  # with autoscaling: instead of autoscalerOptions.idleTimeoutSeconds
     nodes: list[Node] = field(default_factory=list)
     moto: subprocess.Popen | None = None
     cgroups: dict[str, Path] = field(default_factory=dict)
@@ -134,11 +138,16 @@ class LocalCluster:
             raise RuntimeError(f"ray is not installed for {sys.executable}: pip install 'ray[default]' there")
         if self.config_dir is not None and not Path(self.config_dir).is_dir():
             raise RuntimeError(f"--config-dir {self.config_dir} is not a folder")
+        if self.autoscaling is not None:
+            if not Path(self.autoscaling).is_file():
+                raise RuntimeError(f"--autoscaling {self.autoscaling}: no such file (a RayCluster manifest)")
+            self.pool_config()  # a manifest that does not autoscale is one line here, not a dead monitor later
 
     def describe(self) -> dict:
         return {
             "address": self.address, "dashboard": self.dashboard_url, "s3_endpoint": self.s3_endpoint,
             "nodes": {n.name: self.node_ip(i) for i, n in enumerate(self.nodes)},
+            "autoscaling": self.pool_config()["available_node_types"] if self.autoscaling else None,
             "memory_limit_mb": {n: self._limit_mb(n) for n in self.cgroups} or None,
             "bound_read_only": [str(p) for p in self.image_paths()],
             "pids": {n.name: n.proc.pid for n in self.nodes} | ({"s3": self.moto.pid} if self.moto else {}),
@@ -147,7 +156,9 @@ class LocalCluster:
 
     def down(self) -> None:
         for n in reversed(self.nodes):
+            namespace = _mount_namespace(n.proc.pid)
             _stop(n.proc)
+            _stop_namespace(namespace)  # what the node started outside its process group (autoscaled nodes)
         self.nodes.clear()
         if self.moto is not None:
             _stop(self.moto)
@@ -227,11 +238,21 @@ class LocalCluster:
             "--dashboard-agent-listen-port", str(free_port()), "--metrics-export-port", str(free_port()),
             "--min-worker-port", str(lo), "--max-worker-port", str(lo + 999), "--disable-usage-stats", "--block",
         ]  # fmt: skip
+        if head and self.autoscaling:
+            config = self.staging / "autoscaling.json"  # outside /tmp: the head's monitor reads it
+            config.parent.mkdir(parents=True, exist_ok=True)
+            config.write_text(json.dumps(self.pool_config()))
+            common += ["--autoscaling-config", str(config)]
         if head:
             return [*self.ray, "start", "--head", "--num-cpus", "0", "--port", str(self.gcs_port),
                     "--dashboard-host", self.head_ip, "--dashboard-port", str(self.dashboard_port),
                     "--ray-client-server-port", str(free_port()), *common]  # fmt: skip
         return [*self.ray, "start", "--address", self.address, "--num-cpus", str(self.cpus), *common]
+
+    def pool_config(self) -> dict:
+        from m3ad_rl.k8s.pool import autoscaling_config
+
+        return autoscaling_config(self.autoscaling, self.address, self.node_cpus, self.idle_timeout_s)
 
     def _node_script(self, name: str, argv: list[str], head: bool) -> str:
         """The shell that makes a pod of this node's mount namespace, then becomes its raylet."""
@@ -274,9 +295,14 @@ class LocalCluster:
         argv = argv or self._ray_argv(head)
         script = self._node_script(name, argv, head)
         log = self.root / f"{name}.log"
+        env = self.node_env()
+        if head and self.autoscaling:
+            from m3ad_rl.k8s.pool import head_env
+
+            env.update(head_env())
         proc = subprocess.Popen(
             ["unshare", "--mount", "--propagation", "private", "--", "sh", "-c", script],
-            stdout=open(log, "ab"), stderr=subprocess.STDOUT, env=self.node_env(), start_new_session=True,  # noqa: SIM115
+            stdout=open(log, "ab"), stderr=subprocess.STDOUT, env=env, start_new_session=True,  # noqa: SIM115
         )  # fmt: skip
         node = Node(name, proc, argv, log)
         self.nodes.append(node)
@@ -335,6 +361,25 @@ class LocalCluster:
         _stop(old.proc)
         self.nodes[1 + worker] = self._start_node(old.name, argv=old.argv)
         self.nodes.pop()  # _start_node appended it too
+
+
+def _mount_namespace(pid: int) -> str | None:
+    try:
+        return os.readlink(f"/proc/{pid}/ns/mnt")
+    except OSError:
+        return None
+
+
+def _stop_namespace(namespace: str | None) -> None:
+    """SIGKILL what is left in a node's private mount namespace (never the caller's own)."""
+    import psutil
+
+    if namespace is None or namespace == _mount_namespace(os.getpid()):
+        return
+    for p in psutil.process_iter():
+        if _mount_namespace(p.pid) == namespace:
+            with contextlib.suppress(psutil.Error, OSError):
+                p.kill()
 
 
 def _memory_root(cgroup: Path) -> Path:
@@ -426,11 +471,22 @@ class _ignore:
 
 
 def up_cli(
-    root: str, workers: int, cpus: int, config_dir: str | None, memory_mb: int = 8192, head_memory_mb: int = 4096
+    root: str,
+    workers: int,
+    cpus: int,
+    config_dir: str | None,
+    memory_mb: int = 8192,
+    head_memory_mb: int = 4096,
+    autoscaling: str | None = None,
+    node_cpus: float | None = None,
+    idle_timeout_s: float | None = None,
 ) -> int:
     """`m3ad-rl cluster up`: start it and leave it running; prints how to use it."""
-    c = LocalCluster(Path(root), workers=workers, cpus=cpus, config_dir=Path(config_dir) if config_dir else None,
-                     memory_mb=memory_mb, head_memory_mb=head_memory_mb)  # fmt: skip
+    c = LocalCluster(
+        Path(root), workers=workers, cpus=cpus, config_dir=Path(config_dir) if config_dir else None,
+        memory_mb=memory_mb, head_memory_mb=head_memory_mb, autoscaling=Path(autoscaling) if autoscaling else None,
+        node_cpus=node_cpus, idle_timeout_s=idle_timeout_s,
+    )  # fmt: skip
     try:
         c.up()
     except RuntimeError as e:  # an environment the nodes cannot use, or a node that did not start

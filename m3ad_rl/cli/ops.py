@@ -24,6 +24,16 @@ def add_sweep_commands(sub) -> None:
     p.add_argument("--dry-run", action="store_true", help="print the entrypoints, submit nothing")
     p.add_argument("--set", dest="overrides", nargs="+", default=[], metavar="KEY=VALUE")
     p.set_defaults(func=cmd_sweep_submit)
+    p = sw.add_parser("run", help="see a sweep through: K variants at a time, lost nodes resumed, then report")
+    p.add_argument("--config", required=True, help="configs/sweeps/*.yaml")
+    p.add_argument("--address", required=True, help="the cluster's Jobs API (http://HEAD:8265)")
+    p.add_argument("--max-in-flight", type=int, default=2, help="variants running at once")
+    p.add_argument("--retries", type=int, default=2, help="resubmissions of a variant whose node was lost")
+    p.add_argument("--poll", type=float, default=5.0, help="seconds between looks at the cluster")
+    p.add_argument("--pool", help="the RayCluster manifest of the target cluster: a variant asking for more than "
+                   "any of its worker groups has is failed at once (infeasible)")  # fmt: skip
+    p.add_argument("--set", dest="overrides", nargs="+", default=[], metavar="KEY=VALUE")
+    p.set_defaults(func=cmd_sweep_run)
     p = sw.add_parser("report", help="every variant's eval report in one table (sweep.md) and plot (sweep.png)")
     p.add_argument("--config", required=True, help="configs/sweeps/*.yaml")
     p.add_argument("--runs", help="read <runs>/<variant>/eval/report.json instead of the config's out URL")
@@ -133,6 +143,15 @@ def cmd_sweep_submit(args: argparse.Namespace) -> int:
     for sid in submit(spec, args.address, dry_run=args.dry_run):
         print(sid)
     return 0
+
+
+def cmd_sweep_run(args: argparse.Namespace) -> int:
+    from m3ad_rl.core.config import load_config
+    from m3ad_rl.k8s.sweep import SweepSpec
+    from m3ad_rl.k8s.sweeprun import main
+
+    spec = load_config(SweepSpec, args.config, args.overrides)
+    return main(spec, args.address, args.max_in_flight, args.retries, args.poll, args.pool)
 
 
 def cmd_sweep_report(args: argparse.Namespace) -> int:

@@ -83,3 +83,54 @@ def test_the_pool_grows_from_zero_and_shrinks_back(tmp_path):
             assert time.time() - ended < idle + 60, f"still {len(workers())} node(s) after idle timeout + 60 s"
             time.sleep(2)
         print(f"nodes over time (every 2 s): {seen}; back to zero after {time.time() - ended:.0f} s")
+
+
+OK_TASK = "import ray, time; ray.init(); ray.get(ray.remote(num_cpus=1)(lambda: time.sleep(4)).remote())"
+LOST_ONCE = (
+    "import pathlib, sys, ray; ray.init(); flag = pathlib.Path('/tmp/m3ad-lost-once'); "
+    "sys.exit(0) if flag.exists() else (flag.touch(), print('a Ray worker or node was lost'), sys.exit(4))"
+)
+HUGE = ("import ray; ray.init(); A = ray.remote(num_gpus=64)(type('A', (), {'f': lambda self: 1})); "
+        "ray.get(A.remote().f.remote())")  # fmt: skip
+
+
+@pytest.mark.slow
+@pytest.mark.multinode
+@pytest.mark.timeout(900)
+@pytest.mark.skipif(os.geteuid() != 0, reason="private mount namespaces need root")
+def test_the_sweep_controller_finishes_a_sweep_on_the_pool(tmp_path):
+    """K at a time on a pool that grows from zero; a variant that lost its node is resubmitted (and its
+    retry succeeds); one that asks for 64 GPUs of 1-GPU nodes is failed at once, not left pending; a
+    second controller (the first one "killed" after one look) picks up without resubmitting anything."""
+    from ray.job_submission import JobSubmissionClient
+
+    from m3ad_rl.k8s.localcluster import LocalCluster
+    from m3ad_rl.k8s.sweeprun import SweepRunner, Task
+
+    manifest = yaml.safe_load(MANIFEST.read_text())
+    manifest["spec"]["workerGroupSpecs"] = manifest["spec"]["workerGroupSpecs"][:1]
+    manifest["spec"]["workerGroupSpecs"][0]["maxReplicas"] = 2
+    (tmp_path / "rc.yaml").write_text(yaml.safe_dump(manifest))
+    tasks = [Task(f"ok-{i}", f"python -c {json.dumps(OK_TASK)}") for i in range(3)]
+    tasks += [Task("lost", f"python -c {json.dumps(LOST_ONCE)}"), Task("huge", f"python -c {json.dumps(HUGE)}")]
+    types = {"rollout": {"CPU": 1, "GPU": 1}}
+    with LocalCluster(tmp_path / "pool", workers=0, bucket=None, autoscaling=tmp_path / "rc.yaml", node_cpus=1,
+                      idle_timeout_s=30, head_memory_mb=6144) as c:  # fmt: skip
+        client = JobSubmissionClient(c.dashboard_url)
+        lines: list[str] = []
+        first = SweepRunner(client, tasks, "t", max_in_flight=2, retries=1, poll=2, node_types=types, log=lines.append)
+        outcomes, done = first.step()  # one look, then the controller "dies"
+        assert [o.state for o in outcomes].count("PENDING") == 2 and not done
+        second = SweepRunner(client, tasks, "t", max_in_flight=2, retries=1, poll=2, node_types=types,
+                             log=lines.append)  # fmt: skip
+        outcomes = {o.name: o for o in second.run(timeout=240)}  # an infeasible one left pending hangs it
+        print(*lines, sep="\n")
+        assert {n: o.state for n, o in outcomes.items()} == {
+            "ok-0": "SUCCEEDED", "ok-1": "SUCCEEDED", "ok-2": "SUCCEEDED", "lost": "SUCCEEDED", "huge": "INFEASIBLE"
+        }  # fmt: skip
+        assert outcomes["lost"].attempts == ["lost-t", "lost-t-r1"]
+        assert "'GPU': 64.0" in outcomes["huge"].message and "rollout" in outcomes["huge"].message
+        submitted = sorted(j.submission_id for j in client.list_jobs())
+        assert submitted == sorted([f"{t.name}-t" for t in tasks] + ["lost-t-r1"])  # nothing twice
+        assert any("waiting" in line for line in lines)  # K = 2: the others waited their turn
+        assert max(n for _, n in second.nodes) <= 2

@@ -143,15 +143,15 @@ class SweepRunner:
         outcomes, in_flight, waiting = [], 0, []
         for task in self.tasks:
             attempts = self._attempts(task, jobs)
+            if task.name in self.infeasible:  # found so before it was sent, or while it waited
+                outcomes.append(Outcome(task.name, "INFEASIBLE", attempts, self.infeasible[task.name]))
+                continue
             if not attempts:
                 waiting.append(task)
                 outcomes.append(Outcome(task.name, "WAITING", []))
                 continue
             job = jobs[attempts[-1]]
             status = self._status(job)
-            if task.name in self.infeasible:
-                outcomes.append(Outcome(task.name, "INFEASIBLE", attempts, self.infeasible[task.name]))
-                continue
             if status == "FAILED" and len(attempts) <= self.retries and self._lost_node(job):
                 nxt = self.sid(task, len(attempts))
                 self.log(f"{task.name}: {attempts[-1]} lost a node; resubmitted as {nxt} (it resumes)")
@@ -212,6 +212,22 @@ class SweepRunner:
             time.sleep(self.poll)
 
 
+def infeasible_before_submit(spec: Any, job: Any, types: dict[str, dict[str, float]]) -> str | None:
+    """Why the variant's RCRL run cannot be placed on any node type of the pool, or None."""
+    from m3ad_rl.core.config import load_config
+    from m3ad_rl.k8s.sweep import _fmt
+    from m3ad_rl.train.rcrl.cluster import resource_requests
+    from m3ad_rl.train.rcrl.config import RCRLConfig
+
+    sets = [f"{k}={_fmt(v)}" for k, v in spec.train_set.items()]
+    cfg = load_config(RCRLConfig, spec.train_config, sets, sections={"reward": job.reward})
+    shown = "; ".join(f"{n}: {r}" for n, r in types.items())
+    for what, bundle in resource_requests(cfg):
+        if not fits(bundle, types):
+            return f"its RCRL run asks for {what} with {bundle}, which no node type can hold ({shown})"
+    return None
+
+
 def main(spec: Any, address: str, max_in_flight: int, retries: int, poll: float, pool: str | None) -> int:
     """CLI body: run the sweep to its end, then write its report; 0 when every variant succeeded."""
     import hashlib
@@ -239,6 +255,11 @@ def main(spec: Any, address: str, max_in_flight: int, retries: int, poll: float,
             (Path(tmp) / name).write_text(text)
         runner = SweepRunner(JobSubmissionClient(address), tasks, key, max_in_flight, retries, poll, types,
                              runtime_env={"working_dir": tmp})  # fmt: skip
+        if types:  # what each variant will ask for, against the pool's node types, before sending any
+            for task, job in zip(tasks, expand(spec), strict=True):
+                if why := infeasible_before_submit(spec, job, types):
+                    runner.infeasible[task.name] = why
+                    runner.log(f"{task.name}: infeasible, not submitted: {why}")
         outcomes = runner.run()
     table, _ = report(spec)
     print(table)

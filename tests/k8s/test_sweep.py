@@ -57,6 +57,16 @@ def test_render_presets_gives_four_valid_rayjobs(tmp_path):
         assert {"name": "config", "configMap": {"name": cm["metadata"]["name"]}} in vols
 
 
+def test_a_sweep_whose_jobs_ask_for_more_than_their_cluster_has(tmp_path):
+    """Issue 22: each variant's RCRL requests are checked against the worker groups of its RayJob."""
+    s = spec("presets")
+    s.train_set = {**s.train_set, "actor.workers": 16}  # 16 ranks on one node; the train pod has 8 GPUs
+    write_rendered(render(s), tmp_path)
+    found = [f for f in kv.validate_paths([tmp_path]) if f.check == "requests"]
+    assert len(found) == 8, "\n".join(map(str, found))  # per variant: no pod holds them, nor all pods together
+    assert "16 actor rank(s) on one node" in found[0].message and "train: 1 x" in found[0].message
+
+
 @needs_crds
 @needs_kubectl
 @pytest.mark.parametrize(("name", "n"), [("ablations", 8), ("lambda-grid", 12), ("presets-dev", 4)])
@@ -181,3 +191,16 @@ def test_submit_sends_the_jobs_to_ray(ray_head, tmp_path):
     logs = client.get_job_logs(sid)
     assert client.get_job_status(sid) == JobStatus.FAILED
     assert f"{tmp_path}/none" in logs, logs[-2000:]  # the CLI ran with the uploaded config and stopped cleanly
+
+
+def test_sweep_run_fails_an_infeasible_variant_before_sending_it():
+    """`sweep run --pool`: a variant whose RCRL ranks fit no node type of the pool is not submitted."""
+    from m3ad_rl.k8s.sweep import expand
+    from m3ad_rl.k8s.sweeprun import infeasible_before_submit
+
+    s = spec("presets-dev")
+    job = expand(s)[0]
+    assert infeasible_before_submit(s, job, {"cpu": {"CPU": 8.0}}) is None
+    s.train_set = {**s.train_set, "actor.workers": 16}
+    why = infeasible_before_submit(s, job, {"cpu": {"CPU": 8.0}})
+    assert why and "16 actor rank(s) on one node" in why and "cpu: {'CPU': 8.0}" in why

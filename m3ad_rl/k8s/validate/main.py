@@ -14,7 +14,7 @@ from pathlib import Path
 
 import yaml
 
-from m3ad_rl.k8s.validate import crossrefs, kuberay, kueue, rules
+from m3ad_rl.k8s.validate import crossrefs, kuberay, kueue, requests, rules
 from m3ad_rl.k8s.validate.configrefs import check_config_files, configmap_keys
 from m3ad_rl.k8s.validate.load import CRDS_ENV, RENDERED, crd_dir, load_documents
 from m3ad_rl.k8s.validate.placement import check_gpu_placement
@@ -120,12 +120,13 @@ def check_document_sets(docs: list[tuple[str, dict]], strict: bool = False) -> l
             findings.append(Finding(source, obj, path, message, check))
 
     sets = [[(s, d) for s, d in docs if s == src] for src in dict.fromkeys(s for s, _ in docs if s.endswith(RENDERED))]
-    if strict:
-        sets.append([(s, d) for s, d in docs if not s.endswith(RENDERED)])
-    for group in sets:
+    loose = [(s, d) for s, d in docs if not s.endswith(RENDERED)]
+    for group in [*sets, loose]:
         plain = [d for _, d in group]
-        report(group, crossrefs.check_service_accounts(plain), "references")
-        report(group, crossrefs.check_images(plain), "images")
+        if group is not loose or strict:
+            report(group, crossrefs.check_service_accounts(plain), "references")
+            report(group, crossrefs.check_images(plain), "images")
+        report(group, requests.check_rcrl_requests(plain), "requests")  # a ConfigMap it lacks is skipped
     report(docs, kueue.check_references([d for _, d in docs], strict), "kueue")
     return findings
 

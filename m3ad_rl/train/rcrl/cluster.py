@@ -31,6 +31,21 @@ def node_placement_groups(per_node: int, nodes: int, use_gpu: bool, role: str) -
     return pgs
 
 
+def resource_requests(cfg) -> list[tuple[str, dict[str, float]]]:
+    """What an RCRL run asks Ray for, as (what, bundle) pairs where each bundle must fit on one node:
+    every rollout worker, and each node's share of the DeepSpeed ranks (one STRICT_PACK placement
+    group per node), twice when the reference policy has its own workers. A cluster (or an autoscaling
+    pool) that has no node type for one of them leaves the run pending forever."""
+    a, r = cfg.actor, cfg.rollout
+    per_node = a.workers // a.nodes
+    ranks = {"CPU": float(per_node), **({"GPU": float(per_node)} if a.use_gpu else {})}
+    out = [("rollout worker", {"CPU": 1.0, **({"GPU": float(r.num_gpus)} if r.num_gpus else {})})] * r.workers
+    out += [(f"{per_node} actor rank(s) on one node", dict(ranks))] * a.nodes
+    if cfg.grpo.kl_coef > 0 and not cfg.ref.colocate:
+        out += [(f"{per_node} reference rank(s) on one node", dict(ranks))] * a.nodes
+    return out
+
+
 def check_local_cpus(address: str | None, need: float) -> None:
     """A local Ray already started in this process (by an SFT run, say) cannot grow: say so rather than
     wait forever for workers that will never be placed. A joined cluster may autoscale, so it is left be."""

@@ -342,11 +342,35 @@ def report(spec: SweepSpec, runs: str | None = None, out: str | None = None) -> 
     reports, missing = gather(spec, runs)
     table = comparison_table(reports) if reports else "(no reports yet)"
     note = f"\n\nNo report yet: {', '.join(missing)}\n" if missing else "\n"
+    timeline = _timeline((runs or spec.out).rstrip("/"))
     with staged_dir(out or runs or ".") as target:
-        (target / "sweep.md").write_text(f"# Sweep {spec.name}\n\n{table}{note}")
+        cost = ""
+        if timeline is not None:
+            from m3ad_rl.k8s.sweeprun import node_hours, plot_timeline
+
+            plot_timeline(timeline["rows"], timeline.get("pool_max"), target / "sweep-nodes.png")
+            c = node_hours(timeline["rows"], timeline.get("pool_max"))
+            share = f" ({100 * c['node_hours'] / c['fixed_node_hours']:.0f} % of it)" if c["fixed_node_hours"] else ""
+            used = f"**{c['node_hours']:.2f} worker node-hours** ({c['gpu_hours']:.2f} GPU-hours)"
+            fixed = f"a fixed pool of {c['fixed_nodes']} nodes for as long is {c['fixed_node_hours']:.2f} node-hours"
+            cost = (f"\n## What it cost\n\n![nodes over time](sweep-nodes.png)\n\nThe sweep ran {c['hours']:.2f} h "
+                    f"(`sweep run`) and used {used}; {fixed}{share}.\n")  # fmt: skip
+        (target / "sweep.md").write_text(f"# Sweep {spec.name}\n\n{table}{note}{cost}")
         if reports:
             plot(reports, target / "sweep.png")
     return table, missing
+
+
+def _timeline(base: str) -> dict | None:
+    """The pool's size over the sweep, as `sweep run` recorded it (``sweep-nodes.json``), if it did."""
+    import fsspec
+
+    try:
+        with fsspec.open(f"{base}/sweep-nodes.json", "r") as f:
+            data = json.load(f)
+    except (FileNotFoundError, json.JSONDecodeError):
+        return None
+    return data if data.get("rows") else None
 
 
 def main_render(spec: SweepSpec, out: str, overwrite: bool = False) -> int:

@@ -17,6 +17,7 @@ the controller itself was killed picks up where the sweep stands.
 
 from __future__ import annotations
 
+import itertools
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -71,7 +72,8 @@ class SweepRunner:
         self.max_in_flight, self.retries, self.poll = max_in_flight, retries, poll
         self.node_types, self.runtime_env, self.log, self.clock = node_types, runtime_env, log, clock
         self.infeasible: dict[str, str] = {}
-        self.nodes: list[tuple[float, int]] = []  # (seconds since start, worker nodes alive)
+        self.nodes: list[tuple[float, int, float]] = []  # (seconds since start, worker nodes alive, their GPUs)
+        self.timeline: Callable[[list[tuple[float, int, float]]], None] | None = None  # called as it grows
 
     def sid(self, task: Task, attempt: int) -> str:
         return f"{task.name}-{self.key}" + (f"-r{attempt}" if attempt else "")
@@ -97,16 +99,18 @@ class SweepRunner:
                 return False
         return any(w in text for w in LOST_NODE_WORDS)
 
-    def _worker_nodes(self) -> int:
+    def _worker_nodes(self) -> tuple[int, float]:
+        """(worker nodes alive, their GPUs); (-1, 0) when the dashboard does not answer."""
         import json
         import urllib.request
 
         try:
-            with urllib.request.urlopen(f"{self.client._address}/api/v0/nodes?limit=1000", timeout=10) as r:
+            with urllib.request.urlopen(f"{self.client._address}/api/v0/nodes?limit=1000&detail=1", timeout=10) as r:
                 rows = json.load(r)["data"]["result"]["result"]
         except (OSError, KeyError, ValueError):
-            return -1
-        return sum(1 for n in rows if n.get("state") == "ALIVE" and not n.get("is_head_node"))
+            return -1, 0.0
+        alive = [n for n in rows if n.get("state") == "ALIVE" and not n.get("is_head_node")]
+        return len(alive), sum(float((n.get("resources_total") or {}).get("GPU", 0)) for n in alive)
 
     def _pending_bundles(self, job_id: str) -> list[dict[str, float]]:
         """Resource bundles of this Ray job that wait for a node: pending actors and placement groups."""
@@ -194,8 +198,11 @@ class SweepRunner:
         start, last = self.clock(), ""
         while True:
             outcomes, done = self.step()
-            nodes = self._worker_nodes()
-            self.nodes.append((round(self.clock() - start, 1), nodes))
+            nodes, gpus = self._worker_nodes()
+            if not self.nodes or self.nodes[-1][1:] != (nodes, gpus) or done:
+                self.nodes.append((round(self.clock() - start, 1), nodes, gpus))
+                if self.timeline is not None:
+                    self.timeline(self.nodes)
             counts: dict[str, int] = {}
             for o in outcomes:
                 counts[o.state] = counts.get(o.state, 0) + 1
@@ -210,6 +217,63 @@ class SweepRunner:
             if timeout is not None and self.clock() - start > timeout:
                 raise TimeoutError(f"sweep not finished after {timeout:g} s: {line}")
             time.sleep(self.poll)
+
+
+TIMELINE = "sweep-nodes.json"
+
+
+def write_timeline(url: str, rows: list[tuple[float, int, float]], pool_max: int | None) -> None:
+    """The pool's size over the sweep, for `sweep report`'s cost section (best effort: never stops a sweep)."""
+    import json
+
+    import fsspec
+
+    try:
+        with fsspec.open(url, "w") as f:
+            json.dump({"rows": rows, "pool_max": pool_max}, f)
+    except OSError as e:
+        print(f"m3ad-rl sweep run: could not write {url}: {e}", file=sys.stderr)
+
+
+def node_hours(rows: list[tuple[float, int, float]], pool_max: int | None = None) -> dict[str, float]:
+    """Worker node-hours (and GPU-hours) the pool used, against a fixed pool of its maximum size for
+    as long.
+
+    >>> node_hours([(0, 0, 0), (1800, 2, 2), (5400, 0, 0)])
+    {'hours': 1.5, 'node_hours': 2.0, 'gpu_hours': 2.0, 'fixed_nodes': 2, 'fixed_node_hours': 3.0}
+    """
+    rows = [r for r in rows if r[1] >= 0]
+    used = gpu = 0.0
+    for (t0, n0, g0), (t1, _, _) in itertools.pairwise(rows):
+        used += n0 * (t1 - t0) / 3600
+        gpu += g0 * (t1 - t0) / 3600
+    hours = (rows[-1][0] - rows[0][0]) / 3600 if rows else 0.0
+    fixed = pool_max if pool_max is not None else max((r[1] for r in rows), default=0)
+    return {"hours": round(hours, 4), "node_hours": round(used, 4), "gpu_hours": round(gpu, 4),
+            "fixed_nodes": fixed, "fixed_node_hours": round(fixed * hours, 4)}  # fmt: skip
+
+
+def plot_timeline(rows: list[tuple[float, int, float]], pool_max: int | None, path: Any) -> None:
+    """Worker nodes and GPUs over the sweep as steps, with the fixed pool it is compared against."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [r for r in rows if r[1] >= 0]
+    t = [r[0] / 60 for r in rows]
+    fig, ax = plt.subplots(figsize=(6.4, 3.0))
+    ax.step(t, [r[1] for r in rows], where="post", label="worker nodes")
+    if any(r[2] for r in rows):
+        ax.step(t, [r[2] for r in rows], where="post", label="GPUs", linestyle="--")
+    fixed = node_hours(rows, pool_max)["fixed_nodes"]
+    ax.axhline(fixed, color="grey", linewidth=0.8, linestyle=":", label=f"fixed pool ({fixed} nodes)")
+    ax.set_xlabel("minutes since the sweep started")
+    ax.set_ylabel("count")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
 
 
 def infeasible_before_submit(spec: Any, job: Any, types: dict[str, dict[str, float]]) -> str | None:
@@ -240,10 +304,12 @@ def main(spec: Any, address: str, max_in_flight: int, retries: int, poll: float,
     from m3ad_rl.k8s.pool import HEAD_TYPE, node_types
     from m3ad_rl.k8s.sweep import config_files, entrypoint, expand, job_name, report
 
-    types = None
+    types, pool_max = None, None
     if pool:
         manifest = next(d for d in yaml.safe_load_all(Path(pool).read_text()) if d and d.get("kind") == "RayCluster")
-        types = {n: t["resources"] for n, t in node_types(manifest).items() if n != HEAD_TYPE}
+        nt = {n: t for n, t in node_types(manifest).items() if n != HEAD_TYPE}
+        types = {n: t["resources"] for n, t in nt.items()}
+        pool_max = sum(t["max_workers"] for t in nt.values())
     key = hashlib.sha1(str(spec.out).encode()).hexdigest()[:6]  # as `sweep submit` names them
     tasks = [
         Task(job_name(spec.name, job.variant), entrypoint(spec, job, config_dir="."),
@@ -255,6 +321,7 @@ def main(spec: Any, address: str, max_in_flight: int, retries: int, poll: float,
             (Path(tmp) / name).write_text(text)
         runner = SweepRunner(JobSubmissionClient(address), tasks, key, max_in_flight, retries, poll, types,
                              runtime_env={"working_dir": tmp})  # fmt: skip
+        runner.timeline = lambda rows: write_timeline(f"{spec.out.rstrip('/')}/{TIMELINE}", rows, pool_max)
         if types:  # what each variant will ask for, against the pool's node types, before sending any
             for task, job in zip(tasks, expand(spec), strict=True):
                 if why := infeasible_before_submit(spec, job, types):

@@ -589,3 +589,14 @@ def test_a_rendered_stream_on_stdin(monkeypatch, capsys):
     monkeypatch.setattr("sys.stdin", io.StringIO(yaml.safe_dump_all([doc])))
     assert main(["k8s", "validate", "-"]) == 1
     assert "<stdin> (kustomize): RayJob/m3ad-rcrl: " in capsys.readouterr().out
+
+
+def test_a_queued_autoscaling_cluster_is_counted_at_max_replicas():
+    """Issue 22: the standing pool in a Kueue queue: maxReplicas x per-pod GPUs must fit the quota."""
+    flavor, cq, lq = kueue_objects()
+    cluster = copy.deepcopy(CLUSTER)
+    cluster["metadata"].setdefault("labels", {})["kueue.x-k8s.io/queue-name"] = "m3ad-gpu"
+    # rollout 8 x 1 GPU + train 2 x 8 GPUs = 24 at full size, over the queue's 16: Kueue never admits it
+    print(assert_set_finding([flavor, cq, lq, cluster], "spec", "24 nvidia.com/gpu", "quota 16"))
+    cluster["spec"]["workerGroupSpecs"][1]["maxReplicas"] = 1  # 8 + 8
+    assert [f for f in set_findings([flavor, cq, lq, cluster]) if "nvidia.com/gpu" in f.message] == []

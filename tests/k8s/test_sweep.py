@@ -128,6 +128,13 @@ def test_report_gathers_table_and_plot(tmp_path):
     assert "No report yet: b, d" in (tmp_path / "sweep.md").read_text()
     rc = main(["sweep", "report", "--config", str(SWEEPS / "presets.yaml"), "--runs", str(tmp_path)])
     assert rc == 3  # done, but some variants have no report yet
+    # what `sweep run` recorded of the pool: 2 nodes for 30 of 60 minutes, against a fixed pool of 4
+    rows = [(0, 0, 0), (600, 2, 2), (2400, 0, 0), (3600, 0, 0)]
+    (tmp_path / "sweep-nodes.json").write_text(json.dumps({"rows": rows, "pool_max": 4}))
+    report(spec("presets"), runs=str(tmp_path))
+    text = (tmp_path / "sweep.md").read_text()
+    assert "**1.00 worker node-hours** (1.00 GPU-hours)" in text and "4 nodes for as long is 4.00" in text
+    assert "(25 % of it)" in text and (tmp_path / "sweep-nodes.png").stat().st_size > 1000
 
 
 def _free_port() -> int:

@@ -120,7 +120,8 @@ def check_references(docs: list[dict], strict: bool = False) -> list[tuple[int, 
             for f, flavor in enumerate((group or {}).get("flavors") or []):
                 missing(i, f"spec.resourceGroups[{g}].flavors[{f}].name", "ResourceFlavor", flavor.get("name"), flavors)
     for i, queue, path in _queued_rayjobs(docs):
-        problems += [(i, p, m) for p, m in _kueue_rayjob_rules(docs[i], queue)]
+        if docs[i].get("kind") == "RayJob":
+            problems += [(i, p, m) for p, m in _kueue_rayjob_rules(docs[i], queue)]
         if missing(i, path, "LocalQueue", queue, lqs) or queue not in lqs:
             continue
         cq_name = (docs[lqs[queue]].get("spec") or {}).get("clusterQueue")
@@ -130,7 +131,8 @@ def check_references(docs: list[dict], strict: bool = False) -> list[tuple[int, 
 
 
 def _queued_rayjobs(docs: list[dict]) -> list[tuple[int, str, str]]:
-    """(index, queue, where the queue is named) for RayJobs labelled for a queue, and for the stages
+    """(index, queue, where the queue is named) for RayJobs and RayClusters labelled for a queue (an
+    autoscaling RayCluster counted at every group's ``maxReplicas``), and for the stages
     the pipeline runner (a Job running `m3ad-rl k8s pipeline --queue Q`) hands to one."""
     out, runner_queue, runner_jobs = [], None, RUNNER_JOBS
     for d in docs:
@@ -142,12 +144,12 @@ def _queued_rayjobs(docs: list[dict]) -> list[tuple[int, str, str]]:
                     if "--jobs" in argv[:-1]:
                         runner_jobs = tuple(argv[argv.index("--jobs") + 1].split(","))
     for i, d in enumerate(docs):
-        if d.get("kind") != "RayJob":
+        if d.get("kind") not in ("RayJob", "RayCluster"):
             continue
         labels = (d.get("metadata") or {}).get("labels") or {}
         if QUEUE_LABEL in labels:
             out.append((i, labels[QUEUE_LABEL], f"metadata.labels.{QUEUE_LABEL}"))
-        elif runner_queue and d["metadata"].get("name") in runner_jobs:
+        elif runner_queue and d["kind"] == "RayJob" and d["metadata"].get("name") in runner_jobs:
             out.append((i, runner_queue, "(the pipeline runner's --queue)"))
     return out
 
@@ -170,7 +172,10 @@ def _fits(job: dict, cq: dict, queue: str) -> list[str]:
     """Every resource the job's pods request is covered, and the sum fits the largest flavor's quota."""
     need: dict[str, Decimal] = {}
     for pod in pods(job):
-        count = pod.group.get("replicas", pod.group.get("minReplicas", 1)) if pod.role == "worker" else 1
+        count = 1
+        if pod.role == "worker":  # an autoscaling cluster may grow every group to maxReplicas
+            grows = pod.cluster.get("enableInTreeAutoscaling") and "maxReplicas" in pod.group
+            count = pod.group["maxReplicas"] if grows else pod.group.get("replicas", pod.group.get("minReplicas", 1))
         for c in pod.spec.get("containers") or []:
             for r, q in ((c.get("resources") or {}).get("requests") or {}).items():
                 if (value := parse_quantity(q)) is not None:

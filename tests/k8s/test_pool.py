@@ -134,3 +134,110 @@ def test_the_sweep_controller_finishes_a_sweep_on_the_pool(tmp_path):
         assert submitted == sorted([f"{t.name}-t" for t in tasks] + ["lost-t-r1"])  # nothing twice
         assert any("waiting" in line for line in lines)  # K = 2: the others waited their turn
         assert max(n for _, n in second.nodes) <= 2
+
+
+PREPARE = (
+    "m3ad-rl model tiny --out s3://m3ad-dev/models/tiny && "
+    "m3ad-rl data synth --out s3://m3ad-dev/data/synth --n 24 && "
+    "m3ad-rl data split --input s3://m3ad-dev/data/synth --out s3://m3ad-dev/data/split && "
+    "m3ad-rl eval run --config /etc/m3ad/eval.yaml --model s3://m3ad-dev/models/tiny --engine hf --workers 1 "
+    "--dataset s3://m3ad-dev/data/split/ft --out s3://m3ad-dev/base-on-ft --address auto && "
+    "m3ad-rl data build-ft --input s3://m3ad-dev/data/split/ft "
+    "--predictions s3://m3ad-dev/base-on-ft/predictions.jsonl --out s3://m3ad-dev/ft"
+)
+REWARDS = ["preset_a", "preset_b", "preset_c", "preset_d", "ablation_con1_acc0_ref1", "ablation_con0_acc1_ref1"]
+
+
+def _worker_raylets(head_pid: int) -> list:
+    """The raylets of the autoscaled nodes: in the head's mount namespace, not the head's own."""
+    import psutil
+
+    from m3ad_rl.k8s.pool import head_node_id
+
+    ns = os.readlink(f"/proc/{head_pid}/ns/mnt")
+    out = []
+    for p in psutil.process_iter(["name"]):
+        try:
+            ours = p.info["name"] == "raylet" and os.readlink(f"/proc/{p.pid}/ns/mnt") == ns
+            if ours and p.environ().get("RAY_OVERRIDE_NODE_ID_FOR_TESTING") != head_node_id():
+                out.append(p)
+        except (OSError, psutil.Error):
+            continue
+    return out
+
+
+@pytest.mark.slow
+@pytest.mark.multinode
+@pytest.mark.timeout(1500)
+@pytest.mark.skipif(os.geteuid() != 0, reason="private mount namespaces need root")
+def test_a_sweep_on_an_autoscaling_pool_from_zero(tmp_path):
+    """Issue 22 end to end: six tiny RCRL variants through `m3ad-rl sweep run` on a pool of at most 2
+    worker nodes that starts at zero; a worker node killed mid-sweep; every variant finishes with its
+    report, and the pool is back to zero within the idle timeout + 60 s."""
+    import subprocess
+    import sys
+
+    import fsspec
+    from ray.job_submission import JobSubmissionClient
+
+    from m3ad_rl.k8s.localcluster import LocalCluster
+
+    manifest = yaml.safe_load(MANIFEST.read_text())
+    manifest["spec"]["workerGroupSpecs"] = manifest["spec"]["workerGroupSpecs"][:1]  # one type, CPUs only
+    group = manifest["spec"]["workerGroupSpecs"][0]
+    group["maxReplicas"] = 2
+    for block in ("limits", "requests"):
+        group["template"]["spec"]["containers"][0]["resources"][block].pop("nvidia.com/gpu")
+    (tmp_path / "rc.yaml").write_text(yaml.safe_dump(manifest))
+    idle = 20
+    sweep = yaml.safe_load((ROOT / "configs/sweeps/presets-dev.yaml").read_text())
+    sweep.update(name="pool", model="s3://m3ad-dev/models/tiny", out="s3://m3ad-dev/sweeps/pool", eval_workers=1,
+                 train_set={"steps": 2, "checkpoint.every": 1, "rollout.sampling.max_new_tokens": 48},
+                 variants=[{"name": r.replace("ablation_", "").replace("_", "-"), "reward": f"configs/rewards/{r}.yaml"}
+                           for r in REWARDS])  # fmt: skip
+    (tmp_path / "sweep.yaml").write_text(yaml.safe_dump(sweep))
+    with LocalCluster(tmp_path / "pool", workers=0, autoscaling=tmp_path / "rc.yaml", node_cpus=2, idle_timeout_s=idle,
+                      head_memory_mb=16384, config_dir=ROOT / "manifests/overlays/dev/config") as c:  # fmt: skip
+        env = {**os.environ, **c.client_env()}
+        os.environ.update(c.client_env())
+        jobs = JobSubmissionClient(c.dashboard_url)
+        sid = jobs.submit_job(entrypoint=PREPARE)
+        deadline = time.time() + 600
+        while str(jobs.get_job_status(sid)).split(".")[-1] not in ("SUCCEEDED", "FAILED", "STOPPED"):
+            assert time.time() < deadline
+            time.sleep(3)
+        assert str(jobs.get_job_status(sid)).endswith("SUCCEEDED"), jobs.get_job_logs(sid)[-3000:]
+        start = time.time()
+        run = subprocess.Popen(
+            [sys.executable, "-m", "m3ad_rl.cli", "sweep", "run", "--config", str(tmp_path / "sweep.yaml"),
+             "--address", c.dashboard_url, "--max-in-flight", "2", "--retries", "2", "--poll", "2",
+             "--pool", str(tmp_path / "rc.yaml")],
+            cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        )  # fmt: skip
+        fs = fsspec.filesystem("s3")
+        killed = None
+        while killed is None and run.poll() is None:  # kill a worker node once a variant has a checkpoint
+            if fs.glob("m3ad-dev/sweeps/pool/*/checkpoints/step_000001/COMPLETE"):
+                raylets = _worker_raylets(c.nodes[0].proc.pid)
+                if raylets:
+                    raylets[0].kill()
+                    killed = time.time() - start
+            time.sleep(1)
+        out, _ = run.communicate(timeout=1200)
+        print(out[-6000:])
+        took = time.time() - start
+        assert run.returncode == 0, out[-4000:]
+        assert killed is not None, "no worker node was killed: the sweep ended before any checkpoint"
+        assert "lost a node; resubmitted" in out, out[-4000:]
+        lines = [line for line in out.splitlines() if line.startswith("[")]
+        assert any("waiting" in line for line in lines)  # K = 2: the others waited
+        nodes = [int(line.split("; ")[1].split(" worker")[0]) for line in lines if "worker node(s)" in line]
+        assert max(nodes) == 2 and max(nodes) <= group["maxReplicas"], nodes  # grew, never past maxReplicas
+        for v in sweep["variants"]:
+            assert fs.exists(f"m3ad-dev/sweeps/pool/{v['name']}/eval/report.json"), v["name"]
+        assert "What it cost" in fs.cat("m3ad-dev/sweeps/pool/sweep.md").decode()
+        ended = time.time()
+        while [n for n in c.alive_nodes() if not n.get("is_head_node")]:
+            assert time.time() - ended < idle + 60, "the pool did not shrink back to zero"
+            time.sleep(2)
+        print(f"sweep {took:.0f} s (a node killed at {killed:.0f} s); pool at zero {time.time() - ended:.0f} s later")

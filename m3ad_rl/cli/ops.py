@@ -32,6 +32,7 @@ def add_sweep_commands(sub) -> None:
     p.add_argument("--poll", type=float, default=5.0, help="seconds between looks at the cluster")
     p.add_argument("--pool", help="the RayCluster manifest of the target cluster: a variant asking for more than "
                    "any of its worker groups has is failed at once (infeasible)")  # fmt: skip
+    p.add_argument("--node-cpus", type=float, help="with --pool: CPUs per node, as given to `cluster up --autoscaling`")
     p.add_argument("--set", dest="overrides", nargs="+", default=[], metavar="KEY=VALUE")
     p.set_defaults(func=cmd_sweep_run)
     p = sw.add_parser("report", help="every variant's eval report in one table (sweep.md) and plot (sweep.png)")
@@ -151,7 +152,7 @@ def cmd_sweep_run(args: argparse.Namespace) -> int:
     from m3ad_rl.k8s.sweeprun import main
 
     spec = load_config(SweepSpec, args.config, args.overrides)
-    return main(spec, args.address, args.max_in_flight, args.retries, args.poll, args.pool)
+    return main(spec, args.address, args.max_in_flight, args.retries, args.poll, args.pool, args.node_cpus)
 
 
 def cmd_sweep_report(args: argparse.Namespace) -> int:

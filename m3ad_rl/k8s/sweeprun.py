@@ -48,7 +48,9 @@ class Outcome:
 
 def fits(bundle: dict[str, float], node_types: dict[str, dict[str, float]]) -> bool:
     """Some node type can hold this resource bundle (``memory``/object store aside)."""
-    need = {k: v for k, v in bundle.items() if v and k not in ("memory", "object_store_memory")}
+    need = {  # a placement group's own resources (CPU_group_<id>, bundle_group_<id>) are not a node's
+        k: v for k, v in bundle.items() if v and k not in ("memory", "object_store_memory") and "_group_" not in k
+    }
     return any(all(res.get(k, 0) >= v for k, v in need.items()) for res in node_types.values())
 
 
@@ -292,7 +294,15 @@ def infeasible_before_submit(spec: Any, job: Any, types: dict[str, dict[str, flo
     return None
 
 
-def main(spec: Any, address: str, max_in_flight: int, retries: int, poll: float, pool: str | None) -> int:
+def main(
+    spec: Any,
+    address: str,
+    max_in_flight: int,
+    retries: int,
+    poll: float,
+    pool: str | None,
+    node_cpus: float | None = None,
+) -> int:
     """CLI body: run the sweep to its end, then write its report; 0 when every variant succeeded."""
     import hashlib
     import tempfile
@@ -307,7 +317,7 @@ def main(spec: Any, address: str, max_in_flight: int, retries: int, poll: float,
     types, pool_max = None, None
     if pool:
         manifest = next(d for d in yaml.safe_load_all(Path(pool).read_text()) if d and d.get("kind") == "RayCluster")
-        nt = {n: t for n, t in node_types(manifest).items() if n != HEAD_TYPE}
+        nt = {n: t for n, t in node_types(manifest, node_cpus).items() if n != HEAD_TYPE}
         types = {n: t["resources"] for n, t in nt.items()}
         pool_max = sum(t["max_workers"] for t in nt.values())
     key = hashlib.sha1(str(spec.out).encode()).hexdigest()[:6]  # as `sweep submit` names them

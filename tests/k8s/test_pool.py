@@ -211,7 +211,7 @@ def test_a_sweep_on_an_autoscaling_pool_from_zero(tmp_path):
         run = subprocess.Popen(
             [sys.executable, "-m", "m3ad_rl.cli", "sweep", "run", "--config", str(tmp_path / "sweep.yaml"),
              "--address", c.dashboard_url, "--max-in-flight", "2", "--retries", "2", "--poll", "2",
-             "--pool", str(tmp_path / "rc.yaml")],
+             "--pool", str(tmp_path / "rc.yaml"), "--node-cpus", "2"],
             cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
         )  # fmt: skip
         fs = fsspec.filesystem("s3")

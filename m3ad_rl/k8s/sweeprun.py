@@ -49,8 +49,10 @@ class Outcome:
 def fits(bundle: dict[str, float], node_types: dict[str, dict[str, float]]) -> bool:
     """Some node type can hold this resource bundle (``memory``/object store aside)."""
     need = {  # a placement group's own resources (CPU_group_<id>, bundle_group_<id>) are not a node's
-        k: v for k, v in bundle.items() if v and k not in ("memory", "object_store_memory") and "_group_" not in k
-    }
+        k: v
+        for k, v in bundle.items()
+        if v and k not in ("memory", "object_store_memory") and "_group_" not in k and not k.startswith("node:")
+    }  # nor a pin to a node (node:<ip>, node:__internal_head__ for Ray's own actors on the head)
     return any(all(res.get(k, 0) >= v for k, v in need.items()) for res in node_types.values())
 
 
@@ -344,4 +346,7 @@ def main(
     for o in bad:
         print(f"m3ad-rl sweep run: {o.name}: {o.state.lower()} after {len(o.attempts)} attempt(s): {o.message}",
               file=sys.stderr)  # fmt: skip
+        if o.state == "FAILED" and o.attempts:
+            tail = runner.client.get_job_logs(o.attempts[-1]).strip().splitlines()[-12:]
+            print("\n".join(f"    {line}" for line in tail), file=sys.stderr)
     return 1 if bad else 0

@@ -48,6 +48,7 @@ class RCRLTrainer:
         self.tracker = None
         self.rollout: list = []
         self.actor = self.ref = None
+        self._pools: list = []  # verl resource pools, whose placement groups cleanup() removes
         self._resume_from: str | None = None
         self.lengths: tuple[dict, str] | None = None
         self.kl_ctrl = kl_controller(cfg.grpo)  # β of the KL term (fixed, or adaptive and checkpointed)
@@ -160,6 +161,7 @@ class RCRLTrainer:
             pool = RayResourcePool([a.workers // a.nodes] * a.nodes, use_gpu=a.use_gpu, max_colocate_count=1)
             if a.nodes > 1:
                 pool.pgs = node_placement_groups(a.workers // a.nodes, a.nodes, a.use_gpu, role)
+            self._pools.append(pool)  # its placement groups outlive the workers unless removed (cleanup)
             return RayWorkerGroup(pool, RayClassWithInitArgs(cls=ray.remote(PolicyWorker), cfg=wcfg, role=role))
 
         use_ref = cfg.grpo.kl_coef > 0  # β = 0: no KL term, so no reference policy at all
@@ -381,9 +383,13 @@ class RCRLTrainer:
         never replaces the error that stopped the run."""
         import ray
 
+        groups = [g for g in {id(g): g for g in (self.actor, self.ref) if g is not None}.values()]
         steps = [("tracker", self.tracker and self.tracker.close),
                  ("reward service", self.reward and self.reward.close),
-                 *[("rollout worker", lambda w=w: ray.kill(w)) for w in self.rollout]]  # fmt: skip
+                 *[("rollout worker", lambda w=w: ray.kill(w)) for w in self.rollout],
+                 *[("policy worker", lambda w=w: ray.kill(w)) for g in groups for w in g.workers],
+                 *[("placement group", lambda pg=pg: ray.util.remove_placement_group(pg))
+                   for pool in self._pools for pg in (getattr(pool, "pgs", None) or [])]]  # fmt: skip
         for what, step in steps:
             if not step:
                 continue

@@ -280,6 +280,23 @@ def plot_timeline(rows: list[tuple[float, int, float]], pool_max: int | None, pa
     plt.close(fig)
 
 
+def fit_in_flight(spec: Any, types: dict[str, dict], wanted: int, log: Callable[[str], None]) -> int:
+    """``wanted``, lowered so that that many variants fit the pool at its largest: K variants that each
+    hold part of a full pool while waiting for the rest would wait for each other forever."""
+    from m3ad_rl.core.config import load_config
+    from m3ad_rl.k8s.sweep import _fmt
+    from m3ad_rl.train.rcrl.cluster import resource_requests
+    from m3ad_rl.train.rcrl.config import RCRLConfig
+
+    cfg = load_config(RCRLConfig, spec.train_config, [f"{k}={_fmt(v)}" for k, v in spec.train_set.items()])
+    need = {k: sum(b.get(k, 0) for _, b in resource_requests(cfg)) for k in ("CPU", "GPU")}
+    have = {k: sum(t["resources"].get(k, 0) * t["max_workers"] for t in types.values()) for k in ("CPU", "GPU")}
+    fit = min((int(have[k] // need[k]) for k in need if need[k]), default=wanted)
+    if fit < wanted:
+        log(f"--max-in-flight {wanted} lowered to {max(fit, 1)}: a variant needs {need}, the pool holds at most {have}")
+    return max(1, min(wanted, fit))
+
+
 def infeasible_before_submit(spec: Any, job: Any, types: dict[str, dict[str, float]]) -> str | None:
     """Why the variant's RCRL run cannot be placed on any node type of the pool, or None."""
     from m3ad_rl.core.config import load_config
@@ -339,6 +356,7 @@ def main(
                 if why := infeasible_before_submit(spec, job, types):
                     runner.infeasible[task.name] = why
                     runner.log(f"{task.name}: infeasible, not submitted: {why}")
+            runner.max_in_flight = fit_in_flight(spec, nt, max_in_flight, runner.log)
         outcomes = runner.run()
     table, _ = report(spec)
     print(table)

@@ -196,7 +196,7 @@ def test_a_sweep_on_an_autoscaling_pool_from_zero(tmp_path):
                  variants=[{"name": r.replace("ablation_", "").replace("_", "-"), "reward": f"configs/rewards/{r}.yaml"}
                            for r in REWARDS])  # fmt: skip
     (tmp_path / "sweep.yaml").write_text(yaml.safe_dump(sweep))
-    with LocalCluster(tmp_path / "pool", workers=0, autoscaling=tmp_path / "rc.yaml", node_cpus=2, idle_timeout_s=idle,
+    with LocalCluster(tmp_path / "pool", workers=0, autoscaling=tmp_path / "rc.yaml", node_cpus=3, idle_timeout_s=idle,
                       head_memory_mb=16384, config_dir=ROOT / "manifests/overlays/dev/config") as c:  # fmt: skip
         env = {**os.environ, **c.client_env()}
         os.environ.update(c.client_env())
@@ -211,7 +211,7 @@ def test_a_sweep_on_an_autoscaling_pool_from_zero(tmp_path):
         run = subprocess.Popen(
             [sys.executable, "-m", "m3ad_rl.cli", "sweep", "run", "--config", str(tmp_path / "sweep.yaml"),
              "--address", c.dashboard_url, "--max-in-flight", "2", "--retries", "2", "--poll", "2",
-             "--pool", str(tmp_path / "rc.yaml"), "--node-cpus", "2"],
+             "--pool", str(tmp_path / "rc.yaml"), "--node-cpus", "3"],
             cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
         )  # fmt: skip
         fs = fsspec.filesystem("s3")

@@ -211,3 +211,13 @@ def test_sweep_run_fails_an_infeasible_variant_before_sending_it():
     s.train_set = {**s.train_set, "actor.workers": 16}
     why = infeasible_before_submit(s, job, {"cpu": {"CPU": 8.0}})
     assert why and "16 actor rank(s) on one node" in why and "cpu: {'CPU': 8.0}" in why
+
+
+def test_sweep_run_lowers_k_to_what_the_full_pool_holds():
+    """K variants that each fill part of a maxed-out pool would wait for each other's CPUs forever."""
+    from m3ad_rl.k8s.sweeprun import fit_in_flight
+
+    s, lines = spec("presets-dev"), []
+    pool = {"cpu": {"resources": {"CPU": 2.0}, "max_workers": 2}}  # a variant needs 1 + 1 + 0.5 reward CPUs
+    assert fit_in_flight(s, pool, 2, lines.append) == 1 and "lowered to 1" in lines[0]
+    assert fit_in_flight(s, {"cpu": {"resources": {"CPU": 3.0}, "max_workers": 2}}, 2, lines.append) == 2

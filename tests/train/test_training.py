@@ -287,7 +287,11 @@ def test_controller_update_with_minibatches_moves_clips_and_pushes_exact_weights
                 assert v == pytest.approx(float(actor[k].double().sum()), rel=1e-9, abs=1e-9), k
     finally:
         t.cleanup()
+        left = [pg for pg in ray.util.placement_group_table().values() if pg["state"] != "REMOVED"]
         ray.shutdown()
+    # a run leaves no placement group behind: each held a CPU, and reproduce's 7th RCRL stage in one process
+    # waited forever for a CPU for its reward replica
+    assert left == [], left
 
 
 def test_one_optimiser_step_without_old_log_probs_is_exact_and_asserted():

@@ -43,6 +43,8 @@ def resource_requests(cfg) -> list[tuple[str, dict[str, float]]]:
     out += [(f"{per_node} actor rank(s) on one node", dict(ranks))] * a.nodes
     if cfg.grpo.kl_coef > 0 and not cfg.ref.colocate:
         out += [(f"{per_node} reference rank(s) on one node", dict(ranks))] * a.nodes
+    if not cfg.reward_service.url:  # deployed by the run itself (rewards/service.py: 0.5 CPU a replica)
+        out += [("reward service replica", {"CPU": 0.5})] * cfg.reward_service.replicas
     return out
 
 

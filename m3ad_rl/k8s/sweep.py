@@ -258,17 +258,19 @@ def submit(spec: SweepSpec, address: str, dry_run: bool = False) -> list[str]:
 
     client = None if dry_run else JobSubmissionClient(address)
     ids = []
+    from m3ad_rl.k8s.sweeprun import variant_dir
+
     with tempfile.TemporaryDirectory(prefix="m3ad-sweep-") as tmp:
-        for key, text in config_files(spec).items():
-            (Path(tmp) / key).write_text(text)
+        files = config_files(spec)
         for job in expand(spec):
-            sid = f"{job_name(spec.name, job.variant)}-{hashlib.sha1(str(spec.out).encode()).hexdigest()[:6]}"
+            name = job_name(spec.name, job.variant)
+            sid = f"{name}-{hashlib.sha1(str(spec.out).encode()).hexdigest()[:6]}"
             if client is not None:
                 sid = _submit_retrying(
                     client,
                     entrypoint=entrypoint(spec, job, config_dir="."),
                     submission_id=sid,
-                    runtime_env={"working_dir": tmp},
+                    runtime_env={"working_dir": str(variant_dir(Path(tmp), name, files))},
                     metadata={k.split("/")[-1]: v for k, v in job.labels.items()},
                 )
             ids.append(sid)

@@ -36,6 +36,7 @@ class Task:
     name: str
     entrypoint: str
     metadata: dict[str, str] = field(default_factory=dict)
+    runtime_env: dict | None = None  # instead of the runner's
 
 
 @dataclass
@@ -189,8 +190,8 @@ class SweepRunner:
         from m3ad_rl.k8s.sweep import _submit_retrying
 
         kwargs: dict[str, Any] = {"entrypoint": task.entrypoint, "submission_id": sid, "metadata": task.metadata}
-        if self.runtime_env:
-            kwargs["runtime_env"] = self.runtime_env
+        if task.runtime_env or self.runtime_env:
+            kwargs["runtime_env"] = task.runtime_env or self.runtime_env
         try:
             _submit_retrying(self.client, **kwargs)
         except RuntimeError as e:
@@ -224,6 +225,18 @@ class SweepRunner:
 
 
 TIMELINE = "sweep-nodes.json"
+
+
+def variant_dir(root: Any, name: str, files: dict[str, str]) -> Any:
+    """The configs as one variant's own ``working_dir``. Variants that shared one package lost it now
+    and then: Ray unpacks a working_dir once per node and reference-counts it per job, and a variant
+    started after another one ended read ``./eval.yaml does not exist`` (seen on the local pool)."""
+    folder = root / name
+    folder.mkdir(parents=True, exist_ok=True)
+    for key, text in files.items():
+        (folder / key).write_text(text)
+    (folder / ".variant").write_text(name)  # a different package (content hash) per variant
+    return folder
 
 
 def write_timeline(url: str, rows: list[tuple[float, int, float]], pool_max: int | None) -> None:
@@ -346,10 +359,9 @@ def main(
         for job in expand(spec)
     ]  # fmt: skip
     with tempfile.TemporaryDirectory(prefix="m3ad-sweep-") as tmp:
-        for name, text in config_files(spec).items():
-            (Path(tmp) / name).write_text(text)
-        runner = SweepRunner(JobSubmissionClient(address), tasks, key, max_in_flight, retries, poll, types,
-                             runtime_env={"working_dir": tmp})  # fmt: skip
+        for task in tasks:  # one working_dir per variant: see variant_dirs
+            task.runtime_env = {"working_dir": str(variant_dir(Path(tmp), task.name, config_files(spec)))}
+        runner = SweepRunner(JobSubmissionClient(address), tasks, key, max_in_flight, retries, poll, types)
         runner.timeline = lambda rows: write_timeline(f"{spec.out.rstrip('/')}/{TIMELINE}", rows, pool_max)
         if types:  # what each variant will ask for, against the pool's node types, before sending any
             for task, job in zip(tasks, expand(spec), strict=True):

@@ -34,7 +34,25 @@ except ImportError:  # pragma: no cover - Ray without its autoscaler
 
 
 class PoolProvider(_Base):  # type: ignore[misc,valid-type]
-    """Ray's fake multi-node provider, loadable as ``type: external``."""
+    """Ray's fake multi-node provider, loadable as ``type: external``, with one change: each node gets
+    its own Ray temp folder (as each pod has its own disk). The stock provider starts every node in
+    the head's session folder, so a node's runtime-env cleanup deleted the unpacked ``working_dir`` a
+    driver on the head was still using (a later sweep variant: ``./eval.yaml does not exist``)."""
+
+    def _create_node_with_resources_and_labels(self, node_config, tags, count, resources, labels):
+        import ray._private.parameter as parameter
+
+        stock, n = parameter.RayParams, self._next_node_id + 1
+
+        def own_temp_dir(*args, **kwargs):
+            kwargs.setdefault("temp_dir", f"/tmp/ray-node-{n}")
+            return stock(*args, **kwargs)
+
+        parameter.RayParams = own_temp_dir
+        try:
+            return super()._create_node_with_resources_and_labels(node_config, tags, count, resources, labels)
+        finally:
+            parameter.RayParams = stock
 
 
 def head_node_id() -> str:

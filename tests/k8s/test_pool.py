@@ -170,10 +170,6 @@ def _worker_raylets(head_pid: int) -> list:
 @pytest.mark.multinode
 @pytest.mark.timeout(1500)
 @pytest.mark.skipif(os.geteuid() != 0, reason="private mount namespaces need root")
-@pytest.mark.skip(
-    reason="issue 22, open: the autoscaled local nodes share the head's Ray session folder, and a node's "
-    "runtime-env GC removes a running driver's working_dir (later variants: ./eval.yaml does not exist)"
-)
 def test_a_sweep_on_an_autoscaling_pool_from_zero(tmp_path):
     """Issue 22 end to end: six tiny RCRL variants through `m3ad-rl sweep run` on a pool of at most 2
     worker nodes that starts at zero; a worker node killed mid-sweep; every variant finishes with its

@@ -217,6 +217,7 @@ def test_a_sweep_on_an_autoscaling_pool_from_zero(tmp_path):
         fs = fsspec.filesystem("s3")
         killed = None
         while killed is None and run.poll() is None:  # kill a worker node once a variant has a checkpoint
+            fs.invalidate_cache()  # s3fs caches listings: a stale one never shows the new checkpoint
             if fs.glob("m3ad-dev/sweeps/pool/*/checkpoints/step_000001/COMPLETE"):
                 raylets = _worker_raylets(c.nodes[0].proc.pid)
                 if raylets:

@@ -258,8 +258,6 @@ def submit(spec: SweepSpec, address: str, dry_run: bool = False) -> list[str]:
 
     client = None if dry_run else JobSubmissionClient(address)
     ids = []
-    from m3ad_rl.k8s.sweeprun import variant_dir
-
     with tempfile.TemporaryDirectory(prefix="m3ad-sweep-") as tmp:
         files = config_files(spec)
         for job in expand(spec):
@@ -348,8 +346,6 @@ def report(spec: SweepSpec, runs: str | None = None, out: str | None = None) -> 
     with staged_dir(out or runs or ".") as target:
         cost = ""
         if timeline is not None:
-            from m3ad_rl.k8s.sweeprun import node_hours, plot_timeline
-
             plot_timeline(timeline["rows"], timeline.get("pool_max"), target / "sweep-nodes.png")
             c = node_hours(timeline["rows"], timeline.get("pool_max"))
             share = f" ({100 * c['node_hours'] / c['fixed_node_hours']:.0f} % of it)" if c["fixed_node_hours"] else ""
@@ -380,3 +376,72 @@ def main_render(spec: SweepSpec, out: str, overwrite: bool = False) -> int:
     paths = write_rendered(render(spec), out, overwrite)
     print(f"wrote {len(paths) - 1} RayJob(s) and their ConfigMap to {out}; kubectl apply -f {out}", file=sys.stderr)
     return 0
+
+
+TIMELINE = "sweep-nodes.json"
+
+
+def variant_dir(root: Any, name: str, files: dict[str, str]) -> Any:
+    """The configs as one variant's own ``working_dir``. Variants that shared one package lost it now
+    and then: Ray unpacks a working_dir once per node and reference-counts it per job, and a variant
+    started after another one ended read ``./eval.yaml does not exist`` (seen on the local pool)."""
+    folder = root / name
+    folder.mkdir(parents=True, exist_ok=True)
+    for key, text in files.items():
+        (folder / key).write_text(text)
+    (folder / ".variant").write_text(name)  # a different package (content hash) per variant
+    return folder
+
+
+def write_timeline(url: str, rows: list[tuple[float, int, float]], pool_max: int | None) -> None:
+    """The pool's size over the sweep, for `sweep report`'s cost section (best effort: never stops a sweep)."""
+    import json
+
+    import fsspec
+
+    try:
+        with fsspec.open(url, "w") as f:
+            json.dump({"rows": rows, "pool_max": pool_max}, f)
+    except OSError as e:
+        print(f"m3ad-rl sweep run: could not write {url}: {e}", file=sys.stderr)
+
+
+def node_hours(rows: list[tuple[float, int, float]], pool_max: int | None = None) -> dict[str, float]:
+    """Worker node-hours (and GPU-hours) the pool used, against a fixed pool of its maximum size for
+    as long.
+
+    >>> node_hours([(0, 0, 0), (1800, 2, 2), (5400, 0, 0)])
+    {'hours': 1.5, 'node_hours': 2.0, 'gpu_hours': 2.0, 'fixed_nodes': 2, 'fixed_node_hours': 3.0}
+    """
+    rows = [r for r in rows if r[1] >= 0]
+    used = gpu = 0.0
+    for (t0, n0, g0), (t1, _, _) in itertools.pairwise(rows):
+        used += n0 * (t1 - t0) / 3600
+        gpu += g0 * (t1 - t0) / 3600
+    hours = (rows[-1][0] - rows[0][0]) / 3600 if rows else 0.0
+    fixed = pool_max if pool_max is not None else max((r[1] for r in rows), default=0)
+    return {"hours": round(hours, 4), "node_hours": round(used, 4), "gpu_hours": round(gpu, 4),
+            "fixed_nodes": fixed, "fixed_node_hours": round(fixed * hours, 4)}  # fmt: skip
+
+
+def plot_timeline(rows: list[tuple[float, int, float]], pool_max: int | None, path: Any) -> None:
+    """Worker nodes and GPUs over the sweep as steps, with the fixed pool it is compared against."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [r for r in rows if r[1] >= 0]
+    t = [r[0] / 60 for r in rows]
+    fig, ax = plt.subplots(figsize=(6.4, 3.0))
+    ax.step(t, [r[1] for r in rows], where="post", label="worker nodes")
+    if any(r[2] for r in rows):
+        ax.step(t, [r[2] for r in rows], where="post", label="GPUs", linestyle="--")
+    fixed = node_hours(rows, pool_max)["fixed_nodes"]
+    ax.axhline(fixed, color="grey", linewidth=0.8, linestyle=":", label=f"fixed pool ({fixed} nodes)")
+    ax.set_xlabel("minutes since the sweep started")
+    ax.set_ylabel("count")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)

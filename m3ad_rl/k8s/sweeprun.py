@@ -17,7 +17,6 @@ the controller itself was killed picks up where the sweep stands.
 
 from __future__ import annotations
 
-import itertools
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -224,75 +223,6 @@ class SweepRunner:
             time.sleep(self.poll)
 
 
-TIMELINE = "sweep-nodes.json"
-
-
-def variant_dir(root: Any, name: str, files: dict[str, str]) -> Any:
-    """The configs as one variant's own ``working_dir``. Variants that shared one package lost it now
-    and then: Ray unpacks a working_dir once per node and reference-counts it per job, and a variant
-    started after another one ended read ``./eval.yaml does not exist`` (seen on the local pool)."""
-    folder = root / name
-    folder.mkdir(parents=True, exist_ok=True)
-    for key, text in files.items():
-        (folder / key).write_text(text)
-    (folder / ".variant").write_text(name)  # a different package (content hash) per variant
-    return folder
-
-
-def write_timeline(url: str, rows: list[tuple[float, int, float]], pool_max: int | None) -> None:
-    """The pool's size over the sweep, for `sweep report`'s cost section (best effort: never stops a sweep)."""
-    import json
-
-    import fsspec
-
-    try:
-        with fsspec.open(url, "w") as f:
-            json.dump({"rows": rows, "pool_max": pool_max}, f)
-    except OSError as e:
-        print(f"m3ad-rl sweep run: could not write {url}: {e}", file=sys.stderr)
-
-
-def node_hours(rows: list[tuple[float, int, float]], pool_max: int | None = None) -> dict[str, float]:
-    """Worker node-hours (and GPU-hours) the pool used, against a fixed pool of its maximum size for
-    as long.
-
-    >>> node_hours([(0, 0, 0), (1800, 2, 2), (5400, 0, 0)])
-    {'hours': 1.5, 'node_hours': 2.0, 'gpu_hours': 2.0, 'fixed_nodes': 2, 'fixed_node_hours': 3.0}
-    """
-    rows = [r for r in rows if r[1] >= 0]
-    used = gpu = 0.0
-    for (t0, n0, g0), (t1, _, _) in itertools.pairwise(rows):
-        used += n0 * (t1 - t0) / 3600
-        gpu += g0 * (t1 - t0) / 3600
-    hours = (rows[-1][0] - rows[0][0]) / 3600 if rows else 0.0
-    fixed = pool_max if pool_max is not None else max((r[1] for r in rows), default=0)
-    return {"hours": round(hours, 4), "node_hours": round(used, 4), "gpu_hours": round(gpu, 4),
-            "fixed_nodes": fixed, "fixed_node_hours": round(fixed * hours, 4)}  # fmt: skip
-
-
-def plot_timeline(rows: list[tuple[float, int, float]], pool_max: int | None, path: Any) -> None:
-    """Worker nodes and GPUs over the sweep as steps, with the fixed pool it is compared against."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    rows = [r for r in rows if r[1] >= 0]
-    t = [r[0] / 60 for r in rows]
-    fig, ax = plt.subplots(figsize=(6.4, 3.0))
-    ax.step(t, [r[1] for r in rows], where="post", label="worker nodes")
-    if any(r[2] for r in rows):
-        ax.step(t, [r[2] for r in rows], where="post", label="GPUs", linestyle="--")
-    fixed = node_hours(rows, pool_max)["fixed_nodes"]
-    ax.axhline(fixed, color="grey", linewidth=0.8, linestyle=":", label=f"fixed pool ({fixed} nodes)")
-    ax.set_xlabel("minutes since the sweep started")
-    ax.set_ylabel("count")
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-
-
 def fit_in_flight(spec: Any, types: dict[str, dict], wanted: int, log: Callable[[str], None]) -> int:
     """``wanted``, lowered so that that many variants fit the pool at its largest: K variants that each
     hold part of a full pool while waiting for the rest would wait for each other forever."""
@@ -344,7 +274,16 @@ def main(
     from ray.job_submission import JobSubmissionClient
 
     from m3ad_rl.k8s.pool import HEAD_TYPE, node_types
-    from m3ad_rl.k8s.sweep import config_files, entrypoint, expand, job_name, report
+    from m3ad_rl.k8s.sweep import (
+        TIMELINE,
+        config_files,
+        entrypoint,
+        expand,
+        job_name,
+        report,
+        variant_dir,
+        write_timeline,
+    )
 
     types, pool_max = None, None
     if pool:

@@ -138,6 +138,7 @@ COMMANDS: dict[str, Command] = {
 EXEMPT = {  # commands with no file input or output of their own, and why
     "eval sweep": "runs `eval run` per model (covered above) from a sweep config",
     "sweep submit": "sends jobs to a Ray cluster; writes nothing locally",
+    "sweep run": "sends jobs to a Ray cluster; writes its report and node timeline under out (tests/k8s/test_pool.py)",
     "sweep report": "reads run folders and writes its report into one (covered by tests/k8s/test_sweep.py)",
     "serve openai": "a server; its model is checked like eval run's (tests/engines)",
     "serve rewards": "a server; no file input or output",

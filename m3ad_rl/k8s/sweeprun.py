@@ -309,7 +309,7 @@ def main(
                     runner.log(f"{task.name}: infeasible, not submitted: {why}")
             runner.max_in_flight = fit_in_flight(spec, nt, max_in_flight, runner.log)
         outcomes = runner.run()
-    table, _ = report(spec)
+    table, _ = report(spec, out=spec.out)  # beside the variants' folders, not in the current folder
     print(table)
     bad = [o for o in outcomes if o.state != "SUCCEEDED"]
     for o in bad:

@@ -219,8 +219,13 @@ def test_a_sweep_on_an_autoscaling_pool_from_zero(tmp_path):
         while killed is None and run.poll() is None:  # kill a worker node once a variant has a checkpoint
             fs.invalidate_cache()  # s3fs caches listings: a stale one never shows the new checkpoint
             if fs.glob("m3ad-dev/sweeps/pool/*/checkpoints/step_000001/COMPLETE"):
-                raylets = _worker_raylets(c.nodes[0].proc.pid)
-                if raylets:
+                from ray.util.state import list_actors
+
+                busy = {a.node_id for a in list_actors(address=c.dashboard_url, filters=[
+                    ("class_name", "=", "PolicyWorker"), ("state", "=", "ALIVE")])}  # fmt: skip
+                raylets = [p for p in _worker_raylets(c.nodes[0].proc.pid)
+                           if p.environ().get("RAY_OVERRIDE_NODE_ID_FOR_TESTING") in busy]  # fmt: skip
+                if raylets:  # a node that runs a variant's DeepSpeed rank
                     raylets[0].kill()
                     killed = time.time() - start
             time.sleep(1)

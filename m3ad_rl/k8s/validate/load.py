@@ -23,9 +23,9 @@ def crd_dir() -> Path | None:
     return path if (path / "ray.io_rayjobs.yaml").exists() else None
 
 
-def kustomize_roots(path: Path) -> list[Path]:
-    """Kustomizations under ``path`` meant to be applied: every ``kind: Kustomization`` that no other
-    kustomization there includes (so overlays, not their base; never a ``kind: Component``)."""
+def _kustomizations(path: Path) -> tuple[dict[Path, Path], set[Path], set[Path]]:
+    """Every kustomization folder under ``path`` (resolved → as found), the folders some other one
+    includes (resources or components), and the ``kind: Component`` folders."""
     found = {p.parent.resolve(): p.parent for p in path.rglob("kustomization.yaml")}
     included, components = set(), set()
     for folder in found:
@@ -34,20 +34,20 @@ def kustomize_roots(path: Path) -> list[Path]:
             components.add(folder)
         for ref in [*(k.get("resources") or []), *(k.get("components") or [])]:
             included.add((folder / ref).resolve())
+    return found, included, components
+
+
+def kustomize_roots(path: Path) -> list[Path]:
+    """Kustomizations under ``path`` meant to be applied: every ``kind: Kustomization`` that no other
+    kustomization there includes (so overlays, not their base; never a ``kind: Component``)."""
+    found, included, components = _kustomizations(path)
     return sorted(found[f] for f in found if f not in included and f not in components)
 
 
 def lone_components(path: Path) -> list[Path]:
     """``kind: Component`` folders under ``path`` that no kustomization there includes: rendered on
     their own (``render_component``), or nothing would ever check them."""
-    found = {p.parent.resolve(): p.parent for p in path.rglob("kustomization.yaml")}
-    included, components = set(), set()
-    for folder in found:
-        k = yaml.safe_load((folder / "kustomization.yaml").read_text()) or {}
-        if k.get("kind") == "Component":
-            components.add(folder)
-        for ref in [*(k.get("resources") or []), *(k.get("components") or [])]:
-            included.add((folder / ref).resolve())
+    found, included, components = _kustomizations(path)
     return sorted(found[f] for f in components if f not in included)
 
 

@@ -141,7 +141,7 @@ _CHUNK_ELEMENTS = 1 << 25  # ~128 MB of fp32 logits per chunk
 
 def _chunk_log_probs(head, hidden, targets, temperature: float, with_entropy: bool):
     """log π(target) = logit - logsumexp(logits) for a few rows, without a [rows, L, V] log-softmax copy;
-    the entropy (a metric) outside the graph."""
+    the entropy (a metric) outside the graph. The fallback for heads :class:`LinearLogProbs` cannot take."""
     logits = head(hidden).float()
     if temperature != 1.0:
         logits = logits / temperature
@@ -152,6 +152,88 @@ def _chunk_log_probs(head, hidden, targets, temperature: float, with_entropy: bo
         with torch.no_grad():
             ent = lse - (torch.softmax(logits, dim=-1) * logits).sum(-1)
     return lp, ent
+
+
+class LinearLogProbs(torch.autograd.Function):
+    """log softmax((h Wᵀ + b) / T)[target] per token, never holding more than one chunk of logits.
+
+    The plain path keeps every chunk's ``[tokens, V]`` fp32 logits alive for the backward (with Qwen's
+    151,936-row vocabulary that is most of the actor's memory). Here the forward keeps only its inputs and
+    each token's logsumexp. The backward walks the vocabulary in slices: it recomputes the slice's logits
+    for all tokens, turns them into ``∂/∂logits = g·(onehot(target) − softmax)/T`` with the saved
+    logsumexp, writes that slice of W's gradient once and adds the slice's share of the hidden's gradient.
+    One extra ``[tokens, H] × [H, V]`` matmul buys O(chunk) memory instead of O(tokens × V): the trade
+    Liger-kernel's fused linear cross-entropy makes, here for per-token log-probs, whose upstream gradient
+    is one number per token rather than one loss scalar.
+
+    Flat inputs: ``hidden [M, H]``, ``weight [V, H]``, ``bias [V] | None``, ``targets [M]``. The matmuls run
+    in the dtype ``head(hidden)`` would have (autocast's, if on); softmax and logsumexp in fp32, as the
+    plain path. Returns ``(log_probs [M], entropy [M] or None)`` in fp32; the entropy is a metric only."""
+
+    @staticmethod
+    def forward(ctx, hidden, weight, bias, targets, temperature: float, chunk: int, with_entropy: bool):
+        m = hidden.shape[0]
+        acc = torch.promote_types(torch.float32, hidden.dtype)  # fp32, or fp64 for gradcheck
+        lp = torch.empty(m, dtype=acc, device=hidden.device)
+        lse = torch.empty_like(lp)
+        ent = torch.empty_like(lp) if with_entropy else None
+        rows = max(1, chunk // weight.shape[0])
+        dt = hidden.dtype
+        for s in range(0, m, rows):
+            raw = torch.nn.functional.linear(hidden[s : s + rows], weight, bias)
+            dt = raw.dtype  # autocast's choice, reused by the backward
+            logits = raw.to(acc)
+            if temperature != 1.0:
+                logits.div_(temperature)
+            z = torch.logsumexp(logits, dim=-1)
+            lse[s : s + rows] = z
+            lp[s : s + rows] = logits.gather(1, targets[s : s + rows, None]).squeeze(1) - z
+            if with_entropy:  # H = lse − Σ p·logit
+                ent[s : s + rows] = z - (torch.exp(logits - z[:, None]) * logits).sum(-1)
+            del raw, logits
+        ctx.save_for_backward(hidden, weight, bias, targets, lse)
+        ctx.temperature, ctx.chunk, ctx.dt = temperature, chunk, dt
+        if ent is not None:
+            ctx.mark_non_differentiable(ent)
+        return lp, ent
+
+    @staticmethod
+    def backward(ctx, g_lp, _g_ent):
+        hidden, weight, bias, targets, lse = ctx.saved_tensors
+        t, dt = ctx.temperature, ctx.dt
+        need_h, need_w, need_b = ctx.needs_input_grad[:3]
+        m, v = hidden.shape[0], weight.shape[0]
+        g = g_lp.to(lse.dtype)[:, None] / t  # [M, 1]: each token's upstream gradient, with the 1/T of the logits
+        h = hidden.to(dt)
+        g_h = torch.zeros(hidden.shape, dtype=lse.dtype, device=hidden.device) if need_h else None
+        g_w = torch.empty_like(weight) if need_w else None
+        g_b = torch.empty_like(bias) if need_b else None
+        width = max(1, ctx.chunk // max(1, m))
+        for v0 in range(0, v, width):
+            v1 = min(v, v0 + width)
+            w = weight[v0:v1].to(dt)
+            b = bias[v0:v1].to(dt) if bias is not None else None
+            logits = torch.nn.functional.linear(h, w, b).to(lse.dtype)
+            if t != 1.0:
+                logits.div_(t)
+            d = logits.sub_(lse[:, None]).exp_().mul_(-g)  # −g·softmax
+            here = (targets >= v0) & (targets < v1)
+            rows = here.nonzero().squeeze(1)
+            d[rows, targets[rows] - v0] += g[rows, 0]  # + g·onehot(target)
+            if need_w:
+                g_w[v0:v1] = (d.t().to(dt) @ h).to(weight.dtype)
+            if need_b:
+                g_b[v0:v1] = d.sum(0).to(bias.dtype)
+            if need_h:
+                g_h += (d.to(dt) @ w).to(g_h.dtype)
+            del logits, d
+        return (g_h.to(hidden.dtype) if need_h else None, g_w, g_b, None, None, None, None)
+
+
+def fusable_head(head) -> bool:
+    """A plain ``nn.Linear`` whose weight is all here (not a ZeRO-3 partition, which only the module's own
+    hooks gather): :class:`LinearLogProbs` can read its weight directly."""
+    return isinstance(head, torch.nn.Linear) and not hasattr(head.weight, "ds_id")
 
 
 def response_log_probs(
@@ -185,12 +267,20 @@ def response_log_probs(
 
 
 def _finish(head, selected, targets, mask, temperature: float, with_entropy: bool):
-    """The vocabulary projection and log-softmax in row chunks; zeros outside each row's response."""
-    width = selected.shape[1]
+    """The vocabulary projection and log-softmax, a bounded chunk of logits at a time; zeros outside each
+    row's response. A plain linear head goes through :class:`LinearLogProbs` (no logits kept for the
+    backward); anything else (a ZeRO-3 partitioned head, pre-projected logits) through row chunks."""
+    n, width = selected.shape[:2]
+    if fusable_head(head):
+        flat = selected.reshape(n * width, -1)
+        lp, ent = LinearLogProbs.apply(flat, head.weight, head.bias, targets.reshape(-1), temperature,
+                                       _CHUNK_ELEMENTS, with_entropy)  # fmt: skip
+        lp = lp.view(n, width) * mask
+        return lp, ent.view(n, width) * mask if with_entropy else None
     vocab = getattr(head, "out_features", None) or selected.shape[-1]
     rows = max(1, _CHUNK_ELEMENTS // max(1, width * vocab))  # rows per chunk: bounded [rows, L, V] temporaries
     lps, ents = [], []
-    for s in range(0, selected.shape[0], rows):
+    for s in range(0, n, rows):
         lp, ent = _chunk_log_probs(head, selected[s : s + rows], targets[s : s + rows], temperature, with_entropy)
         lps.append(lp)
         ents.append(ent)

@@ -13,6 +13,11 @@ batch, 2 torch threads, our reward function. Sides:
 - ``trl-best``: GRPOTrainer with gradient checkpointing off and ``loss_type="dapo"`` (a token mean
   over the batch, as ours).
 - ``trl-default``: GRPOTrainer as it comes (gradient checkpointing on in TRL 1.16).
+- ``ours-plainhead`` (and the other ``ours-*``): ours with one lever off, its "before"; plainhead: the
+  vocabulary projection's logits kept for the backward instead of ``LinearLogProbs``' recompute.
+
+Peak memory per side: the actor process's peak RSS (ours: the DeepSpeed rank, reported by the worker;
+TRL: its one process, which also holds the rollout model and the reference).
 
 Honest by construction: each run is a fresh process; the sides alternate (ours, trl-best,
 trl-default, ours, …); before every run the driver checks that no process of an earlier run (its
@@ -26,6 +31,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import statistics
 import subprocess
 import sys
@@ -39,7 +45,7 @@ from _common import machine
 from m3ad_rl.core import provenance
 
 ROOT = Path(__file__).resolve().parents[1]
-OURS_SIDES = ["ours", "ours-bf16", "ours-genshare", "ours-noshare", "ours-sepref", "ours-hfgen"]
+OURS_SIDES = ["ours", "ours-bf16", "ours-genshare", "ours-noshare", "ours-sepref", "ours-hfgen", "ours-plainhead"]
 
 
 def build_inputs(root: Path, vocab: str, prompts: int) -> tuple[Path, Path]:
@@ -83,7 +89,7 @@ def prompt_tokens(model: Path, data: Path, prompts: int, n: int) -> int:
 
 def ours(
     model: Path, data: Path, args, out: Path, share_prefix: bool = True, share_actor: bool = True, bf16: bool = False,
-    ref_in_update: bool = True, decode_loop: bool = True,
+    ref_in_update: bool = True, decode_loop: bool = True, fused_head: bool = True,
 ) -> dict:  # fmt: skip
     """``share_prefix=False``: the rollout engine expands each prompt n times before the prefill;
     ``share_actor=False``: the actor's and reference's log-prob passes run n full rows per prompt;
@@ -97,7 +103,7 @@ def ours(
                  "sampling": {"n": args.n, "temperature": 1.0, "max_new_tokens": args.max_new_tokens,
                               "logprobs": False}},
         actor={"threads": 2, "micro_batch_rows": args.prompts * args.n, "optim": {"lr": 1e-6, "bf16": bf16},
-               "share_prefix": share_actor},
+               "share_prefix": share_actor, "fused_head": fused_head},
         ref={"in_update": ref_in_update},
         checkpoint={"every": 10**6}, logging={"tensorboard": False},
     )  # fmt: skip
@@ -107,6 +113,7 @@ def ours(
         "step_s": [h["timing/step_s"] for h in hist],
         "phases": {k[7:-2]: statistics.median(h[k] for h in hist if k in h) for k in phases},
         "response_tokens": statistics.mean(h["response/length_mean"] * args.prompts * args.n for h in hist),
+        "peak_rss_gib": max((h.get("perf/actor_peak_rss_gib", 0.0) for h in hist), default=None),
     }
 
 
@@ -160,6 +167,7 @@ def trl_side(model: Path, data: Path, args, out: Path, best: bool) -> dict:
     return {
         "step_s": times[1:], "loss_type": cfg.loss_type, "gradient_checkpointing": cfg.gradient_checkpointing,
         "response_tokens": statistics.mean(lengths[1:] or lengths) * args.prompts * args.n if lengths else None,
+        "peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
     }  # fmt: skip
 
 
@@ -176,10 +184,11 @@ def one_side(args) -> None:
             args,
             out,
             share_prefix=args.side != "ours-noshare",
-            share_actor=args.side in ("ours", "ours-bf16", "ours-sepref", "ours-hfgen"),
+            share_actor=args.side in ("ours", "ours-bf16", "ours-sepref", "ours-hfgen", "ours-plainhead"),
             bf16=args.side == "ours-bf16",
             ref_in_update=args.side != "ours-sepref",
             decode_loop=args.side not in ("ours-hfgen", "ours-genshare", "ours-noshare"),
+            fused_head=args.side != "ours-plainhead",
         )
     else:
         res = trl_side(model, data, args, out, best=args.side == "trl-best")
@@ -223,17 +232,18 @@ def compare(args) -> None:
             res["median_step_s"] = statistics.median(res["step_s"])
             runs[side].append(res)
             print(f"  repeat {r + 1} {side:12s} {res['median_step_s']:6.2f} s/step  response tokens/step "
-                  f"{res['response_tokens'] or float('nan'):7.0f}  (process {time.perf_counter() - t0:.0f} s)",
-                  flush=True)  # fmt: skip
-    print("\n| side | median s/step | min–max over repeats | response tokens/step | × ours |")
-    print("|---|---|---|---|---|")
+                  f"{res['response_tokens'] or float('nan'):7.0f}  peak RSS {res.get('peak_rss_gib') or 0:.2f} GiB  "
+                  f"(process {time.perf_counter() - t0:.0f} s)", flush=True)  # fmt: skip
+    print("\n| side | median s/step | min–max over repeats | response tokens/step | peak RSS GiB | × ours |")
+    print("|---|---|---|---|---|---|")
     base = statistics.median(r["median_step_s"] for r in runs["ours"]) if runs.get("ours") else None
     for side, rs in runs.items():
         med = statistics.median(r["median_step_s"] for r in rs)
         lo, hi = min(r["median_step_s"] for r in rs), max(r["median_step_s"] for r in rs)
         tok = statistics.median(r["response_tokens"] for r in rs if r["response_tokens"])
         ratio = f"{med / base:.2f}" if base else "-"
-        print(f"| {side} | {med:.2f} | {lo:.2f}–{hi:.2f} | {tok:.0f} | {ratio} |")
+        rss = max((r.get("peak_rss_gib") or 0.0) for r in rs)
+        print(f"| {side} | {med:.2f} | {lo:.2f}–{hi:.2f} | {tok:.0f} | {rss:.2f} | {ratio} |")
     for side, rs in runs.items():
         if side.startswith("ours"):
             phases = rs[-1]["phases"]

@@ -237,16 +237,23 @@ def fusable_head(head) -> bool:
 
 
 def response_log_probs(
-    model, batch: PolicyBatch, temperature: float = 1.0, with_entropy: bool = False, share_prefix: bool = False
+    model,
+    batch: PolicyBatch,
+    temperature: float = 1.0,
+    with_entropy: bool = False,
+    share_prefix: bool = False,
+    fused_head: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """``[N, L]`` log-probs of the response tokens, left-aligned (row i: its ``response_len[i]`` tokens,
     then zeros), the layout the controller's advantages use; plus the per-token entropy if asked.
 
     ``share_prefix``: each distinct prompt (image included) runs once and its KV cache serves all the rows
     that continue it (GRPO's n samples), instead of n full rows; same numbers to float rounding, gradients
-    included (tests/train/test_shared_prefix.py)."""
+    included (tests/train/test_shared_prefix.py). ``fused_head``: the vocabulary projection through
+    :class:`LinearLogProbs` (no ``[tokens, V]`` logits kept for the backward); false: row chunks whose
+    logits autograd keeps (the "before" of issue 23's benchmark)."""
     if share_prefix and batch.prefix is not None and hasattr(model, "lm_head") and hasattr(model, "model"):
-        return _shared_prefix_log_probs(model, batch, temperature, with_entropy)
+        return _shared_prefix_log_probs(model, batch, temperature, with_entropy, fused_head)
     width = int(batch.response_len.max())
     pos = batch.prompt_len[:, None] - 1 + torch.arange(width, device=batch.input_ids.device)[None]  # [N, L]
     mask = torch.arange(width, device=pos.device)[None] < batch.response_len[:, None]
@@ -263,15 +270,15 @@ def response_log_probs(
             full = model(**inputs).logits  # already projected: the chunks only normalise
             head, selected = torch.nn.Identity(), full.gather(1, pos[:, :, None].expand(-1, -1, full.shape[-1]))
     targets = batch.input_ids.gather(1, (pos + 1).clamp(max=batch.input_ids.shape[1] - 1))
-    return _finish(head, selected, targets, mask, temperature, with_entropy)
+    return _finish(head, selected, targets, mask, temperature, with_entropy, fused_head)
 
 
-def _finish(head, selected, targets, mask, temperature: float, with_entropy: bool):
+def _finish(head, selected, targets, mask, temperature: float, with_entropy: bool, fused: bool = True):
     """The vocabulary projection and log-softmax, a bounded chunk of logits at a time; zeros outside each
     row's response. A plain linear head goes through :class:`LinearLogProbs` (no logits kept for the
     backward); anything else (a ZeRO-3 partitioned head, pre-projected logits) through row chunks."""
     n, width = selected.shape[:2]
-    if fusable_head(head):
+    if fused and fusable_head(head):
         flat = selected.reshape(n * width, -1)
         lp, ent = LinearLogProbs.apply(flat, head.weight, head.bias, targets.reshape(-1), temperature,
                                        _CHUNK_ELEMENTS, with_entropy)  # fmt: skip
@@ -289,7 +296,7 @@ def _finish(head, selected, targets, mask, temperature: float, with_entropy: boo
     return lp, ent
 
 
-def _shared_prefix_log_probs(model, batch: PolicyBatch, temperature: float, with_entropy: bool):
+def _shared_prefix_log_probs(model, batch: PolicyBatch, temperature: float, with_entropy: bool, fused: bool):
     """Prompt once per distinct prompt, then all responses against its repeated KV cache.
 
     The prompts are left-padded, so every row's last prompt token sits at the end of the cache; response
@@ -322,4 +329,4 @@ def _shared_prefix_log_probs(model, batch: PolicyBatch, temperature: float, with
                       past_key_values=cache, use_cache=True)  # fmt: skip
         hidden = torch.cat([hidden, follow.last_hidden_state], dim=1)  # [N, L, H]
     mask = torch.arange(width, device=resp.device)[None] < batch.response_len[:, None]
-    return _finish(model.lm_head, hidden, resp[:, :width], mask, temperature, with_entropy)
+    return _finish(model.lm_head, hidden, resp[:, :width], mask, temperature, with_entropy, fused)

@@ -15,6 +15,7 @@ cross the wire as pixel tensors. The reference policy is either colocated in the
 from __future__ import annotations
 
 import os
+import resource
 import tempfile
 import time
 from pathlib import Path
@@ -76,6 +77,7 @@ class PolicyWorker(Worker):
         self.temperature = float(cfg.get("temperature", 1.0))
         self.micro = int(cfg.get("micro_batch_rows", 4))
         self.share = bool(cfg.get("share_prefix", False))
+        self.fused = bool(cfg.get("fused_head", True))
 
     @register(dispatch_mode=Dispatch.ONE_TO_ALL)
     def init_model(self) -> None:
@@ -101,7 +103,9 @@ class PolicyWorker(Worker):
         with torch.inference_mode():
             for s in range(0, len(reqs), self.micro):
                 b = build_batch(self.processor, reqs[s : s + self.micro], resps[s : s + self.micro])
-                lp, ent = response_log_probs(model, b, self.temperature, with_entropy=entropy, share_prefix=self.share)
+                lp, ent = response_log_probs(
+                    model, b, self.temperature, with_entropy=entropy, share_prefix=self.share, fused_head=self.fused
+                )
                 lps.append(_pad(lp, width))
                 if entropy:
                     ents.append(_pad(ent, width))
@@ -159,11 +163,14 @@ class PolicyWorker(Worker):
                     if ref_here:  # the same built micro-batch as the actor's pass: no second processor run
                         t1 = time.perf_counter()
                         with torch.inference_mode():
-                            ref, _ = response_log_probs(self.ref, b, self.temperature, share_prefix=self.share)
+                            ref, _ = response_log_probs(
+                                self.ref, b, self.temperature, share_prefix=self.share, fused_head=self.fused
+                            )
                         ref, t_ref = ref.clone(), t_ref + time.perf_counter() - t1  # clone: a normal tensor
                     lp, ent = response_log_probs(
-                        self.engine.module, b, self.temperature, with_entropy=True, share_prefix=self.share
-                    )
+                        self.engine.module, b, self.temperature, with_entropy=True, share_prefix=self.share,
+                        fused_head=self.fused,
+                    )  # fmt: skip
                     width = lp.shape[1]
                     mask = loss_mask[idx][:, :width].float()
                     old = data.batch["old_log_probs"][idx][:, :width] if has_old else lp.detach()
@@ -185,6 +192,9 @@ class PolicyWorker(Worker):
         metrics["actor/grad_norm"] = float(gn) if gn is not None else 0.0
         metrics["actor/optimizer_steps"] = float(n_mini * epochs)
         metrics["timing/update_worker_s"] = time.perf_counter() - t0
+        metrics["perf/actor_peak_rss_gib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB
+        if torch.cuda.is_available():
+            metrics["perf/actor_peak_gpu_gib"] = torch.cuda.max_memory_allocated() / 2**30
         if ref_here:
             metrics["timing/ref_in_update_s"] = t_ref
         return DataProto(meta_info={"metrics": metrics})

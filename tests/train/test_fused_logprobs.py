@@ -76,8 +76,8 @@ def test_frozen_inputs_get_no_gradient_and_inference_mode_works():
 
 
 def test_the_model_path_takes_the_fused_head_and_matches_the_chunked_one(tiny_model, monkeypatch):
-    """``response_log_probs`` on the tiny Qwen3-VL: the fused head gives the chunked path's log-probs and
-    parameter gradients (break ``LinearLogProbs.backward`` and this fails)."""
+    """``response_log_probs`` on the tiny Qwen3-VL, full rows and shared prompt: the fused head gives the
+    row-chunked path's log-probs and parameter gradients (break ``LinearLogProbs.backward``: this fails)."""
     from m3ad_rl.train import logprobs
     from m3ad_rl.train.workers import load_policy
     from tests.train.test_shared_prefix import _batch
@@ -89,18 +89,20 @@ def test_the_model_path_takes_the_fused_head_and_matches_the_chunked_one(tiny_mo
     calls = []
     real = logprobs.LinearLogProbs.apply
     monkeypatch.setattr(logprobs.LinearLogProbs, "apply", lambda *a: calls.append(1) or real(*a))
-    results = []
-    for fused in (True, False):
-        monkeypatch.setattr(logprobs, "fusable_head", lambda head, f=fused: f)
-        model.zero_grad(set_to_none=True)
-        lp, ent = logprobs.response_log_probs(model, batch, temperature=0.9, with_entropy=True)
-        (lp.sum() * 0.01).backward()
-        grads = {k: p.grad.clone() for k, p in model.named_parameters() if p.grad is not None}
-        results.append((lp.detach(), ent, grads))
-    assert calls == [1]
-    (lp0, ent0, g0), (lp1, ent1, g1) = results
-    torch.testing.assert_close(lp0, lp1, atol=1e-5, rtol=1e-5)
-    torch.testing.assert_close(ent0, ent1, atol=1e-5, rtol=1e-5)
-    assert g0.keys() == g1.keys() and "lm_head.weight" in g0 or "model.language_model.embed_tokens.weight" in g0
-    for k in g0:
-        torch.testing.assert_close(g0[k], g1[k], atol=1e-6, rtol=1e-4, msg=k)
+    for share in (False, True):
+        results = []
+        for fused in (True, False):
+            model.zero_grad(set_to_none=True)
+            lp, ent = logprobs.response_log_probs(
+                model, batch, temperature=0.9, with_entropy=True, share_prefix=share, fused_head=fused
+            )
+            (lp.sum() * 0.01).backward()
+            grads = {k: p.grad.clone() for k, p in model.named_parameters() if p.grad is not None}
+            results.append((lp.detach(), ent, grads))
+        (lp0, ent0, g0), (lp1, ent1, g1) = results
+        torch.testing.assert_close(lp0, lp1, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(ent0, ent1, atol=1e-5, rtol=1e-5)
+        assert g0.keys() == g1.keys() and any("embed_tokens" in k or "lm_head" in k for k in g0)
+        for k in g0:
+            torch.testing.assert_close(g0[k], g1[k], atol=1e-6, rtol=1e-4, msg=k)
+    assert calls == [1, 1]  # the fused side of each pair, and only it

@@ -42,6 +42,11 @@ class ActorConfig(BaseModel):
         description="Run each prompt (and image) once per micro-batch and reuse its KV cache for the rows that "
         "continue it (GRPO's n samples), in the actor's and reference's log-prob passes; false: n full rows.",
     )
+    fused_head: bool = Field(
+        True,
+        description="Log-probs through the vocabulary projection without keeping [tokens, vocabulary] logits for "
+        "the backward (recomputed in slices); false: autograd keeps them (more memory, one matmul less).",
+    )
     ppo_mini_batch_prompts: int | None = Field(
         None, ge=1, description="Prompts per optimiser step (verl's ppo_mini_batch_size); default the whole batch."
     )

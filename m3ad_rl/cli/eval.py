@@ -45,6 +45,20 @@ def add_commands(sub) -> None:
     p.add_argument("--set", dest="overrides", nargs="+", default=[], metavar="KEY=VALUE")
     p.set_defaults(func=cmd_eval_sweep)
 
+    p = ev.add_parser("gallery", help="HTML gallery (+ PNG contact sheet) of cases from one or more `eval run`s")
+    p.add_argument("--eval", dest="evals", nargs="+", required=True, metavar="URL",
+                   help="`eval run` outputs (or predictions.jsonl files), same images; one column each")  # fmt: skip
+    p.add_argument("--name", dest="names", nargs="+", metavar="NAME", help="a model name per --eval (default: "
+                   "the parts of the paths that differ)")  # fmt: skip
+    p.add_argument("--dataset", help="the images (default: the dataset each run.json names)")
+    p.add_argument("--out", required=True, help="the page, e.g. gallery.html (any URL)")
+    p.add_argument("--sheet", help="the PNG contact sheet (default: --out with .png)")
+    p.add_argument("--per-outcome", type=int, default=12, help="cases sampled per model and outcome (default 12)")
+    p.add_argument("--seed", type=int, default=0, help="which cases are sampled")
+    p.add_argument("--title", help="page title")
+    overwrite_arg(p, "page and sheet")
+    p.set_defaults(func=cmd_eval_gallery)
+
     p = sub.add_parser("taxonomy", help="list the anomaly taxonomy or map free text onto it")
     p.add_argument("--lookup", nargs="+", metavar="TEXT", help="texts to map onto the taxonomy")
     p.set_defaults(func=cmd_taxonomy)
@@ -99,8 +113,28 @@ def cmd_eval_run(args: argparse.Namespace) -> int:
     if report["scenes"]:
         print_report(report)
     print(report["verdict"])
-    print(f"wrote {cfg.out}/report.md, report.json, predictions.jsonl, reflection.png, iou_sweep.png")
+    print(f"wrote {cfg.out}/report.md, report.json, predictions.jsonl, reflection.png, iou_sweep.png, "
+          "gallery.html (the cases to look at), gallery.png")  # fmt: skip
     return 0
+
+
+def cmd_eval_gallery(args: argparse.Namespace) -> int:
+    from m3ad_rl.core.errors import UsageError
+    from m3ad_rl.eval.gallery import write_gallery
+
+    if args.per_outcome < 1:
+        raise UsageError(f"--per-outcome {args.per_outcome}: must be at least 1", "give a positive number")
+    g = write_gallery(
+        args.evals, args.out, names=args.names, dataset=args.dataset, sheet=args.sheet,
+        per_outcome=args.per_outcome, seed=args.seed, title=args.title, overwrite=args.overwrite,
+    )  # fmt: skip
+    for problem in g.problems[:20]:
+        print(f"warning: {problem}", file=sys.stderr)
+    if len(g.problems) > 20:
+        print(f"warning: … {len(g.problems) - 20} more problems, listed in the page", file=sys.stderr)
+    counts = "; ".join(f"{m}: " + ", ".join(f"{k} {v}" for k, v in c.items() if v) for m, c in g.counts.items())
+    print(f"wrote {args.out} ({g.shown} of {g.total} images shown) and its contact sheet; {counts}")
+    return EXIT_SKIPPED if g.problems else 0
 
 
 def cmd_eval_sweep(args: argparse.Namespace) -> int:

@@ -82,7 +82,7 @@ SFT_RUN = Kind("SFT run", ("ray_train", "model", "metrics.jsonl", "tensorboard",
 RCRL_RUN = Kind("RCRL run", ("checkpoints", "model", "metrics.jsonl", "tensorboard", "config.json", "mlruns",
                              "wandb", ".m3ad-write-test-*"),
                 ("config.json", "checkpoints", "metrics.jsonl"))  # fmt: skip
-EVAL_RUN = Kind("evaluation", ("predictions.jsonl", "run.json", "report.json", "report.md", "*.png"),
+EVAL_RUN = Kind("evaluation", ("predictions.jsonl", "run.json", "report.json", "report.md", "*.png", "gallery.html"),
                 ("predictions.jsonl",))  # fmt: skip
 
 

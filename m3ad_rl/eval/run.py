@@ -284,7 +284,24 @@ def score(cfg: EvalRunConfig, preds: Path, out: Path | None = None) -> dict:
     if report["scenes"]:
         plot_reflection(report, str(out / "reflection.png"))
         plot_iou_sweep(report, str(out / "iou_sweep.png"))
+    _gallery(cfg, preds, out)
     return report
+
+
+def _gallery(cfg: EvalRunConfig, preds: Path, out: Path) -> None:
+    """The cases to look at (gallery.html, gallery.png) beside the report. A report is worth more than its
+    pictures: a gallery that fails is a warning, never a failed evaluation."""
+    from m3ad_rl.eval.gallery import write_beside
+
+    parts = [p for p in str(cfg.model).rstrip("/").split("/") if p]
+    name = (parts[-2] if len(parts) > 1 and parts[-1] in ("model", "hf", "final") else parts[-1]) if parts else "model"
+    try:
+        g = write_beside(str(preds), name, cfg.dataset, out, f"Evaluation gallery: {cfg.model}")
+    except Exception as e:  # the report stands without it
+        print(f"warning: no gallery for {out}: {type(e).__name__}: {e}", file=sys.stderr)
+        return
+    if g is not None and g.problems:
+        print(f"warning: gallery: {len(g.problems)} problem(s), first: {g.problems[0]}", file=sys.stderr)
 
 
 def chance_statement(report: dict, readable: int, n: int) -> str:

@@ -56,6 +56,9 @@ def test_eval_run_two_workers_then_resume(setup, capsys):
     assert sum(s["n"] for s in report["scenes"].values()) == 16
     assert "chance" in report["verdict"] and "chance" in (out / "report.md").read_text()
     assert (out / "reflection.png").stat().st_size > 5000 and (out / "iou_sweep.png").stat().st_size > 5000
+    page = (out / "gallery.html").read_text()  # the cases to look at, beside every report (issue 24)
+    assert page.count('class="case"') >= 4 and "data:image/jpeg;base64," in page and "tiny" in page
+    assert (out / "gallery.png").stat().st_size > 5000
     assert "chance" in capsys.readouterr().out
 
     # a run killed mid-way: 10 finished lines and one cut short; the rerun does only what is missing

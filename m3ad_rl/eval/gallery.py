@@ -487,12 +487,14 @@ def _write(cases: list[Case], g: Gallery, datasets: list[str], page, png, title:
     contact_sheet(cases, g.models).save(png, format="PNG")
 
 
-def write_beside(predictions: str, name: str, dataset: str, folder, title: str | None = None) -> Gallery | None:
-    """``gallery.html`` and ``gallery.png`` for one model into a local ``folder`` (an ``eval run``'s
-    report, before it is published); None when there is nothing to show."""
+def write_beside(
+    evals: list[str], names: list[str], folder, dataset: str | None = None, title: str | None = None
+) -> Gallery | None:
+    """``gallery.html`` and ``gallery.png`` into a local ``folder`` that its owner publishes (an ``eval run``'s
+    or ``reproduce``'s report, staged); None when there is nothing to show."""
     from pathlib import Path
 
-    cases, g, datasets = collect([predictions], [name], dataset)
+    cases, g, datasets = collect(evals, names, dataset)
     if g.total == 0:
         return None
     _write(cases, g, datasets, Path(folder) / "gallery.html", Path(folder) / "gallery.png", title)

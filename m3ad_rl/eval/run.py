@@ -296,7 +296,7 @@ def _gallery(cfg: EvalRunConfig, preds: Path, out: Path) -> None:
     parts = [p for p in str(cfg.model).rstrip("/").split("/") if p]
     name = (parts[-2] if len(parts) > 1 and parts[-1] in ("model", "hf", "final") else parts[-1]) if parts else "model"
     try:
-        g = write_beside(str(preds), name, cfg.dataset, out, f"Evaluation gallery: {cfg.model}")
+        g = write_beside([str(preds)], [name], out, cfg.dataset, f"Evaluation gallery: {cfg.model}")
     except Exception as e:  # the report stands without it
         print(f"warning: no gallery for {out}: {type(e).__name__}: {e}", file=sys.stderr)
         return

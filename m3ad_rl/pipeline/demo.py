@@ -130,17 +130,35 @@ def _report(out: Path, reports: dict, sft_hist: list, rcrl_hist: list, times: di
             f"{r['run'].get('max_new_tokens')})"] for name, r in reports.items()],
     )  # fmt: skip
     _plot_curves(sft_hist, rcrl_hist, str(out / "training_curves.png"))
+    gallery = _gallery(out, list(reports), console)
     text = (
         "# m3ad-rl demo report\n\nRandom tiny model: the numbers show the pipeline runs end to end, "
         "not a useful detector.\n\n## M3-AD-Bench (benchmark categories, unseen in training)\n\n"
         f"{table}\n\n## Reflection\n\n{refl}\n\n## Token limits\n\n{cut}\n\n"
         f"## Where the time went\n\n{wall}\n\n{timing}\n\n"
         "![training curves](training_curves.png)\n"
+        f"{gallery}"
     )
     (out / "report.md").write_text(text)
     (out / "report.json").write_text(json.dumps({"eval": reports, "times": times, "rcrl": rcrl_hist}, indent=1))
     console.print(Markdown(text.split("![")[0]))
-    console.print(f"wrote {out}/report.md, report.json, training_curves.png; runs under {out}")
+    console.print(f"wrote {out}/report.md, report.json, training_curves.png, gallery.html; runs under {out}")
+
+
+def _gallery(out: Path, names: list[str], console: Console) -> str:
+    """The three models side by side on the same benchmark images (gallery.html, gallery.png), and the
+    report's section about them; a gallery that fails is a warning, the report stands."""
+    from m3ad_rl.eval.gallery import write_gallery
+
+    try:
+        g = write_gallery([str(out / f"eval/{n}") for n in names], str(out / "gallery.html"), names=names,
+                          title="m3ad-rl demo: base, RAWS SFT and RCRL side by side", overwrite=True)  # fmt: skip
+    except Exception as e:  # the report stands without it
+        console.print(f"[yellow]warning: no gallery: {type(e).__name__}: {e}")
+        return ""
+    return (f"\n## The cases\n\n[gallery.html](gallery.html) shows {g.shown} of the {g.total} benchmark images with "
+            "every model's answer, boxes and reasoning (open it in a browser; filters by scene, category, outcome "
+            "and model). The most telling ones:\n\n![cases](gallery.png)\n")  # fmt: skip
 
 
 def _reflection_cells(report: dict) -> list[str]:

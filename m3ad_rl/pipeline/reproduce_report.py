@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import statistics
+import sys
 from typing import Any
 
 from m3ad_rl.core import storage
@@ -323,6 +324,27 @@ def _label(ref: str) -> str:
     return variant_name(ref)
 
 
+def _gallery(out: str, seed: int, folder: Any) -> list[str]:
+    """Base, RAWS and RCRL of one seed side by side on the unseen categories (gallery.html, gallery.png) and
+    the report's lines about them; a gallery that fails is a warning, the report stands."""
+    from m3ad_rl.eval.gallery import write_beside
+
+    evals = {"base": f"{out}/eval/base/bench", "RAWS": f"{out}/seed-{seed}/eval/raws/bench",
+             "RCRL": f"{out}/seed-{seed}/eval/rcrl/bench"}  # fmt: skip
+    evals = {k: v for k, v in evals.items() if storage.exists(f"{v}/predictions.jsonl")}
+    try:
+        g = write_beside(list(evals.values()), list(evals), folder, title=f"reproduce: seed {seed}, unseen categories")
+    except Exception as e:  # the report stands without it
+        print(f"warning: no gallery: {type(e).__name__}: {e}", file=sys.stderr)
+        return []
+    if g is None:
+        return []
+    return ["## The cases\n",
+            f"[gallery.html](gallery.html): {g.shown} of the {g.total} unseen-category images, seed {seed}'s base, "
+            "RAWS and RCRL side by side, with boxes and reasoning (filters by scene, category, outcome, model). "
+            "The most telling ones:\n", "![cases](gallery.png)\n"]  # fmt: skip
+
+
 def write_report(cfg: Any, seconds: dict[str, float]) -> dict:
     """Write ``{out}/report/results.md``, ``curves.png``, ``reflection.png``, ``variants.png`` and ``summary.json``."""
     from m3ad_rl.eval.report import markdown_table
@@ -348,6 +370,7 @@ def write_report(cfg: Any, seconds: dict[str, float]) -> dict:
         plot_reflection(reports, str(d / "reflection.png"))
         if len(models) > 1:
             plot_variants(diffs, labels, str(d / "variants.png"))
+        gallery = _gallery(out, seeds[0], d)
         wall = markdown_table(["Stage", "Wall time"], [[k, f"{v / 60:.1f} min"] for k, v in seconds.items()]
                               + [["main stages", f"{sum(main.values()) / 60:.1f} min"],
                                  ["total", f"{sum(seconds.values()) / 60:.1f} min"]])  # fmt: skip
@@ -400,6 +423,7 @@ def write_report(cfg: Any, seconds: dict[str, float]) -> dict:
                 "",
                 markdown_table(["Model", "Set", "Eval responses cut"], eval_cut),
                 "",
+                *gallery,
                 "## Curves\n",
                 "![curves](curves.png)\n",
                 "## Wall time per stage\n",

@@ -150,6 +150,9 @@ def test_demo_runs_the_whole_pipeline(tmp_path):
     assert (tmp_path / "training_curves.png").stat().st_size > 20_000
     text = (tmp_path / "report.md").read_text()
     assert "| rcrl |" in text and "Reflection" in text
+    page = (tmp_path / "gallery.html").read_text()  # the three models side by side (issue 24)
+    assert all(f'data-model="{m}"' in page for m in ("base", "raws-sft", "rcrl")) and "![cases](gallery.png)" in text
+    assert (tmp_path / "gallery.png").stat().st_size > 10_000
 
 
 @pytest.mark.parametrize("argv", [["reward"], ["eval", "score"], []])

@@ -67,6 +67,7 @@ def test_reproduce_runs_every_stage_then_resumes_by_stage(tmp_path):
     assert "Base (stage 0)" in report and "RCRL (GRPO, preset_d)" in report and "Reward variants" in report
     assert "Token limits" in report and "paired by seed" in report
     assert (out / "report/curves.png").stat().st_size > 0 and (out / "report/reflection.png").stat().st_size > 0
+    assert "The cases" in report and 'data-model="RCRL"' in (out / "report/gallery.html").read_text()
     summary = json.loads((out / "report/summary.json").read_text())
     assert len(summary["average"]["rcrl"]["bench"]) == 2  # one report per seed
     assert set(summary["differences"]) == {"rcrl", "rcrl-preset_a"}

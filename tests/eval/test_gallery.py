@@ -4,13 +4,9 @@ headless Chromium (driven over the DevTools protocol) with no external request."
 
 from __future__ import annotations
 
-import base64
 import io
 import json
 import os
-import shutil
-import subprocess
-import time
 from pathlib import Path
 
 import pytest
@@ -144,86 +140,16 @@ def test_ten_thousand_images_make_a_small_page(tmp_path):
 # ----------------------------------------------------------------------------- a real browser
 
 
-def _chromium() -> str:
-    """Debian's chromium; installed with apt when missing and we may (CI runs as root on Debian)."""
-    found = shutil.which("chromium") or shutil.which("chromium-browser")
-    if found:
-        return found
-    if os.geteuid() == 0 and shutil.which("apt-get"):
-        env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-        for cmd in (["apt-get", "install", "-y", "-q", "chromium"], ["apt-get", "update", "-q"],
-                    ["apt-get", "install", "-y", "-q", "chromium"]):  # fmt: skip
-            subprocess.run(cmd, env=env, capture_output=True, timeout=600)
-            if found := shutil.which("chromium"):
-                return found
-    pytest.skip("no chromium and no apt-get as root to install Debian's package")
-
-
-class Page:
-    """One headless Chromium tab over the DevTools protocol (websocket-client)."""
-
-    def __init__(self, binary: str, profile: Path):
-        import websocket
-
-        self.proc = subprocess.Popen(
-            [binary, "--headless", "--no-sandbox", "--disable-gpu", "--remote-debugging-port=0",
-             f"--user-data-dir={profile}", "--window-size=1400,1000", "about:blank"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-        )  # fmt: skip
-        deadline, url = time.time() + 60, None
-        while url is None and time.time() < deadline:
-            line = self.proc.stderr.readline()
-            if "DevTools listening on" in line:
-                url = line.split("DevTools listening on", 1)[1].strip()
-        assert url, "chromium did not open its DevTools port"
-        port = url.split(":")[2].split("/")[0]
-        import urllib.request
-
-        targets = json.load(urllib.request.urlopen(f"http://127.0.0.1:{port}/json/list"))
-        page = next(t for t in targets if t["type"] == "page")
-        self.ws = websocket.create_connection(page["webSocketDebuggerUrl"], timeout=60, suppress_origin=True)
-        self.n, self.events = 0, []
-
-    def call(self, method: str, **params):
-        self.n += 1
-        self.ws.send(json.dumps({"id": self.n, "method": method, "params": params}))
-        while True:
-            msg = json.loads(self.ws.recv())
-            if msg.get("id") == self.n:
-                assert "error" not in msg, msg
-                return msg.get("result", {})
-            self.events.append(msg)
-
-    def wait_for(self, event: str, timeout: float = 60) -> None:
-        deadline = time.time() + timeout
-        while time.time() < deadline:
-            if any(e.get("method") == event for e in self.events):
-                return
-            self.events.append(json.loads(self.ws.recv()))
-        raise AssertionError(f"no {event}")
-
-    def js(self, expression: str):
-        res = self.call("Runtime.evaluate", expression=expression, returnByValue=True)
-        assert "exceptionDetails" not in res, res
-        return res["result"].get("value")
-
-    def close(self) -> None:
-        self.ws.close()
-        self.proc.kill()
-        self.proc.wait(timeout=30)
-
-
 def test_filters_work_in_headless_chromium_with_no_external_request(evals, tmp_path):
     from m3ad_rl.eval.gallery import write_gallery
 
     out = tmp_path / "page" / "gallery.html"
     write_gallery([str(evals / "base"), str(evals / "rcrl")], str(out), per_outcome=50)
-    page = Page(_chromium(), tmp_path / "profile")
+    from tests.browser import Page, chromium
+
+    page = Page(chromium(), tmp_path / "profile")
     try:
-        page.call("Network.enable")
-        page.call("Page.enable")
-        page.call("Page.navigate", url=out.as_uri())
-        page.wait_for("Page.loadEventFired")
+        page.open(out)
         visible = "[...document.querySelectorAll('.case')].filter(r => r.style.display !== 'none').length"
         assert page.js(visible) == 12
         assert page.js("[...document.images].every(i => i.complete && i.naturalWidth > 0)")  # thumbnails decoded
@@ -250,7 +176,7 @@ def test_filters_work_in_headless_chromium_with_no_external_request(evals, tmp_p
         assert page.js("document.querySelector('details').open") is False
         page.js("document.querySelector('details summary').click()")
         assert page.js("document.querySelector('details').open") is True
-        shot = base64.b64decode(page.call("Page.captureScreenshot", format="png")["data"])
+        shot = page.screenshot()
         assert shot[:8] == b"\x89PNG\r\n\x1a\n" and len(shot) > 20_000
         if keep := os.environ.get("M3AD_KEEP_SCREENSHOT"):
             Path(keep).write_bytes(shot)

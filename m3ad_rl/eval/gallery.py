@@ -94,7 +94,10 @@ def _cell(obj: dict, gt) -> Cell:
     from m3ad_rl.core.ground_truth import reflection_outcome
     from m3ad_rl.core.output_format import parse
 
-    p = parse(str(obj.get("response", "")))
+    text = obj.get("response")
+    if text is None and obj.get("answer") in ("yes", "no"):  # a bare {id, answer} record (data build-ft's input)
+        text = f"<answer>{obj['answer']}</answer>"
+    p = parse(str(text or ""))
     truth = gt.verdict
     right = p.answer == truth  # an unreadable answer is wrong
     outcome = ("TP" if right else "FN") if gt.anomalous else ("TN" if right else "FP")
@@ -220,34 +223,42 @@ def collect(
                 datasets.append(d)
     meta: dict[str, dict] = {}
     for url in datasets:
+        cols = ["id", "scene", "category", "label", "defects"]
         try:
-            cols = ["id", "scene", "category", "label", "defects"]
-            for row in read_table(url, cols).to_pylist():
-                meta.setdefault(row["id"], row)
-        except Exception as e:  # reported in the page; cases show without images
+            rows = read_table(url, cols).to_pylist()
+        except Exception as e:  # the user's --dataset is theirs to fix; a run.json's may have moved: reported
+            if dataset:
+                raise
             problems.append(f"dataset {url}: cannot be read ({type(e).__name__}: {e})"[:400])
+            continue
+        for row in rows:
+            meta.setdefault(row["id"], row)
     if not datasets:
         problems.append("no dataset known (no run.json and no --dataset): cases are shown without images")
     all_cases: dict[str, Case] = {}
     missing: list[str] = []
     for name in names:
         for i, obj in preds[name].items():
-            if datasets and meta and i not in meta:
+            row = meta.get(i)
+            if meta and row is None:
                 missing.append(i)
+                continue
+            truth = obj.get("ground_truth") or (
+                {"label": row["label"], "defects": row["defects"]} if row is not None else None
+            )  # the dataset's truth where the prediction does not carry it (build-ft's {id, answer} records)
+            try:
+                gt = GroundTruth.from_obj(truth)
+            except Exception:  # a record we cannot score: reported
+                problems.append(f"{name}: prediction {i} has no readable ground truth (nor a dataset row)")
                 continue
             case = all_cases.get(i)
             if case is None:
-                try:
-                    gt = GroundTruth.from_obj(obj["ground_truth"])
-                except Exception:  # a record we cannot score: reported
-                    problems.append(f"{name}: prediction {i} has no readable ground_truth")
-                    continue
-                row = meta.get(i, {})
+                row = row or {}
                 case = all_cases[i] = Case(
                     i, str(row.get("scene") or obj.get("scene") or "?"), str(row.get("category") or "?"),
                     gt.anomalous, [t.name for t in gt.types], [b.as_list() for b in gt.boxes],
                 )  # fmt: skip
-            case.cells[name] = _cell(obj, GroundTruth.from_obj(obj["ground_truth"]))
+            case.cells[name] = _cell(obj, gt)
     if missing:
         uniq = sorted(set(missing))
         problems.append(f"{len(uniq)} prediction(s) for images not in the dataset, left out: {', '.join(uniq[:5])}"

@@ -100,6 +100,11 @@ COMMANDS: dict[str, Command] = {
         outputs={"JOUT": "file", "MD": "file"},
         config=True,
     ),
+    "eval gallery": Command(
+        ("eval", "gallery", "--eval", "{PREDS}", "--dataset", "{DS}", "--out", "{HTML}"),
+        inputs={"PREDS": "predictions", "DS": "dataset"},
+        outputs={"HTML": "file"},
+    ),
     "eval run": Command(
         ("eval", "run", "--model", "{MODEL}", "--dataset", "{DS}", "--out", "{OUT}"),
         inputs={"MODEL": "model", "DS": "dataset"},

@@ -118,7 +118,7 @@ def test_cli_writes_page_and_sheet_and_reports_bad_input(tmp_path, capsys):
     _predictions(other, str(tmp_path / "d2"), {}, 2)
     (other / "predictions.jsonl").write_text(json.dumps({"id": "x", "scene": "texture", "response": "",
                                                          "ground_truth": {"label": "normal"}}) + "\n")  # fmt: skip
-    assert main(["eval", "gallery", "--eval", str(other), "--out", str(tmp_path / "none.html")]) != 0
+    assert main(["eval", "gallery", "--eval", str(other), "--out", str(tmp_path / "none.html")]) == 5  # data error
     assert "no prediction to show" in capsys.readouterr().err and not (tmp_path / "none.html").exists()
 
 

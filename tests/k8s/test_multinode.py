@@ -190,7 +190,7 @@ def metrics(url: str) -> list[dict]:
 
 
 def comparable(row: dict) -> dict:
-    return {k: round(v, 5) for k, v in row.items() if not k.startswith("timing/") and isinstance(v, float)}
+    return {k: round(v, 5) for k, v in row.items() if not k.startswith(("timing/", "perf/")) and isinstance(v, float)}
 
 
 def with_sets(entrypoint: str, **sets: str) -> str:
@@ -379,12 +379,16 @@ def test_reproduce_on_multinode_cluster_with_s3(cluster):
     import fsspec
 
     out = f"{BUCKET}/reproduce"
-    Jobs(cluster).run(f"m3ad-rl reproduce --config /etc/m3ad/reproduce-toy.yaml --out {out}", timeout=1500)
-    fs = fsspec.filesystem("s3")
-    for key in ("report/results.md", "perception/model/model.safetensors", "seed-0/sft/model/model.safetensors",
-                "seed-0/rcrl/model/model.safetensors", "seed-0/eval/rcrl/bench/report.json"):  # fmt: skip
+    command = f"m3ad-rl reproduce --config /etc/m3ad/reproduce-toy.yaml --out {out}"
+    jobs = Jobs(cluster)
+    jobs.run(command, timeout=1500)
+    fs = fsspec.filesystem("s3", skip_instance_cache=True)
+    for key in ("report/results.md", "report/curves.png", "report/gallery.html", "perception/model/model.safetensors",
+                "seed-0/sft/model/model.safetensors", "seed-0/rcrl/model/model.safetensors",
+                "seed-0/eval/rcrl/bench/report.json", "stages/seed-0-eval.json"):  # fmt: skip
         assert fs.exists(f"{out}/{key}"), key
     assert "Seen categories" in fs.cat(f"{out}/report/results.md").decode()
+    assert "perception: done" in jobs.run(command, timeout=600)  # the same job again: resumes from S3's markers
 
 
 def test_sweep_submit_and_report_on_s3(cluster, tmp_path):

@@ -170,7 +170,7 @@ def _worker_raylets(head_pid: int) -> list:
 @pytest.mark.multinode
 @pytest.mark.timeout(1500)
 @pytest.mark.skipif(os.geteuid() != 0, reason="private mount namespaces need root")
-def test_a_sweep_on_an_autoscaling_pool_from_zero(tmp_path):
+def test_a_sweep_on_an_autoscaling_pool_from_zero(tmp_path, monkeypatch):
     """Issue 22 end to end: six tiny RCRL variants through `m3ad-rl sweep run` on a pool of at most 2
     worker nodes that starts at zero; a worker node killed mid-sweep; every variant finishes with its
     report, and the pool is back to zero within the idle timeout + 60 s."""
@@ -199,7 +199,8 @@ def test_a_sweep_on_an_autoscaling_pool_from_zero(tmp_path):
     with LocalCluster(tmp_path / "pool", workers=0, autoscaling=tmp_path / "rc.yaml", node_cpus=3, idle_timeout_s=idle,
                       head_memory_mb=16384, config_dir=ROOT / "manifests/overlays/dev/config") as c:  # fmt: skip
         env = {**os.environ, **c.client_env()}
-        os.environ.update(c.client_env())
+        for k, v in c.client_env().items():  # this process reads the reports from the same S3 (undone after)
+            monkeypatch.setenv(k, v)
         jobs = JobSubmissionClient(c.dashboard_url)
         sid = jobs.submit_job(entrypoint=PREPARE)
         deadline = time.time() + 600
@@ -214,7 +215,7 @@ def test_a_sweep_on_an_autoscaling_pool_from_zero(tmp_path):
              "--pool", str(tmp_path / "rc.yaml"), "--node-cpus", "3"],
             cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
         )  # fmt: skip
-        fs = fsspec.filesystem("s3")
+        fs = fsspec.filesystem("s3", skip_instance_cache=True)  # a cached one may point at an earlier test's S3
         killed = None
         while killed is None and run.poll() is None:  # kill a worker node once a variant has a checkpoint
             fs.invalidate_cache()  # s3fs caches listings: a stale one never shows the new checkpoint

@@ -109,25 +109,6 @@ def test_a_typo_in_a_trainer_section_fails_before_any_stage_runs(tmp_path, secti
     assert not (tmp_path / "run").exists()  # nothing was started
 
 
-@slow[0]
-@slow[1]
-def test_reproduce_on_object_storage(tmp_path, s3_bucket):
-    """Every stage's outputs on s3:// (moto on 127.0.0.1): the Ray task, Ray Train, RCRL and Ray Data workers
-    read and write through the URL; the report lands there too."""
-    import fsspec
-
-    config = tmp_path / "toy.yaml"
-    config.write_text(yaml.safe_dump({**TOY, "seeds": [0]}))
-    out = f"{s3_bucket}/reproduce"
-    r = _run(config, out)
-    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
-    fs = fsspec.filesystem("s3")
-    for key in ("report/results.md", "report/curves.png", "perception/model/config.json",
-                "seed-0/rcrl/model/config.json", "stages/seed-0-eval.json"):  # fmt: skip
-        assert fs.exists(f"{out}/{key}"), key
-    assert "perception: done" in _run(config, out).stdout  # resumes from the markers on S3
-
-
 def _stages(tmp_path, **changes):
     from m3ad_rl.pipeline.reproduce import ReproduceConfig, plan
 

@@ -87,7 +87,9 @@ def _rcrl_args(pipeline, out: Path, steps: int = 4, reward_url: str | None = Non
 
 
 def _comparable(rows: list[dict]) -> list[dict]:
-    return [{k: round(v, 5) for k, v in r.items() if not k.startswith("timing/")} for r in rows]
+    return [
+        {k: round(v, 5) for k, v in r.items() if not k.startswith(("timing/", "perf/"))} for r in rows
+    ]  # measurements
 
 
 REPO = Path(__file__).resolve().parents[2]

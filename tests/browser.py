@@ -7,6 +7,7 @@ and the docs' screenshots:
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import os
 import shutil
@@ -41,10 +42,21 @@ class Page:
         import websocket
 
         self.proc = subprocess.Popen(
-            [binary, "--headless", "--no-sandbox", "--disable-gpu", "--remote-debugging-port=0",
-             f"--user-data-dir={profile}", f"--window-size={width},{height}", "about:blank"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-        )  # fmt: skip
+            [
+                binary,
+                "--headless",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--remote-debugging-port=0",
+                f"--user-data-dir={profile}",
+                f"--window-size={width},{height}",
+                "about:blank",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+            start_new_session=True,
+        )  # fmt: skip: its own process group, so close() ends its zygote, GPU and renderer children too
         deadline, url = time.time() + 60, None
         while url is None and time.time() < deadline:
             line = self.proc.stderr.readline()
@@ -83,8 +95,11 @@ class Page:
         return res["result"].get("value")
 
     def close(self) -> None:
+        import signal
+
         self.ws.close()
-        self.proc.kill()
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.proc.pid, signal.SIGKILL)  # the browser and every process it started
         self.proc.wait(timeout=30)
 
     def open(self, path: Path) -> None:

@@ -34,10 +34,12 @@ class LineErrors:
 def read_records(
     path: str | Path, convert: Callable[[dict], T], errors: LineErrors | None = None
 ) -> Iterator[tuple[int, T]]:
-    """Yield ``(line number, convert(obj))``; a line that is not a JSON object, or that
-    ``convert`` rejects with KeyError/ValueError/TypeError, goes to ``errors`` instead."""
+    """Yield ``(line number, convert(obj))`` from a local path or any fsspec URL; a line that is not a JSON
+    object, or that ``convert`` rejects with KeyError/ValueError/TypeError, goes to ``errors`` instead."""
+    import fsspec
+
     errors = errors if errors is not None else LineErrors(str(path))
-    with open(path, "rb") as fh:
+    with fsspec.open(str(path), "rb") as fh:
         for lineno, raw in enumerate(fh, start=1):
             if lineno == 1:
                 raw = raw.removeprefix(b"\xef\xbb\xbf")  # a UTF-8 byte-order mark is not part of the first line

@@ -109,22 +109,14 @@ def _cell(obj: dict, gt) -> Cell:
 
 
 def _read_predictions(url: str, problems: list[str]) -> dict[str, dict]:
-    """id -> prediction record; unreadable lines are reported, the rest kept (the last of a repeated id)."""
-    rows: dict[str, dict] = {}
-    text = storage.read_text(url)
-    bad = 0
-    for n, line in enumerate(text.splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            obj = json.loads(line)
-            rows[str(obj["id"])] = obj
-        except (json.JSONDecodeError, KeyError, TypeError):
-            bad += 1
-            if bad <= 3:
-                problems.append(f"{url}: line {n} is not a prediction record (JSON with an id)")
-    if bad > 3:
-        problems.append(f"{url}: {bad} lines in all are not prediction records")
+    """id -> prediction record (the last of a repeated id); lines that are not records are reported."""
+    from m3ad_rl.core.jsonl import LineErrors, read_records, require
+
+    errors = LineErrors(url, quiet=True)
+    rows = dict(r for _, r in read_records(url, lambda o: (str(require(o, "id", (str, int))), o), errors))
+    problems.extend(f"{url}: line {n}: {why}" for n, why in errors.skipped[:3])
+    if len(errors.skipped) > 3:
+        problems.append(f"{url}: {len(errors.skipped)} lines in all are not prediction records")
     return rows
 
 
@@ -162,14 +154,13 @@ def _thumbnail(data: bytes, size: int) -> tuple[str, tuple[int, int]]:
 def _attach_images(cases: dict[str, Case], datasets: list[str], thumb: int, problems: list[str]) -> None:
     """Thumbnails for the chosen cases only: one pass over the id and image columns of each dataset."""
     from m3ad_rl.data.schema import read_uri
+    from m3ad_rl.data.store import iter_batches
 
     want = set(cases)
     for url in datasets:
         if not want:
             break
         try:
-            from m3ad_rl.data.store import iter_batches
-
             for batch in iter_batches(url, ["id", "image", "image_uri"]):
                 for row in batch.to_pylist():
                     if row["id"] not in want:

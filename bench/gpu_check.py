@@ -5,11 +5,13 @@ random-init Qwen3-VL models at 2B- and 4B-like shapes, in bf16 on one GPU.
     python bench/gpu_check.py --shapes tiny --device cpu  # the same code path on a CPU, tiny shapes
 
 Per shape it prints: rollout tokens/s (``HFEngine.generate``, n samples per prompt, sampled to a fixed
-length), the update's step time and tokens/s (per micro-batch, as the actor worker does:
-``build_batch`` → ``response_log_probs`` with grad, the shared-prompt path by default → clipped GRPO
-loss + k3 KL → backward → AdamW), peak GPU memory, and the update's model FLOPs utilisation:
-6 × parameters × tokens / time / peak bf16 FLOP/s (dense; attention FLOPs left out). It also checks
-on the device that the shared-prompt log-probs equal full rows' (largest |Δ|, under the same autocast).
+length) for each decoding loop (dynamic KV cache; static cache; static cache + compiled step, the GPU
+default), each after an identical warm-up call, with how many rows drew the same tokens as the first
+loop; the update's step time and tokens/s (per micro-batch, as the actor worker does: ``build_batch``
+→ ``response_log_probs`` with grad, the shared-prompt path by default → clipped GRPO loss + k3 KL →
+backward → AdamW), peak GPU memory, and the update's model FLOPs utilisation: 6 × parameters × tokens
+/ time / peak bf16 FLOP/s (dense; attention FLOPs left out). It also checks on the device that the
+shared-prompt log-probs equal full rows' (largest |Δ|, under the same autocast).
 The models have Qwen's 151,936-row embedding; the text comes from the project's small tokenizer.
 """
 
@@ -99,13 +101,19 @@ def run_shape(shape: str, args) -> dict:
     sp = SamplingParams(n=args.n, temperature=1.0, top_p=1.0, max_new_tokens=args.new_tokens, logprobs=False, seed=0)
     engine.model.generation_config.eos_token_id = None  # random weights: sample to the full length
     engine.eos_ids = set()
-    engine.generate(reqs[:1], sp.model_copy(update={"max_new_tokens": 8}))  # warm-up
-    _sync(dev)
-    t0 = time.perf_counter()
-    outs = engine.generate(reqs, sp)
-    _sync(dev)
-    gen_s = time.perf_counter() - t0
-    gen_tokens = sum(len(c.token_ids) for o in outs for c in o)
+    modes = {"dynamic": (False, False), "static": (True, False), "compiled": (True, True)}
+    rollout, outs = {}, None
+    for mode in args.rollout_modes:  # the engine's default on the device last: its samples feed the update
+        got, secs = timed_rollout(engine, reqs, sp, dev, *modes[mode])
+        pairs = [] if outs is None else [p for x, y in zip(outs, got, strict=True) for p in zip(x, y, strict=True)]
+        rows_same = sum(a.token_ids == b.token_ids for a, b in pairs) if pairs else None
+        rollout[mode] = {"tokens_per_s": round(sum(len(c.token_ids) for o in got for c in o) / secs, 1),
+                         "s": round(secs, 2), "rows_same_as_first_mode": rows_same}  # fmt: skip
+        print(f"  rollout {mode}: {rollout[mode]}", flush=True)
+        outs = got
+    default = "compiled" if dev == "cuda" else "dynamic"
+    best = rollout.get(default) or rollout[args.rollout_modes[-1]]
+    gen_s, gen_tokens_per_s = best["s"], best["tokens_per_s"]
 
     model = engine.model.float() if dev == "cuda" else engine.model  # fp32 master weights, bf16 autocast
     model.train().config.use_cache = False
@@ -148,11 +156,23 @@ def run_shape(shape: str, args) -> dict:
     return {
         "shape": shape, "device": name, "params_M": round(n_params / 1e6, 1), "build_s": round(build_s, 1),
         "rollout": f"{args.prompts}x{args.n} rows, {args.new_tokens} new tokens",
-        "rollout_tokens_per_s": round(gen_tokens / gen_s, 1), "rollout_s": round(gen_s, 2),
+        "rollout_tokens_per_s": gen_tokens_per_s, "rollout_s": gen_s, "rollout_modes": rollout,
         "update_tokens": tokens, "update_step_s": round(step_s, 3), "share_prefix": share,
         "shared_vs_full_max_abs_diff": shared_vs_full,
         "update_tokens_per_s": round(tokens / step_s, 1), "peak_mem_GiB": round(peak, 1), "update_mfu": round(mfu, 3),
     }  # fmt: skip
+
+
+def timed_rollout(engine, reqs, sp, dev: str, static: bool, compiled: bool):
+    """One rollout of the engine in a decoding mode, after one identical warm-up call (compiling and
+    recording CUDA graphs for exactly these shapes): the samples and the seconds."""
+    engine.static_cache, engine.compile_decode, engine._compiled_step = static, compiled, None
+    engine.generate(reqs, sp)
+    _sync(dev)
+    t0 = time.perf_counter()
+    outs = engine.generate(reqs, sp)
+    _sync(dev)
+    return outs, time.perf_counter() - t0
 
 
 def _sync(dev: str) -> None:
@@ -174,6 +194,13 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=3, help="timed update steps (after one warm-up)")
     ap.add_argument("--checkpointing", action="store_true", help="gradient checkpointing in the update")
     ap.add_argument("--no-share-prefix", action="store_true", help="n full rows per prompt in the update")
+    ap.add_argument(
+        "--rollout-modes",
+        nargs="+",
+        default=["dynamic", "static", "compiled"],
+        choices=["dynamic", "static", "compiled"],
+        help="HF decoding loops to time: dynamic KV cache; static cache; static + compiled step",
+    )
     ap.add_argument("--json", help="also write the results here")
     args = ap.parse_args()
     import torch

@@ -7,9 +7,12 @@ computed step by step so a 151k vocabulary never materialises a [batch, length, 
 from __future__ import annotations
 
 import contextlib
+import logging
 from types import SimpleNamespace
 
 from m3ad_rl.engines.base import Completion, GenerationRequest, SamplingParams
+
+log = logging.getLogger(__name__)
 
 
 @contextlib.contextmanager
@@ -57,9 +60,18 @@ class HFEngine:
         batch_size: int = 8,
         share_prefix: bool = True,
         decode_loop: bool = True,
+        static_cache: bool | None = None,
+        compile_decode: bool | str | None = None,
     ):
         """``share_prefix``: n samples continue one prefill of their prompt; ``decode_loop``: then decode
-        with our own loop (plain sampling and greedy) instead of HF ``generate``: the same tokens, faster."""
+        with our own loop (plain sampling and greedy) instead of HF ``generate``: the same tokens, faster.
+
+        ``static_cache`` (default: on GPU): that loop decodes into a preallocated KV cache with fixed-shape
+        inputs and checks for the end only every few steps, so a step never waits for the device or
+        reallocates; ``compile_decode`` (default: on GPU) then compiles the decoding step
+        (``torch.compile``, CUDA graphs on GPU; a string names the backend). On GPU a step of a small
+        model is per-token overhead (Python, kernel launches, syncs), not compute. The tokens are the
+        same as the dynamic-cache loop's (tests/engines/test_engine_hf.py)."""
         import torch
         from transformers import AutoModelForImageTextToText, AutoProcessor
 
@@ -75,6 +87,10 @@ class HFEngine:
         self.model.to(self.device).eval()
         self.batch_size = batch_size
         self.share_prefix, self.decode_loop = share_prefix, decode_loop
+        on_gpu = self.device.startswith("cuda")
+        self.static_cache = on_gpu if static_cache is None else static_cache
+        self.compile_decode = (on_gpu and self.static_cache) if compile_decode is None else compile_decode
+        self._compiled_step = None
         tok = self.processor.tokenizer
         eos = self.model.generation_config.eos_token_id
         self.eos_ids = set(eos if isinstance(eos, list) else [eos]) | {tok.eos_token_id}
@@ -133,11 +149,12 @@ class HFEngine:
             gens = [torch.Generator().manual_seed(int(s)) for row in seeds for s in row]
         sampler = inverse_cdf_sampling(gens) if self.device == "cpu" or gens else contextlib.nullcontext()
         with torch.inference_mode(), sampler:  # (no autograd bookkeeping: ~6 % faster decoding on CPU)
-            if params.n > 1 and self.share_prefix and "pixel_values" in inputs:
-                if self.decode_loop and params.top_p >= 1.0:  # plain sampling or greedy: our own loop
-                    res = self._decode_shared_prefix(inputs, params, gens)
-                else:
-                    res = self._generate_shared_prefix(inputs, kwargs, params.n)
+            images = "pixel_values" in inputs
+            loop = self.decode_loop and params.top_p >= 1.0  # plain sampling or greedy: our own loop
+            if images and loop and ((params.n > 1 and self.share_prefix) or self.static_cache):
+                res = self._decode(inputs, params, gens)
+            elif images and params.n > 1 and self.share_prefix:
+                res = self._generate_shared_prefix(inputs, kwargs, params.n)
             else:
                 res = self.model.generate(**inputs, **kwargs)
         new = res.sequences[:, inputs["input_ids"].shape[1] :]  # [B*n, T]
@@ -192,12 +209,38 @@ class HFEngine:
             base.rope_deltas = base.rope_deltas.repeat_interleave(n, dim=0)
         return cache
 
+    def _decode(self, inputs, params: SamplingParams, gens: list | None):
+        """Our decoding loop; where the compiled step fails (a model or torch version dynamo cannot
+        trace), the same batch again with the step uncompiled, from the same random state: a warning
+        and a slower rollout, not a failed one."""
+        import torch
+
+        if not self.compile_decode:
+            return self._decode_shared_prefix(inputs, params, gens)
+        states = [g.get_state() for g in gens] if gens else None
+        cpu_state = torch.get_rng_state()
+        try:
+            return self._decode_shared_prefix(inputs, params, gens)
+        except Exception as err:  # (whatever torch.compile raises)
+            why = (str(err).splitlines() or [type(err).__name__])[0]
+            log.warning("compiling the decoding step failed (%s): decoding uncompiled", why)
+            self.compile_decode, self._compiled_step = False, None
+            for g, state in zip(gens or [], states or [], strict=True):
+                g.set_state(state)
+            torch.set_rng_state(cpu_state)
+            return self._decode_shared_prefix(inputs, params, gens)
+
     def _decode_shared_prefix(self, inputs, params: SamplingParams, gens: list | None):
         """``_generate_shared_prefix`` without ``generate``'s per-token machinery (logits processors,
         stopping criteria, input preparation): the same tokens, sample for sample, ~10 % faster on CPU,
         where decoding a small model is Python-bound (tests/engines/test_engine_hf.py compares them).
         Plain sampling (temperature, top_p 1, no top_k) or greedy; each row's uniforms are drawn up front
-        from its own generator, the same stream ``inverse_cdf_sampling`` consumes one draw per token."""
+        from its own generator, the same stream ``inverse_cdf_sampling`` consumes one draw per token.
+
+        With ``static_cache`` every step has the same shapes: the KV cache holds prompt + all new tokens
+        from the start, the attention mask covers them too (causality hides the slots not yet written),
+        and the loop asks the device whether every row has ended only every ``CHECK_EVERY`` steps. Rows
+        that ended emit padding meanwhile, which the result then cuts off where the last row ended."""
         import torch
 
         n, steps, dev = params.n, params.max_new_tokens, self.device
@@ -206,20 +249,24 @@ class HFEngine:
         rows, past = ids.shape[0], cache.get_seq_length()
         deltas = self.model.model.rope_deltas
         pos = mask.sum(1, keepdim=True) - 1 + (deltas if deltas is not None else 0)  # position of the token fed
+        pos = pos.view(1, rows, 1).expand(3, rows, 1).contiguous()  # (multimodal RoPE: 3 equal axes for text)
+        step, check_every = self._plain_step, 1
+        if self.static_cache:
+            cache = self._static_copy(cache, past + steps)
+            mask = torch.cat([mask, mask.new_ones(rows, steps)], dim=1)
+            step, check_every = self._step_function(), self.CHECK_EVERY
         sample = params.temperature > 0
         if sample:
             u = (torch.stack([torch.rand(steps, generator=g, dtype=torch.float64) for g in gens]) if gens
                  else torch.rand(rows, steps, dtype=torch.float64)).to(dev)  # fmt: skip
         eos = torch.tensor(sorted(self.eos_ids), dtype=torch.long, device=dev)
+        at = torch.arange(past, past + steps, device=dev)  # cache positions
         out = torch.full((rows, steps), self.pad_id, dtype=torch.long, device=dev)
         alive = torch.ones(rows, dtype=torch.bool, device=dev)
-        cur, suppress, raw = ids[:, -1:], None, []
+        suppress = None
+        cur, raw, k = ids[:, -1:], [], 0
         for k in range(steps):
-            at = torch.tensor([past + k], device=dev)
-            logits = self.model(
-                input_ids=cur, attention_mask=mask, past_key_values=cache, use_cache=True, logits_to_keep=1,
-                position_ids=pos.view(1, rows, 1).expand(3, rows, 1), cache_position=at,
-            ).logits[:, -1].float()  # fmt: skip
+            logits = step(cur, mask, cache, pos, at[k : k + 1])
             if params.logprobs:
                 raw.append(logits)
             if suppress is None:
@@ -237,12 +284,60 @@ class HFEngine:
             nxt = torch.where(alive, nxt, self.pad_id)
             out[:, k] = nxt
             alive &= ~torch.isin(nxt, eos)
-            if not alive.any():
-                out = out[:, : k + 1]
+            if (k + 1) % check_every == 0 and not alive.any():  # (a device sync)
                 break
             cur, pos = nxt[:, None], pos + 1
-            mask = torch.cat([mask, mask.new_ones(rows, 1)], dim=1)
+            if not self.static_cache:
+                mask = torch.cat([mask, mask.new_ones(rows, 1)], dim=1)
+        out, raw = out[:, : k + 1], raw[: k + 1]
+        ended = torch.isin(out, eos)
+        if bool(ended.any(1).all()):  # every row ended: cut where the last one did
+            last = int(ended.int().argmax(1).max()) + 1
+            out, raw = out[:, :last], raw[:last]
         return SimpleNamespace(sequences=torch.cat([ids, out], dim=1), logits=tuple(raw))
+
+    CHECK_EVERY = 8  # static-cache decoding: steps between two "has every row ended?" syncs
+
+    def _plain_step(self, cur, mask, cache, pos, at):
+        """One decoding step: the next-token logits (fp32) of every row."""
+        return self.model(
+            input_ids=cur, attention_mask=mask, past_key_values=cache, use_cache=True, logits_to_keep=1,
+            position_ids=pos, cache_position=at,
+        ).logits[:, -1].float()  # fmt: skip
+
+    def _step_function(self):
+        """The decoding step, compiled once per engine when ``compile_decode`` asks for it (CUDA graphs on
+        GPU: shapes are fixed per batch, so a graph is recorded per batch shape and replayed per token)."""
+        import torch
+
+        if not self.compile_decode:
+            return self._plain_step
+        if self._compiled_step is None:
+            on_gpu = self.device.startswith("cuda")
+            if isinstance(self.compile_decode, str):
+                opts = {"backend": self.compile_decode}
+            else:
+                opts = {"mode": "reduce-overhead"} if on_gpu else {}
+            compiled = torch.compile(self._plain_step, dynamic=False, **opts)
+
+            def step(*args):
+                if on_gpu:  # the previous step's outputs are consumed: CUDA graphs may reuse their memory
+                    torch.compiler.cudagraph_mark_step_begin()
+                return compiled(*args).clone()
+
+            self._compiled_step = step
+        return self._compiled_step
+
+    def _static_copy(self, cache, length: int):
+        """The prompt's dynamic KV cache copied into a ``StaticCache`` of ``length`` positions."""
+        import torch
+        from transformers import StaticCache
+
+        static = StaticCache(config=self.model.config, max_cache_len=length)
+        for i, layer in enumerate(cache.layers):
+            filled = torch.arange(layer.keys.shape[2], device=layer.keys.device)
+            static.update(layer.keys, layer.values, i, {"cache_position": filled})
+        return static
 
     def load_weights(self, state_dict: dict) -> int:
         """Take new weights in place (the RCRL actor's, after an update); all keys must match."""

@@ -140,3 +140,64 @@ def test_shared_prefix_generation_draws_the_same_samples_as_expanding_the_batch(
     for ga, gb in zip(a, b, strict=True):
         for ca, cb in zip(ga, gb, strict=True):
             assert torch.allclose(torch.tensor(ca.logprobs), torch.tensor(cb.logprobs), atol=1e-4)
+
+
+@pytest.mark.parametrize(
+    ("static", "sampling"),
+    [({"compile_decode": False}, {"temperature": 1.0}), ({"compile_decode": False}, {"temperature": 0.0}),
+     ({"compile_decode": "eager"}, {"temperature": 0.7}), ({"compile_decode": False}, {"temperature": 1.0, "n": 1})],
+    ids=["static-sampled", "static-greedy", "compiled-step", "static-one-sample"],
+)  # fmt: skip
+def test_static_cache_decoding_gives_the_tokens_of_the_dynamic_loop(tiny_model, static, sampling):
+    """The GPU decoding path (preallocated KV cache, fixed-shape steps, an end check every few steps, the
+    step through ``torch.compile``) must draw exactly the tokens of the dynamic-cache loop, seed for seed,
+    also when rows end at different steps, none of them on a check step (CHECK_EVERY)."""
+    n = sampling.pop("n", 3)
+    params = SamplingParams(n=n, max_new_tokens=40, logprobs=True, **sampling)
+    reqs = [GenerationRequest(f"r{i}", question() + " Be brief." * i, _png((30 * i, 90, 20))) for i in range(3)]
+    seeds = [[10 * i + j for j in range(n)] for i in range(3)]
+    dynamic = make_engine("hf", str(tiny_model), batch_size=3, static_cache=False)
+    probe = dynamic.generate(reqs, params, seeds)
+    # an "end" token that the rows reach at different steps: some end early, some never
+    firsts: dict[int, list[int]] = {}
+    for c in (c for g in probe for c in g):
+        for k, tok in enumerate(c.token_ids[1:], start=1):
+            firsts.setdefault(tok, []).append(k)
+            if tok in c.token_ids[1:k]:
+                firsts[tok].pop()
+    end_token = max(firsts, key=lambda t: (len(set(firsts[t])), -min(firsts[t])))
+    fixed = make_engine("hf", str(tiny_model), batch_size=3, static_cache=True, **static)
+    assert fixed.static_cache
+    for e in (dynamic, fixed):
+        e.eos_ids = e.eos_ids | {end_token}
+    a, b = dynamic.generate(reqs, params, seeds), fixed.generate(reqs, params, seeds)
+    lengths = [len(c.token_ids) for g in a for c in g]
+    assert min(lengths) < 40 and any(k % fixed.CHECK_EVERY for k in lengths), lengths
+    assert [[c.token_ids for c in g] for g in b] == [[c.token_ids for c in g] for g in a]
+    assert [[c.finish_reason for c in g] for g in b] == [[c.finish_reason for c in g] for g in a]
+    for ga, gb in zip(a, b, strict=True):
+        for ca, cb in zip(ga, gb, strict=True):
+            assert torch.allclose(torch.tensor(ca.logprobs), torch.tensor(cb.logprobs), atol=1e-4)
+
+
+@pytest.mark.parametrize("seeded", [True, False])
+def test_a_decoding_step_that_does_not_compile_falls_back_to_the_same_tokens(tiny_model, caplog, monkeypatch, seeded):
+    """A torch or model version dynamo cannot trace must cost speed, not the rollout: the batch runs
+    again uncompiled from the same random state (the failure comes at the first step, after the draws)."""
+    params = SamplingParams(n=2, max_new_tokens=12, temperature=1.0, seed=None if seeded else 7)
+    reqs = [GenerationRequest(f"r{i}", question(), _png((40 * i, 90, 20))) for i in range(2)]
+    seeds = [[1, 2], [3, 4]] if seeded else None
+
+    def untraceable(fn, **kwargs):
+        def call(*args):
+            raise RuntimeError("dynamo could not trace this\n(details)")
+
+        return call
+
+    monkeypatch.setattr(torch, "compile", untraceable)
+    broken = make_engine("hf", str(tiny_model), static_cache=True, compile_decode=True)
+    with caplog.at_level("WARNING"):
+        got = broken.generate(reqs, params, seeds)
+    assert "compiling the decoding step failed" in caplog.text and broken.compile_decode is False
+    want = make_engine("hf", str(tiny_model), static_cache=False).generate(reqs, params, seeds)
+    assert [[c.token_ids for c in g] for g in got] == [[c.token_ids for c in g] for g in want]

@@ -374,6 +374,33 @@ def test_messages_are_one_readable_line(tmp_path):
     assert "[0-9]" not in line, line
 
 
+@pytest.mark.parametrize("where", ["runtimeEnvYAML", "serveConfigV2", "schema type", "kustomize"])
+def test_every_message_is_one_bounded_line(tmp_path, where):
+    """No raw library message: YAML inside a field, a value of the wrong type and a failed render are
+    said in one line that names where (PyYAML's errors span five lines, jsonschema repeats the value)."""
+    if where == "runtimeEnvYAML":
+        doc = rcrl()
+        doc["spec"]["runtimeEnvYAML"] = "env_vars: [a, b\npip: x\n"
+        found = [f for f in findings(doc) if f.path == "spec.runtimeEnvYAML"]
+    elif where == "serveConfigV2":
+        doc = yaml.safe_load((MANIFESTS / "base" / "rayservice.rewards.yaml").read_text())
+        doc["spec"]["serveConfigV2"] = "applications:\n  - name: [x\n"
+        found = findings(doc)
+    elif where == "schema type":
+        doc = rcrl()
+        spec_at(doc, ROLLOUT)["replicas"] = {"many": ["x" * 300]}
+        found = [f for f in findings(doc) if "replicas" in f.path]
+    else:
+        (tmp_path / "kustomization.yaml").write_text("resources: [missing.yaml]\n")
+        found = kv.validate_paths([tmp_path])
+    assert found, where
+    for f in found:
+        assert "\n" not in f.message and len(f.message) <= 260, f.message
+    print(found[0])
+    if where in ("runtimeEnvYAML", "serveConfigV2"):
+        assert "not valid YAML" in found[0].message and "line " in found[0].message, found[0]
+
+
 def test_serve_replicas_larger_than_any_worker():
     """Issue 21: a deployment asking for more CPUs per replica than any worker has waits forever."""
     service = yaml.safe_load((MANIFESTS / "base" / "rayservice.rewards.yaml").read_text())

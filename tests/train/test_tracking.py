@@ -195,3 +195,46 @@ def test_mlflow_and_wandb_never_touch_the_network(tmp_path):
                          text=True, timeout=120, cwd=Path(__file__).resolve().parents[2])  # fmt: skip
     assert res.returncode == 0, res.stderr[-2000:]
     assert "NETWORK" not in res.stderr, res.stderr[-2000:]
+
+
+def test_otlp_exports_metrics_and_spans_to_the_configured_endpoint(tmp_path):
+    """Issue 21: ``logging.otlp_endpoint`` is where telemetry goes. A collector on 127.0.0.1 speaking
+    OTLP/HTTP (protobuf) receives the step metrics as gauges and the phase spans, with the run named."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import ExportMetricsServiceRequest
+    from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+
+    got: dict[str, list[bytes]] = {}
+
+    class Collector(BaseHTTPRequestHandler):
+        def do_POST(self):  # noqa: N802 (http.server's name)
+            body = self.rfile.read(int(self.headers["Content-Length"]))
+            assert self.headers["Content-Type"] == "application/x-protobuf"
+            got.setdefault(self.path, []).append(body)
+            self.send_response(200)
+            self.send_header("Content-Type", "application/x-protobuf")
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Collector)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        tracker = Tracker(str(tmp_path), LoggingConfig(backends=["jsonl"], otel="otlp",
+                          otlp_endpoint=f"http://127.0.0.1:{server.server_port}/"), "otlp-run")  # fmt: skip
+        with tracker.span("rollout", {}, step=1):
+            tracker.log(1, {"rcrl/reward": 0.5})
+        tracker.close()  # flushes both exporters
+    finally:
+        server.shutdown()
+    assert set(got) == {"/v1/metrics", "/v1/traces"}, got.keys()
+    metrics = ExportMetricsServiceRequest.FromString(got["/v1/metrics"][-1])
+    names = {m.name for rm in metrics.resource_metrics for sm in rm.scope_metrics for m in sm.metrics}
+    assert "m3ad.rcrl.reward" in names
+    attrs = {a.key: a.value.string_value for a in metrics.resource_metrics[0].resource.attributes}
+    assert attrs["m3ad.run"] == "otlp-run" and attrs["service.name"] == "m3ad-rl"
+    traces = ExportTraceServiceRequest.FromString(got["/v1/traces"][-1])
+    assert [s.name for rs in traces.resource_spans for ss in rs.scope_spans for s in ss.spans] == ["rollout"]

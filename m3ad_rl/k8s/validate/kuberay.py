@@ -10,7 +10,7 @@ from typing import Any
 
 import yaml
 
-from m3ad_rl.k8s.validate.schema import dotted
+from m3ad_rl.k8s.validate.schema import dotted, yaml_problem
 
 RAY_VERSION = "2.60.0"  # the images' and manifests' rayVersion; a test ties it to the installed Ray
 GROUP_VERSION = "ray.io/v1"
@@ -215,7 +215,7 @@ def check_rayjob(spec: dict) -> list[tuple[str, str]]:
     try:
         yaml.safe_load(spec.get("runtimeEnvYAML") or "")
     except yaml.YAMLError as e:
-        problems.append(("spec.runtimeEnvYAML", f"not valid YAML: {e}"))
+        problems.append(("spec.runtimeEnvYAML", yaml_problem(e)))
     return problems
 
 
@@ -330,7 +330,7 @@ def check_serve_config(text: str) -> list[tuple[str, str]]:
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as e:
-        return [("", f"not valid YAML: {e}")]
+        return [("", yaml_problem(e))]
     problems = _unknown_keys(data, ServeDeploySchema, [])
     try:
         parsed = ServeDeploySchema.model_validate(data)

@@ -11,6 +11,7 @@ from pathlib import Path
 import yaml
 
 from m3ad_rl.core.package_data import package_path
+from m3ad_rl.k8s.validate.schema import yaml_problem
 
 CRDS_ENV = "M3AD_KUBERAY_CRDS"
 RENDERED = " (kustomize)"  # the source suffix of a rendered kustomization
@@ -81,8 +82,25 @@ def render_kustomization(path: Path) -> str:
         raise RuntimeError("neither kubectl nor kustomize found: install one, or validate raw files")
     res = subprocess.run([*cmd, str(path)], capture_output=True, text=True, timeout=120)
     if res.returncode != 0:
-        raise RuntimeError(f"{' '.join(cmd[1:])} {path} failed: {res.stderr.strip()}")
+        said = tool_error(res.stderr) or f"exit status {res.returncode}"
+        raise RuntimeError(f"{' '.join(cmd[1:])} {path} failed: {said}")
     return res.stdout
+
+
+def tool_error(stderr: str, limit: int = 300) -> str:
+    """kubectl's / kustomize's error in one line: klog's prefix and quoting off, the chain of causes
+    without its repeats, and past ``limit`` characters its first and last links (the cause)."""
+    import re
+
+    text = " ".join(stderr.split())
+    text = re.sub(r'^[EWIF]\d{4} [\d:.]+\s+\d+ [\w.]+:\d+\] "command failed" err="(.*)"$', r"\1", text)
+    text = text.removeprefix("Error: ").removeprefix("error: ")
+    chain = [link.strip(" '") for link in re.split(r": ", text) if link.strip(" '")]
+    links = [link for i, link in enumerate(chain) if link not in chain[i + 1 :]]  # a repeat kept where it is last
+    said = ": ".join(links)
+    if len(said) > limit and len(links) > 3:
+        said = f"{links[0]}: … : {': '.join(links[-2:])}"
+    return said
 
 
 def load_documents(paths: Iterable[str | Path]) -> Iterator[tuple[str, dict]]:
@@ -134,11 +152,7 @@ def read_yaml_docs(text: str, source: str) -> Iterator[tuple[str, dict]]:
     try:
         docs = list(yaml.safe_load_all(text))
     except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f"{source}:{mark.line + 1}:{mark.column + 1}" if mark is not None else source
-        problem = " ".join(str(getattr(e, "problem", None) or e).split())
-        context = getattr(e, "context", None)
-        raise RuntimeError(f"{where}: not valid YAML: {problem}" + (f" ({context})" if context else "")) from None
+        raise RuntimeError(yaml_problem(e, source)) from None
     for doc in docs:
         if isinstance(doc, dict) and "kind" in doc:
             yield source, doc

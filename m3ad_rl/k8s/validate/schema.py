@@ -106,12 +106,35 @@ def check_schema(doc: dict, schema: dict) -> list[tuple[str, str]]:
 
 
 def plain_message(err) -> str:
-    """jsonschema's message, with the cases it words as raw patterns said the way an engineer would."""
+    """jsonschema's message, with the cases it words as raw patterns said the way an engineer would, on
+    one line of bounded length (its generic messages repeat the whole offending value)."""
     if err.validator == "pattern" and "numkMGTPE" in str(err.validator_value):  # resource.Quantity
-        return f"{err.instance!r} is not a Kubernetes quantity: write e.g. 500m or 2 (CPUs), 512Mi or 1Gi (bytes)"
+        return f"{_short(err.instance)} is not a Kubernetes quantity: write e.g. 500m or 2 (CPUs), 512Mi or 1Gi (bytes)"
     if err.validator == "pattern":
-        return f"{err.instance!r} does not have the form this field takes (pattern {err.validator_value})"
-    return err.message
+        return f"{_short(err.instance)} does not have the form this field takes (pattern {err.validator_value})"
+    if err.validator == "type":
+        want = " or ".join(err.validator_value) if isinstance(err.validator_value, list) else err.validator_value
+        return f"{_short(err.instance)} is not {'an' if want[0] in 'aeiou' else 'a'} {want}: write {want} here"
+    if err.validator == "enum":
+        return f"{_short(err.instance)} is not allowed here: write one of {', '.join(map(str, err.validator_value))}"
+    message = " ".join(str(err.message).split())
+    return message if len(message) <= 200 else message[:197] + "..."
+
+
+def _short(value, limit: int = 60) -> str:
+    text = " ".join(repr(value).split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def yaml_problem(err: Exception, source: str = "") -> str:
+    """A PyYAML error in one line: ``source:line:col: problem (context)`` (PyYAML's own spans five)."""
+    mark = getattr(err, "problem_mark", None)
+    where = f"{source}:{mark.line + 1}:{mark.column + 1}" if mark is not None else source
+    if not source and mark is not None:
+        where = f"line {mark.line + 1}, column {mark.column + 1}"
+    problem = " ".join(str(getattr(err, "problem", None) or err).split())
+    context = getattr(err, "context", None)
+    return f"{where}: not valid YAML: {problem}" + (f" ({' '.join(str(context).split())})" if context else "")
 
 
 def check_pod_template(template: dict) -> list[tuple[str, str]]:

@@ -492,6 +492,9 @@ def up_cli(
     except RuntimeError as e:  # an environment the nodes cannot use, or a node that did not start
         print(f"m3ad-rl cluster up: {e}", file=sys.stderr)
         return 2
+    if not c.cgroups:  # say it: a pod's memory limit is part of what this cluster stands in for
+        print("m3ad-rl cluster up: memory cgroups cannot be made here (not root, or cgroupfs read-only): "
+              "the nodes run without a memory limit", file=sys.stderr)  # fmt: skip
     print(json.dumps(c.describe(), indent=2))
     print(f"export RAY_ADDRESS={c.dashboard_url} AWS_ENDPOINT_URL={c.s3_endpoint} "
           + " ".join(f"{k}={v}" for k, v in S3_KEYS.items()))  # fmt: skip

@@ -52,7 +52,8 @@ class FakeKube:
     """Suspended RayJobs in memory; each GET of a resumed (or Kueue-admitted) job moves it on.
 
     Outcomes: SUCCEEDED, FAILED, HANG (runs forever), DONE (succeeded before), RETRY (one failed
-    attempt, then success), NEVER_ADMITTED (stays suspended), VANISH (deleted while running),
+    attempt, then success), NEVER_ADMITTED (stays suspended), HELD (suspended again whenever resumed:
+    a policy or GitOps tool holding ``spec.suspend``, no Kueue), VANISH (deleted while running),
     IMAGE_PULL (its submitter pod cannot pull its image).
     """
 
@@ -78,6 +79,8 @@ class FakeKube:
             return None
         if QUEUE_LABEL in (job["metadata"].get("labels") or {}) and outcome != "NEVER_ADMITTED":
             job["spec"]["suspend"] = False  # Kueue admits it
+        if outcome == "HELD":
+            job["spec"]["suspend"] = True
         if job["spec"]["suspend"]:
             if job["status"].get("jobDeploymentStatus"):
                 job["status"]["jobDeploymentStatus"] = "Suspended"
@@ -394,6 +397,18 @@ def test_a_stage_never_admitted_fails_after_the_admission_timeout(kube, capsys):
     assert fake.patches[-1][1] == {"spec": {"suspend": True}, "metadata": {"labels": {QUEUE_LABEL: None}}}
     assert QUEUE_LABEL not in fake.jobs["m3ad-sft"]["metadata"]["labels"]  # out of the queue
     assert QUEUE_LABEL not in (fake.jobs["m3ad-rcrl"]["metadata"].get("labels") or {})
+
+
+def test_a_stage_held_suspended_without_kueue_fails_after_the_admission_timeout(kube, capsys):
+    """No queue: something keeps ``spec.suspend: true`` after the runner clears it. The wait is logged
+    as suspended, and after --admission-timeout the stage fails naming the field to look at."""
+    fake, _, config = kube({"m3ad-sft": "HELD", "m3ad-rcrl": "SUCCEEDED"})
+    assert run(config, "--jobs", "m3ad-sft,m3ad-rcrl", "--admission-timeout", "0.3", "--log-every", "0.1") == 1
+    err = capsys.readouterr().err
+    assert "m3ad-sft: New/- (suspended)" in err and "m3ad-sft: still New/- (suspended)" in err, err
+    assert "not admitted within --admission-timeout 0.3 s; is spec.suspend held?" in err
+    assert fake.patches[0][1] == {"spec": {"suspend": False}}  # the runner did resume it
+    assert fake.polls["m3ad-rcrl"] == 0 and fake.jobs["m3ad-rcrl"]["spec"]["suspend"] is True  # never started
 
 
 def test_a_submitter_that_cannot_pull_its_image_fails_the_stage_and_frees_the_cluster(kube, capsys):

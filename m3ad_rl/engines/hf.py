@@ -48,27 +48,40 @@ def inverse_cdf_sampling(generators: list | None = None):
 
 def inverse_cdf(probs, u, block: int = 1024):
     """Row i's token: the first index where the cumulative sum of ``probs[i]`` exceeds ``u[i]`` times
-    its total (``u`` in [0, 1), float64). Two levels, so a 151k vocabulary is read once and never copied
-    to float64 whole: block sums (float64) and their cumulative sum find each row's block, then one
-    block's cumulative sum finds the token. The distribution of a full-length cumulative sum, ~5× faster
-    on CPU; zero-probability tokens (suppressed ones) are never drawn, as there."""
+    its total (``u`` in [0, 1), float64), as ``torch.multinomial`` would draw it. Two levels, so a 151k
+    vocabulary is read once and never copied to float64 (a float64 cumulative sum over the whole
+    vocabulary was half of a CPU decoding step): float64 block sums find each row's block, then that
+    block's float64 cumulative sum finds the token. Summed in another order than one running sum, the
+    edges move by ~1e-16, so a draw differs only where u lands that close to one. A zero-probability
+    token (a suppressed one) is never drawn, also at u → 1."""
     import torch
 
     rows, vocab = probs.shape
     probs = probs.contiguous()
     size = min(block, vocab)
     whole = vocab // size
-    sums = probs.as_strided((rows, whole, size), (vocab, size, 1)).sum(-1, dtype=torch.float64)
+    if probs.device.type == "cpu" and probs.dtype in (torch.float32, torch.float64):  # numpy: 5× faster here
+        import numpy as np
+
+        a = probs.numpy()
+        sums = np.lib.stride_tricks.as_strided(
+            a, (rows, whole, size), (a.strides[0], size * a.strides[1], a.strides[1])
+        )
+        sums = torch.from_numpy(sums.sum(-1, dtype=np.float64))
+    else:
+        sums = probs.as_strided((rows, whole, size), (vocab, size, 1)).sum(-1, dtype=torch.float64)
     if whole * size < vocab:  # the ragged last block
         sums = torch.cat([sums, probs[:, whole * size :].sum(-1, keepdim=True, dtype=torch.float64)], dim=1)
     blocks = sums.cumsum(-1)
-    target = u.reshape(rows, 1).to(blocks) * blocks[:, -1:]
-    b = torch.searchsorted(blocks, target, right=True).clamp_(max=blocks.shape[1] - 1)  # [rows, 1]
+    total = blocks[:, -1:]
+    target = torch.minimum(u.reshape(rows, 1).to(blocks) * total, torch.nextafter(total, torch.zeros_like(total)))
+    b = torch.searchsorted(blocks, target, right=True)  # [rows, 1]: a block with mass (target < total)
     before = torch.where(b > 0, blocks.gather(1, (b - 1).clamp(min=0)), 0.0)
     idx = b * size + torch.arange(size, device=probs.device)  # [rows, size]
-    inside = torch.where(idx < vocab, probs.gather(1, idx.clamp(max=vocab - 1)), 0.0).double().cumsum(-1) + before
-    k = torch.searchsorted(inside, target, right=True).clamp_(max=size - 1)
-    return (b * size + k).clamp_(max=vocab - 1).squeeze(1)
+    inside = torch.where(idx < vocab, probs.gather(1, idx.clamp(max=vocab - 1)), 0.0).double().cumsum(-1)
+    mass = inside[:, -1:]
+    t = torch.minimum((target - before).clamp(min=0.0), torch.nextafter(mass, torch.zeros_like(mass)))
+    return (b * size + torch.searchsorted(inside, t, right=True)).squeeze(1)
 
 
 class HFEngine:

@@ -118,6 +118,10 @@ def test_two_level_inverse_cdf_picks_the_token_of_a_full_cumulative_sum(vocab):
         got = inverse_cdf(probs, u)
         assert torch.equal(got, want)
         assert not torch.isin(got, zero).any()
+        half = probs.bfloat16()  # (torch's own float64 sums: the path a GPU takes)
+        cdf = half.double().cumsum(-1)
+        want = torch.searchsorted(cdf, (u * cdf[:, -1])[:, None], right=True).squeeze(1)
+        assert torch.equal(inverse_cdf(half, u), want)
     edges = inverse_cdf(probs[:2], torch.tensor([0.0, 1 - 1e-12], dtype=torch.float64))
     nonzero = [int(i) for i in probs[0].nonzero()[[0, -1]]]
     assert edges[0] == nonzero[0] and edges[1] == int(probs[1].nonzero()[-1]), (edges, nonzero)

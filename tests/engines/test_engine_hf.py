@@ -141,7 +141,7 @@ def test_shared_prefix_generation_draws_the_same_samples_as_expanding_the_batch(
     Plain sampling and greedy run our own decoding loop (HF ``generate`` is never called); top-p goes
     through ``generate`` with the shared cache."""
     shared = make_engine("hf", str(tiny_model), batch_size=3)
-    plain = make_engine("hf", str(tiny_model), batch_size=3, share_prefix=False)
+    plain = make_engine("hf", str(tiny_model), batch_size=3, share_prefix=False, static_cache=False)  # HF generate
     sizes = [(300, 200), (120, 90), (64, 64)]
     reqs = []
     for i, size in enumerate(sizes):

@@ -88,7 +88,7 @@ def run_shape(shape: str, args) -> dict:
 
     from m3ad_rl.engines.base import GenerationRequest, SamplingParams
     from m3ad_rl.engines.hf import HFEngine
-    from m3ad_rl.train.logprobs import build_batch, response_log_probs
+    from m3ad_rl.train.logprobs import build_batch, response_log_probs, share_prefix_on
 
     dev = args.device
     with tempfile.TemporaryDirectory() as folder:
@@ -121,7 +121,7 @@ def run_shape(shape: str, args) -> dict:
     opt = torch.optim.AdamW(model.parameters(), lr=1e-6, fused=dev == "cuda")
     rows = [r for r in reqs for _ in range(args.n)]
     resps = [c.token_ids for o in outs for c in o]
-    share = not args.no_share_prefix
+    share = share_prefix_on(False if args.no_share_prefix else args.share_prefix, dev == "cuda")
     with torch.no_grad(), torch.autocast(dev, dtype=torch.bfloat16, enabled=dev == "cuda"):
         mb = build_batch(engine.processor, rows[: args.micro], resps[: args.micro]).to(dev)
         full, _ = response_log_probs(model, mb, share_prefix=False)
@@ -193,6 +193,8 @@ def main() -> None:
     ap.add_argument("--micro", type=int, default=16, help="rows per forward/backward")
     ap.add_argument("--steps", type=int, default=3, help="timed update steps (after one warm-up)")
     ap.add_argument("--checkpointing", action="store_true", help="gradient checkpointing in the update")
+    ap.add_argument("--share-prefix", type=lambda v: v if v == "auto" else v.lower() == "true", default="auto",
+                    help="the update's rows: true (shared prompt), false (n full rows), auto (as actor.share_prefix)")
     ap.add_argument("--no-share-prefix", action="store_true", help="n full rows per prompt in the update")
     ap.add_argument(
         "--rollout-modes",

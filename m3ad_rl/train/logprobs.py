@@ -236,6 +236,12 @@ def fusable_head(head) -> bool:
     return isinstance(head, torch.nn.Linear) and not hasattr(head.weight, "ds_id")
 
 
+def share_prefix_on(setting: bool | str, cuda: bool) -> bool:
+    """``actor.share_prefix``: ``auto`` shares prompts on CPU and runs full rows on a GPU, the faster
+    path on each as measured (docs/benchmarks.md)."""
+    return (not cuda) if setting == "auto" else bool(setting)
+
+
 def response_log_probs(
     model,
     batch: PolicyBatch,

@@ -32,7 +32,7 @@ from m3ad_rl.engines.base import GenerationRequest, SamplingParams
 from m3ad_rl.engines.weight_transfer import pack_state, unpack_state
 from m3ad_rl.train.deepspeed_engine import OptimConfig, freeze, full_state_dict, init_distributed, make_engine
 from m3ad_rl.train.grpo import GRPOConfig, grpo_loss
-from m3ad_rl.train.logprobs import build_batch, response_log_probs
+from m3ad_rl.train.logprobs import build_batch, response_log_probs, share_prefix_on
 
 
 def load_policy(path: str, bf16: bool = False):
@@ -76,7 +76,7 @@ class PolicyWorker(Worker):
         self.grpo = GRPOConfig(**cfg.get("grpo", {}))
         self.temperature = float(cfg.get("temperature", 1.0))
         self.micro = int(cfg.get("micro_batch_rows", 4))
-        self.share = bool(cfg.get("share_prefix", False))
+        self.share = share_prefix_on(cfg.get("share_prefix", "auto"), torch.cuda.is_available())
         self.fused = bool(cfg.get("fused_head", True))
 
     @register(dispatch_mode=Dispatch.ONE_TO_ALL)

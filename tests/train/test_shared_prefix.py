@@ -78,3 +78,16 @@ def test_a_plain_forward_after_a_shared_one_is_unaffected(model_and_processor):
         response_log_probs(model, batch, share_prefix=True)
         after, _ = response_log_probs(model, batch)
     torch.testing.assert_close(after, before)
+
+
+def test_auto_shares_prompts_on_cpu_and_runs_full_rows_on_gpu():
+    """The faster path per device (issue 23): shared on CPU, full rows on an H200; an explicit choice stays."""
+    from m3ad_rl.core.config import ConfigError
+    from m3ad_rl.train.logprobs import share_prefix_on
+    from m3ad_rl.train.rcrl.config import ActorConfig
+
+    assert ActorConfig().share_prefix == "auto"
+    assert share_prefix_on("auto", cuda=False) and not share_prefix_on("auto", cuda=True)
+    assert share_prefix_on(True, cuda=True) and not share_prefix_on(False, cuda=False)
+    with pytest.raises((ValueError, ConfigError)):
+        ActorConfig(share_prefix="sometimes")

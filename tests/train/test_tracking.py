@@ -209,7 +209,7 @@ def test_otlp_exports_metrics_and_spans_to_the_configured_endpoint(tmp_path):
     got: dict[str, list[bytes]] = {}
 
     class Collector(BaseHTTPRequestHandler):
-
+        def do_POST(self):  # (http.server's name for it)
             body = self.rfile.read(int(self.headers["Content-Length"]))
             assert self.headers["Content-Type"] == "application/x-protobuf"
             got.setdefault(self.path, []).append(body)

@@ -193,8 +193,12 @@ def main() -> None:
     ap.add_argument("--micro", type=int, default=16, help="rows per forward/backward")
     ap.add_argument("--steps", type=int, default=3, help="timed update steps (after one warm-up)")
     ap.add_argument("--checkpointing", action="store_true", help="gradient checkpointing in the update")
-    ap.add_argument("--share-prefix", type=lambda v: v if v == "auto" else v.lower() == "true", default="auto",
-                    help="the update's rows: true (shared prompt), false (n full rows), auto (as actor.share_prefix)")
+    ap.add_argument(
+        "--share-prefix",
+        type=lambda v: v if v == "auto" else v.lower() == "true",
+        default="auto",
+        help="the update's rows: true (shared prompt), false (n full rows), auto (as actor.share_prefix)",
+    )
     ap.add_argument("--no-share-prefix", action="store_true", help="n full rows per prompt in the update")
     ap.add_argument(
         "--rollout-modes",

@@ -14,7 +14,8 @@ batch, 2 torch threads, our reward function. Sides:
   over the batch, as ours).
 - ``trl-default``: GRPOTrainer as it comes (gradient checkpointing on in TRL 1.16).
 - ``ours-plainhead`` (and the other ``ours-*``): ours with one lever off, its "before"; plainhead: the
-  vocabulary projection's logits kept for the backward instead of ``LinearLogProbs``' recompute.
+  vocabulary projection's logits kept for the backward instead of ``LinearLogProbs``' recompute;
+  dyncache: the rollout's decoding loop on a growing KV cache instead of the static one.
 
 Peak memory per side: the actor process's peak RSS (ours: the DeepSpeed rank, reported by the worker;
 TRL: its one process, which also holds the rollout model and the reference).
@@ -45,7 +46,16 @@ from _common import machine
 from m3ad_rl.core import provenance
 
 ROOT = Path(__file__).resolve().parents[1]
-OURS_SIDES = ["ours", "ours-bf16", "ours-genshare", "ours-noshare", "ours-sepref", "ours-hfgen", "ours-plainhead"]
+OURS_SIDES = [
+    "ours",
+    "ours-bf16",
+    "ours-genshare",
+    "ours-noshare",
+    "ours-sepref",
+    "ours-hfgen",
+    "ours-plainhead",
+    "ours-dyncache",
+]
 
 
 def build_inputs(root: Path, vocab: str, prompts: int) -> tuple[Path, Path]:
@@ -89,17 +99,19 @@ def prompt_tokens(model: Path, data: Path, prompts: int, n: int) -> int:
 
 def ours(
     model: Path, data: Path, args, out: Path, share_prefix: bool = True, share_actor: bool = True, bf16: bool = False,
-    ref_in_update: bool = True, decode_loop: bool = True, fused_head: bool = True,
+    ref_in_update: bool = True, decode_loop: bool = True, fused_head: bool = True, static_cache: bool = True,
 ) -> dict:  # fmt: skip
     """``share_prefix=False``: the rollout engine expands each prompt n times before the prefill;
     ``share_actor=False``: the actor's and reference's log-prob passes run n full rows per prompt;
     ``ref_in_update=False``: the reference pass is a call of its own; ``decode_loop=False``: HF ``generate``
-    decodes after the shared prefill (each lever's "before")."""
+    decodes after the shared prefill; ``static_cache=False``: our loop on a growing KV cache (each lever's
+    "before")."""
     from m3ad_rl.train.rcrl import RCRLConfig, run
 
     cfg = RCRLConfig(
         model=str(model), data=str(data), out=str(out), steps=args.steps, batch_prompts=args.prompts,
-        rollout={"threads": 2, "engine_kwargs": {"share_prefix": share_prefix, "decode_loop": decode_loop},
+        rollout={"threads": 2, "engine_kwargs": {"share_prefix": share_prefix, "decode_loop": decode_loop,
+                                                  "static_cache": static_cache},
                  "sampling": {"n": args.n, "temperature": 1.0, "max_new_tokens": args.max_new_tokens,
                               "logprobs": False}},
         actor={"threads": 2, "micro_batch_rows": args.prompts * args.n, "optim": {"lr": 1e-6, "bf16": bf16},
@@ -177,18 +189,20 @@ def one_side(args) -> None:
     model, data = build_inputs(root, args.vocab, args.prompts)
     out = Path(tempfile.mkdtemp(prefix=f"{args.side}-", dir=root))
     if args.side.startswith("ours"):  # ours: every lever; ours-genshare: shared prefill only; ours-noshare: neither;
-        # ours-sepref: all but the reference inside the update; ours-hfgen: all but our decoding loop
+        # ours-sepref: all but the reference inside the update; ours-hfgen: all but our decoding loop;
+        # ours-dyncache: our loop on a growing KV cache
         res = ours(
             model,
             data,
             args,
             out,
             share_prefix=args.side != "ours-noshare",
-            share_actor=args.side in ("ours", "ours-bf16", "ours-sepref", "ours-hfgen", "ours-plainhead"),
+            share_actor=args.side not in ("ours-genshare", "ours-noshare"),
             bf16=args.side == "ours-bf16",
             ref_in_update=args.side != "ours-sepref",
             decode_loop=args.side not in ("ours-hfgen", "ours-genshare", "ours-noshare"),
             fused_head=args.side != "ours-plainhead",
+            static_cache=args.side != "ours-dyncache",
         )
     else:
         res = trl_side(model, data, args, out, best=args.side == "trl-best")

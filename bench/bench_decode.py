@@ -1,8 +1,10 @@
 """The HF engine's decoding loops side by side, each in its own fresh process, alternated: HF
 ``generate`` over the shared prompt cache, our loop on a dynamic KV cache, our loop on a static cache
-(fixed shapes, an end check every few steps), and that loop with the step compiled.
+(fixed shapes, an end check every few steps), that loop with the step compiled, and the engine's
+defaults (``auto``: static on GPU or for left-padded prompts).
 
     python bench/bench_decode.py [--vocab small|qwen] [--prompts 8] [--n 4] [--new-tokens 128] [--repeats 3]
+                                 [--same-size]  # images of one size: no left padding
     python bench/bench_decode.py --device cuda --sides dynamic static compiled   # on a GPU
 
 Work per run: ``prompts`` image prompts × ``n`` samples decoded to exactly ``new-tokens`` tokens (the
@@ -28,6 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 SIDES = {  # engine settings: decode_loop, static_cache, compile_decode
     "generate": (False, False, False),
+    "auto": (True, None, None),  # the engine's defaults
     "dynamic": (True, False, False),
     "static": (True, True, False),
     "compiled": (True, True, True),
@@ -61,7 +64,8 @@ def one_side(args) -> dict:
     reqs = []
     for i in range(args.prompts):
         buf = io.BytesIO()
-        Image.new("RGB", (160 + 16 * i, 120), (20 * i % 255, 90, 40)).save(buf, "PNG")
+        size = (224, 224) if args.same_size else (160 + 16 * i, 120)  # one prompt length, or left padding
+        Image.new("RGB", size, (20 * i % 255, 90, 40)).save(buf, "PNG")
         reqs.append(GenerationRequest(f"r{i}", question(), buf.getvalue()))
     params = SamplingParams(n=args.n, temperature=1.0, max_new_tokens=args.new_tokens, logprobs=False)
     seeds = [[args.n * i + j for j in range(args.n)] for i in range(args.prompts)]
@@ -91,7 +95,8 @@ def compare(args) -> None:
 
     args.model = str(build_model(Path(args.root), args.vocab))
     print(f"machine: {machine()}; commit {provenance.commit(Path(__file__).resolve().parents[1])}; tiny Qwen3-VL, "
-          f"{args.vocab} vocabulary; {args.prompts} prompts × {args.n} samples × {args.new_tokens} tokens; "
+          f"{args.vocab} vocabulary; {args.prompts} prompts ({'one size' if args.same_size else 'left-padded'}) × "
+          f"{args.n} samples × {args.new_tokens} tokens; "
           f"device {args.device}, {args.threads} threads; {args.repeats} repeats × {args.iters} calls",
           flush=True)  # fmt: skip
     runs: dict[str, list[dict]] = {s: [] for s in args.sides}
@@ -135,6 +140,7 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--iters", type=int, default=3)
     p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--same-size", action="store_true", help="images of one size: prompts of one length, no padding")
     p.add_argument("--root", default="/tmp/bench-decode", help="where the tiny model is built once")
     p.add_argument("--sides", nargs="+", choices=list(SIDES), default=["generate", "dynamic", "static"])
     p.add_argument("--side", choices=list(SIDES), help="run one side in this process")

@@ -15,7 +15,8 @@ batch, 2 torch threads, our reward function. Sides:
 - ``trl-default``: GRPOTrainer as it comes (gradient checkpointing on in TRL 1.16).
 - ``ours-plainhead`` (and the other ``ours-*``): ours with one lever off, its "before"; plainhead: the
   vocabulary projection's logits kept for the backward instead of ``LinearLogProbs``' recompute;
-  dyncache: the rollout's decoding loop on a growing KV cache instead of the static one.
+  dyncache / static: the rollout's decoding loop always on a growing / a static KV cache (ours: the
+  engine's choice per batch).
 
 Peak memory per side: the actor process's peak RSS (ours: the DeepSpeed rank, reported by the worker;
 TRL: its one process, which also holds the rollout model and the reference).
@@ -99,7 +100,7 @@ def prompt_tokens(model: Path, data: Path, prompts: int, n: int) -> int:
 
 def ours(
     model: Path, data: Path, args, out: Path, share_prefix: bool = True, share_actor: bool = True, bf16: bool = False,
-    ref_in_update: bool = True, decode_loop: bool = True, fused_head: bool = True, static_cache: bool = True,
+    ref_in_update: bool = True, decode_loop: bool = True, fused_head: bool = True, static_cache: bool | None = None,
 ) -> dict:  # fmt: skip
     """``share_prefix=False``: the rollout engine expands each prompt n times before the prefill;
     ``share_actor=False``: the actor's and reference's log-prob passes run n full rows per prompt;
@@ -202,7 +203,7 @@ def one_side(args) -> None:
             ref_in_update=args.side != "ours-sepref",
             decode_loop=args.side not in ("ours-hfgen", "ours-genshare", "ours-noshare"),
             fused_head=args.side != "ours-plainhead",
-            static_cache=args.side != "ours-dyncache",
+            static_cache={"ours-dyncache": False, "ours-static": True}.get(args.side),
         )
     else:
         res = trl_side(model, data, args, out, best=args.side == "trl-best")

@@ -229,3 +229,27 @@ def test_a_decoding_step_that_does_not_compile_falls_back_to_the_same_tokens(tin
     assert "compiling the decoding step failed" in caplog.text and broken.compile_decode is False
     want = make_engine("hf", str(tiny_model), static_cache=False).generate(reqs, params, seeds)
     assert [[c.token_ids for c in g] for g in got] == [[c.token_ids for c in g] for g in want]
+
+
+def test_by_default_cpu_decodes_padded_batches_into_a_static_cache_and_even_ones_into_a_growing_one(
+    tiny_model, monkeypatch
+):
+    """The default picks the faster cache per batch on CPU: static where prompts of different lengths are
+    left-padded (the growing cache then carries a mask as well), growing where they are of one length
+    (then it needs no mask). Both draw the same tokens."""
+    from m3ad_rl.engines.hf import HFEngine
+
+    engine = make_engine("hf", str(tiny_model), batch_size=3)
+    assert engine.static_cache is None and not engine.compile_decode
+    used = []
+    copy = HFEngine._static_copy
+    monkeypatch.setattr(HFEngine, "_static_copy", lambda self, *a: used.append(True) or copy(self, *a))
+    params = SamplingParams(n=2, max_new_tokens=10, temperature=1.0)
+    even = [GenerationRequest(f"e{i}", question(), _png((40 * i, 90, 20))) for i in range(2)]
+    padded = [GenerationRequest(f"p{i}", question() + " Be brief." * i, _png((40 * i, 90, 20))) for i in range(2)]
+    for reqs, static in ((even, False), (padded, True)):
+        used.clear()
+        got = engine.generate(reqs, params, [[1, 2], [3, 4]])
+        assert bool(used) is static, reqs[0].id
+        fixed = make_engine("hf", str(tiny_model), static_cache=not static).generate(reqs, params, [[1, 2], [3, 4]])
+        assert [[c.token_ids for c in g] for g in got] == [[c.token_ids for c in g] for g in fixed]

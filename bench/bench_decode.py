@@ -103,8 +103,9 @@ def compare(args) -> None:
     for r in range(args.repeats):
         order = args.sides[r % len(args.sides) :] + args.sides[: r % len(args.sides)]
         for side in order:
+            rest = {k: v for k, v in vars(args).items() if k not in ("side", "repeats", "sides") and v is not False}
             argv = [sys.executable, __file__, "--side", side] + [
-                f"--{k.replace('_', '-')}={v}" for k, v in vars(args).items() if k not in ("side", "repeats", "sides")
+                f"--{k.replace('_', '-')}" + ("" if v is True else f"={v}") for k, v in rest.items()
             ]
             proc = subprocess.run(argv, capture_output=True, text=True)
             if proc.returncode:

@@ -134,7 +134,7 @@ class HFEngine:
         self._compiled_step = None
         tok = self.processor.tokenizer
         eos = self.model.generation_config.eos_token_id
-        self.eos_ids = set(eos if isinstance(eos, list) else [eos]) | {tok.eos_token_id}
+        self.eos_ids = {i for i in (eos if isinstance(eos, list) else [eos]) + [tok.eos_token_id] if i is not None}
         self.pad_id = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
         # Vision placeholders are never valid output; a sampled one would break the actor's forward
         # pass over prompt + response (image tokens must match image features).

@@ -230,7 +230,12 @@ WG = ["spec", "rayClusterSpec", "workerGroupSpecs"]
 C0 = [*WG, 0, "template", "spec", "containers", 0]
 BROKEN = {  # what is broken: (path to change, new value, field named in the message, words in the message)
     "misspelled field": ([*WG, 0, "minReplica"], 4, "workerGroupSpecs[0].minReplica", "did you mean 'minReplicas'"),
-    "string for integer": ([*WG, 1, "replicas"], "one", "workerGroupSpecs[1].replicas", "is not of type 'integer'"),
+    "string for integer": (
+        [*WG, 1, "replicas"],
+        "one",
+        "workerGroupSpecs[1].replicas",
+        "'one' is not an integer: write an integer here",
+    ),
     "missing groupName": ([*WG, 0, "groupName"], KeyError, "workerGroupSpecs[0].groupName", "required"),
     "bad name": (["metadata", "name"], "M3AD_rcrl", "metadata.name", "DNS-1035"),
     "long name": (["metadata", "name"], "m3ad-" + "x" * 50, "metadata.name", "longer than 47"),

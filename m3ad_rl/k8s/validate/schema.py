@@ -114,7 +114,8 @@ def plain_message(err) -> str:
         return f"{_short(err.instance)} does not have the form this field takes (pattern {err.validator_value})"
     if err.validator == "type":
         want = " or ".join(err.validator_value) if isinstance(err.validator_value, list) else err.validator_value
-        return f"{_short(err.instance)} is not {'an' if want[0] in 'aeiou' else 'a'} {want}: write {want} here"
+        a = "an" if want[0] in "aeiou" else "a"
+        return f"{_short(err.instance)} is not {a} {want}: write {a} {want} here"
     if err.validator == "enum":
         return f"{_short(err.instance)} is not allowed here: write one of {', '.join(map(str, err.validator_value))}"
     message = " ".join(str(err.message).split())

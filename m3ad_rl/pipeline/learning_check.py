@@ -126,24 +126,39 @@ def answer_accuracy(model: str, dataset: str, samples: int, max_new_tokens: int,
     return sum(hits) / max(len(hits), 1)
 
 
-def run_learning_check(work: str | Path, check: LearningCheck | None = None) -> LearningResult:
-    """Build the task under ``work``, SFT the weak start, measure, run RCRL, measure again."""
+def run_learning_check(
+    work: str | Path, check: LearningCheck | None = None, sft_from: str | Path | None = None
+) -> LearningResult:
+    """Build the task under ``work``, SFT the weak start, measure, run RCRL, measure again.
+
+    ``sft_from``: the ``work`` of an earlier check with the same seed and SFT sizes, whose weak start
+    this one takes instead of training its own (the same recipe and seed); the sabotage checks share
+    the seed-0 check's, which saves each of them its SFT."""
     import ray
 
     c = check or LearningCheck()
     if c.sabotage not in (None, *SABOTAGES):
         raise ValueError(f"sabotage={c.sabotage!r}; choose one of {', '.join(SABOTAGES)}")
+    if sft_from is not None:  # before anything is built
+        made = json.loads((Path(sft_from) / "sft-start.json").read_text())
+        if made != _sft_key(c):
+            raise ValueError(f"sft_from={sft_from} was trained for {made}, this check needs {_sft_key(c)}")
     work = Path(work).absolute()
     work.mkdir(parents=True, exist_ok=True)
     started = not ray.is_initialized()
     try:
-        return _run(work, c)
+        return _run(work, c, Path(sft_from) if sft_from is not None else None)
     finally:
         if started:  # leave the process as it was (a test session, a notebook)
             ray.shutdown()
 
 
-def _run(work: Path, c: LearningCheck) -> LearningResult:
+def _sft_key(c: LearningCheck) -> dict:
+    """What the weak start depends on."""
+    return {k: getattr(c, k) for k in ("seed", "image_size", "sft_images", "sft_steps")}
+
+
+def _run(work: Path, c: LearningCheck, sft_from: Path | None = None) -> LearningResult:
     from m3ad_rl.engines.base import SamplingParams
     from m3ad_rl.models.tiny import TinySpec, write_tiny
     from m3ad_rl.train import rcrl
@@ -155,10 +170,14 @@ def _run(work: Path, c: LearningCheck) -> LearningResult:
 
     sets = _write_sets(work, c)
     init_ray(None, 8)  # room for SFT now and, later, RCRL's actor, rollout and reward workers together
-    write_tiny(str(work / "tiny"), TinySpec(seed=c.seed), overwrite=True)
-    sft = run_sft(SFTConfig(model=str(work / "tiny"), data=sets["sft"], out=str(work / "sft"), seed=c.seed,
-                            max_steps=c.sft_steps, epochs=20, grad_accum=1, micro_batch=2,
-                            optim={"lr": 3e-3, "warmup_steps": 4}), overwrite=True)  # fmt: skip
+    if sft_from is not None:
+        sft = {"model": str(sft_from / "sft" / "model")}
+    else:
+        write_tiny(str(work / "tiny"), TinySpec(seed=c.seed), overwrite=True)
+        sft = run_sft(SFTConfig(model=str(work / "tiny"), data=sets["sft"], out=str(work / "sft"), seed=c.seed,
+                                max_steps=c.sft_steps, epochs=20, grad_accum=1, micro_batch=2,
+                                optim={"lr": 3e-3, "warmup_steps": 4}), overwrite=True)  # fmt: skip
+        (work / "sft-start.json").write_text(json.dumps(_sft_key(c)))
     result = LearningResult(c)
     result.accuracy_before = answer_accuracy(sft["model"], sets["heldout"], c.heldout_samples, c.max_new_tokens, c.seed)
     cfg = rcrl.RCRLConfig(

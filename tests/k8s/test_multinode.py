@@ -397,7 +397,11 @@ def test_reproduce_on_multinode_cluster_with_s3(cluster):
                 "seed-0/sft/model/model.safetensors", "seed-0/rcrl/model/model.safetensors",
                 "seed-0/eval/rcrl/bench/report.json", "stages/seed-0-eval.json"):  # fmt: skip
         assert fs.exists(f"{out}/{key}"), key
-    assert "Seen categories" in fs.cat(f"{out}/report/results.md").decode()
+    report = fs.cat(f"{out}/report/results.md").decode()
+    assert "Seen categories" in report and "Reward variants" in report  # (the toy's one variant: preset_a)
+    assert fs.exists(f"{out}/seed-0/rcrl-preset_a/model/model.safetensors")
+    summary = json.loads(fs.cat(f"{out}/report/summary.json"))
+    assert set(summary["differences"]) == {"rcrl", "rcrl-preset_a"}
     assert "perception: done" in jobs.run(command, timeout=600)  # the same job again: resumes from S3's markers
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -14,12 +15,30 @@ pytestmark = pytest.mark.slow  # end-to-end: `pytest -m 'not slow'` skips it
 ROOT = Path(__file__).resolve().parents[1]
 
 
+# A GPU machine's image has torch and transformers but no Ray, DeepSpeed, verl or vLLM: the check runs
+# with those hidden (``find_spec`` says they are not installed, an import fails), as they would be there.
+WITHOUT = """\
+import importlib.util, sys
+HIDDEN = ("ray", "deepspeed", "vllm", "verl")
+_find = importlib.util.find_spec
+importlib.util.find_spec = lambda name, package=None: None if name.split(".")[0] in HIDDEN else _find(name, package)
+class Hide:
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in HIDDEN:
+            raise ModuleNotFoundError(f"No module named {name!r}")
+sys.meta_path.insert(0, Hide())
+"""
+
+
 def test_gpu_check_runs_on_cpu_with_tiny_shapes(tmp_path):
+    (tmp_path / "site").mkdir()
+    (tmp_path / "site" / "sitecustomize.py").write_text(WITHOUT)
     out = tmp_path / "r.json"
     argv = [sys.executable, str(ROOT / "bench" / "gpu_check.py"), "--shapes", "tiny", "--device", "cpu",
             "--prompts", "2", "--n", "2", "--new-tokens", "8", "--micro", "2", "--steps", "1",
             "--image-px", "64", "--rollout-modes", "dynamic", "static", "--json", str(out)]  # fmt: skip
-    res = subprocess.run(argv, capture_output=True, text=True, timeout=600)
+    env = {**os.environ, "PYTHONPATH": str(tmp_path / "site")}
+    res = subprocess.run(argv, capture_output=True, text=True, timeout=600, env=env)
     assert res.returncode == 0, res.stderr[-3000:]
     (r,) = json.loads(out.read_text())
     assert r["shape"] == "tiny" and r["update_tokens"] > 0 and r["rollout_tokens_per_s"] > 0

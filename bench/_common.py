@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import base64
+import json
 import os
+import subprocess
+import sys
+from collections.abc import Iterator
 from functools import cache
 from importlib import resources
 
@@ -37,3 +41,17 @@ def pin_one_core() -> str:
         os.sched_setaffinity(0, {0})
         return "pinned to core 0"
     return "not pinned"
+
+
+def fresh_runs(script: str, sides: list[str], args, repeats: int) -> Iterator[tuple[int, str, dict]]:
+    """Each side in a fresh process of its own (``script --side S`` with ``args`` forwarded as flags, but
+    ``side``, ``sides`` and ``repeats``), the order rotated every repeat: yields (repeat, side, the JSON
+    its last stdout line holds); a side that fails stops the benchmark with its stderr."""
+    rest = {k: v for k, v in vars(args).items() if k not in ("side", "sides", "repeats") and v is not False}
+    flags = [f"--{k.replace('_', '-')}" + ("" if v is True else f"={v}") for k, v in rest.items() if v is not None]
+    for r in range(repeats):
+        for side in sides[r % len(sides) :] + sides[: r % len(sides)]:
+            proc = subprocess.run([sys.executable, script, "--side", side, *flags], capture_output=True, text=True)
+            if proc.returncode:
+                raise SystemExit(f"{side} failed:\n{proc.stderr[-3000:]}")
+            yield r, side, json.loads(proc.stdout.strip().splitlines()[-1])

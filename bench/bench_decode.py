@@ -89,7 +89,7 @@ def one_side(args) -> dict:
 
 
 def compare(args) -> None:
-    from _common import machine
+    from _common import fresh_runs, machine
 
     from m3ad_rl.core import provenance
 
@@ -100,21 +100,11 @@ def compare(args) -> None:
           f"device {args.device}, {args.threads} threads; {args.repeats} repeats × {args.iters} calls",
           flush=True)  # fmt: skip
     runs: dict[str, list[dict]] = {s: [] for s in args.sides}
-    for r in range(args.repeats):
-        order = args.sides[r % len(args.sides) :] + args.sides[: r % len(args.sides)]
-        for side in order:
-            rest = {k: v for k, v in vars(args).items() if k not in ("side", "repeats", "sides") and v is not False}
-            argv = [sys.executable, __file__, "--side", side] + [
-                f"--{k.replace('_', '-')}" + ("" if v is True else f"={v}") for k, v in rest.items()
-            ]
-            proc = subprocess.run(argv, capture_output=True, text=True)
-            if proc.returncode:
-                raise SystemExit(f"{side} failed:\n{proc.stderr[-3000:]}")
-            res = json.loads(proc.stdout.strip().splitlines()[-1])
-            runs[side].append(res)
-            print(f"  repeat {r + 1} {side:9s} {res['s']:7.3f} s  {res['tokens_per_s']:8.0f} tokens/s  "
-                  f"{res['ms_per_step']:6.1f} ms/step  warm-up {res['warmup_s']:.1f} s  tokens {res['tokens_digest']}",
-                  flush=True)  # fmt: skip
+    for r, side, res in fresh_runs(__file__, args.sides, args, args.repeats):
+        runs[side].append(res)
+        print(f"  repeat {r + 1} {side:9s} {res['s']:7.3f} s  {res['tokens_per_s']:8.0f} tokens/s  "
+              f"{res['ms_per_step']:6.1f} ms/step  warm-up {res['warmup_s']:.1f} s  tokens {res['tokens_digest']}",
+              flush=True)  # fmt: skip
     first = args.sides[0]
     base = statistics.median(x["s"] for x in runs[first])
     print(f"\n| side | median s | min–max | tokens/s | ms per step | × {first} | same tokens as {first} |")

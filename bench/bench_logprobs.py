@@ -18,7 +18,6 @@ import argparse
 import json
 import resource
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -76,7 +75,7 @@ def one_side(args) -> dict:
 
 
 def compare(args) -> None:
-    from _common import machine
+    from _common import fresh_runs, machine
 
     from m3ad_rl.core import provenance
 
@@ -84,17 +83,9 @@ def compare(args) -> None:
           f"{args.tokens} tokens × hidden {args.hidden} → vocabulary {args.vocab}; device {args.device}, "
           f"{args.threads} threads; {args.repeats} repeats × {args.iters} iterations", flush=True)  # fmt: skip
     runs: dict[str, list[dict]] = {s: [] for s in SIDES}
-    for r in range(args.repeats):
-        for side in SIDES[r % 2 :] + SIDES[: r % 2]:
-            argv = [sys.executable, __file__, "--side", side] + [
-                f"--{k.replace('_', '-')}={v}" for k, v in vars(args).items() if k not in ("side", "repeats")
-            ]
-            proc = subprocess.run(argv, capture_output=True, text=True)
-            if proc.returncode:
-                raise SystemExit(f"{side} failed:\n{proc.stderr[-3000:]}")
-            res = json.loads(proc.stdout.strip().splitlines()[-1])
-            runs[side].append(res)
-            print(f"  repeat {r + 1} {side:6s} {res['step_s']:7.3f} s  +{res['extra_gib']:.2f} GiB", flush=True)
+    for r, side, res in fresh_runs(__file__, SIDES, args, args.repeats):
+        runs[side].append(res)
+        print(f"  repeat {r + 1} {side:6s} {res['step_s']:7.3f} s  +{res['extra_gib']:.2f} GiB", flush=True)
     print("\n| side | median s (fwd + bwd) | min–max | memory added, GiB | × plain |")
     print("|---|---|---|---|---|")
     plain = statistics.median(x["step_s"] for x in runs["plain"])

@@ -130,9 +130,11 @@ def _short(value, limit: int = 60) -> str:
 def yaml_problem(err: Exception, source: str = "") -> str:
     """A PyYAML error in one line: ``source:line:col: problem (context)`` (PyYAML's own spans five)."""
     mark = getattr(err, "problem_mark", None)
-    where = f"{source}:{mark.line + 1}:{mark.column + 1}" if mark is not None else source
-    if not source and mark is not None:
-        where = f"line {mark.line + 1}, column {mark.column + 1}"
+    if mark is None:
+        where = source
+    else:
+        line, col = mark.line + 1, mark.column + 1
+        where = f"{source}:{line}:{col}" if source else f"line {line}, column {col}"
     problem = " ".join(str(getattr(err, "problem", None) or err).split())
     context = getattr(err, "context", None)
     return f"{where}: not valid YAML: {problem}" + (f" ({' '.join(str(context).split())})" if context else "")

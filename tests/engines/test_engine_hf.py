@@ -231,25 +231,29 @@ def test_a_decoding_step_that_does_not_compile_falls_back_to_the_same_tokens(tin
     assert [[c.token_ids for c in g] for g in got] == [[c.token_ids for c in g] for g in want]
 
 
-def test_by_default_cpu_decodes_padded_batches_into_a_static_cache_and_even_ones_into_a_growing_one(
+def test_by_default_cpu_decodes_every_batch_into_a_growing_buffer_with_the_tokens_of_a_static_cache(
     tiny_model, monkeypatch
 ):
-    """The default picks the faster cache per batch on CPU: static where prompts of different lengths are
-    left-padded (the growing cache then carries a mask as well), growing where they are of one length
-    (then it needs no mask). Both draw the same tokens."""
+    """On CPU the default loop never copies a static cache: the prompt's cache grows into a buffer
+    allocated once, also for left-padded prompts (whose mask is then built once and sliced). Both kinds
+    of batch draw the tokens of the static cache and of a cache grown by concatenation (HF's own)."""
     from m3ad_rl.engines.hf import HFEngine
 
     engine = make_engine("hf", str(tiny_model), batch_size=3)
     assert engine.static_cache is None and not engine.compile_decode
-    used = []
-    copy = HFEngine._static_copy
-    monkeypatch.setattr(HFEngine, "_static_copy", lambda self, *a: used.append(True) or copy(self, *a))
-    params = SamplingParams(n=2, max_new_tokens=10, temperature=1.0)
+    monkeypatch.setattr(HFEngine, "_static_copy", lambda *a: pytest.fail("a static cache on CPU by default"))
+    params = SamplingParams(n=2, max_new_tokens=10, temperature=1.0, logprobs=True)
     even = [GenerationRequest(f"e{i}", question(), _png((40 * i, 90, 20))) for i in range(2)]
     padded = [GenerationRequest(f"p{i}", question() + " Be brief." * i, _png((40 * i, 90, 20))) for i in range(2)]
-    for reqs, static in ((even, False), (padded, True)):
-        used.clear()
-        got = engine.generate(reqs, params, [[1, 2], [3, 4]])
-        assert bool(used) is static, reqs[0].id
-        fixed = make_engine("hf", str(tiny_model), static_cache=not static).generate(reqs, params, [[1, 2], [3, 4]])
-        assert [[c.token_ids for c in g] for g in got] == [[c.token_ids for c in g] for g in fixed]
+    got = {k: engine.generate(reqs, params, [[1, 2], [3, 4]]) for k, reqs in (("even", even), ("padded", padded))}
+    monkeypatch.undo()
+    fixed = make_engine("hf", str(tiny_model), static_cache=True)
+    monkeypatch.setattr("m3ad_rl.engines.hf._preallocate", lambda cache, capacity: None)  # DynamicLayer's cat
+    grown = make_engine("hf", str(tiny_model))
+    for name, reqs in (("even", even), ("padded", padded)):
+        for other in (fixed, grown):
+            want = other.generate(reqs, params, [[1, 2], [3, 4]])
+            assert [[c.token_ids for c in g] for g in got[name]] == [[c.token_ids for c in g] for g in want], name
+            for ga, gb in zip(got[name], want, strict=True):
+                for ca, cb in zip(ga, gb, strict=True):
+                    assert torch.allclose(torch.tensor(ca.logprobs), torch.tensor(cb.logprobs), atol=1e-5), name

@@ -147,6 +147,7 @@ class HFEngine:
         from transformers import AutoModelForImageTextToText, AutoProcessor
 
         from m3ad_rl.core.storage import local_model
+        from m3ad_rl.models.patch_embed import linear_patch_embed
 
         model = local_model(model)
         self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
@@ -156,6 +157,7 @@ class HFEngine:
         self.processor.tokenizer.padding_side = "left"
         self.model = AutoModelForImageTextToText.from_pretrained(model, dtype=getattr(torch, dtype))
         self.model.to(self.device).eval()
+        linear_patch_embed(self.model)
         self.batch_size = batch_size
         self.share_prefix, self.decode_loop = share_prefix, decode_loop
         on_gpu = self.device.startswith("cuda")

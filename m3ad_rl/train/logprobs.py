@@ -164,7 +164,8 @@ class LinearLogProbs(torch.autograd.Function):
     logsumexp, writes that slice of W's gradient once and adds the slice's share of the hidden's gradient.
     One extra ``[tokens, H] × [H, V]`` matmul buys O(chunk) memory instead of O(tokens × V): the trade
     Liger-kernel's fused linear cross-entropy makes, here for per-token log-probs, whose upstream gradient
-    is one number per token rather than one loss scalar.
+    is one number per token rather than one loss scalar. Where every token's logits fit in one chunk (a
+    small vocabulary, or few tokens) the forward keeps that chunk and the backward skips the recompute.
 
     Flat inputs: ``hidden [M, H]``, ``weight [V, H]``, ``bias [V] | None``, ``targets [M]``. The matmuls run
     in the dtype ``head(hidden)`` would have (autocast's, if on); softmax and logsumexp in fp32, as the
@@ -178,7 +179,8 @@ class LinearLogProbs(torch.autograd.Function):
         lse = torch.empty_like(lp)
         ent = torch.empty_like(lp) if with_entropy else None
         rows = max(1, chunk // weight.shape[0])
-        dt = hidden.dtype
+        keep = rows >= m and any(ctx.needs_input_grad[:3])  # one chunk: its logits are kept, the backward reuses them
+        dt, kept = hidden.dtype, None
         for s in range(0, m, rows):
             raw = torch.nn.functional.linear(hidden[s : s + rows], weight, bias)
             dt = raw.dtype  # autocast's choice, reused by the backward
@@ -190,8 +192,9 @@ class LinearLogProbs(torch.autograd.Function):
             lp[s : s + rows] = logits.gather(1, targets[s : s + rows, None]).squeeze(1) - z
             if with_entropy:  # H = lse − Σ p·logit
                 ent[s : s + rows] = z - (torch.exp(logits - z[:, None]) * logits).sum(-1)
+            kept = logits if keep else None
             del raw, logits
-        ctx.save_for_backward(hidden, weight, bias, targets, lse)
+        ctx.save_for_backward(hidden, weight, bias, targets, lse, kept)
         ctx.temperature, ctx.chunk, ctx.dt = temperature, chunk, dt
         if ent is not None:
             ctx.mark_non_differentiable(ent)
@@ -199,7 +202,7 @@ class LinearLogProbs(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, g_lp, _g_ent):
-        hidden, weight, bias, targets, lse = ctx.saved_tensors
+        hidden, weight, bias, targets, lse, kept = ctx.saved_tensors
         t, dt = ctx.temperature, ctx.dt
         need_h, need_w, need_b = ctx.needs_input_grad[:3]
         m, v = hidden.shape[0], weight.shape[0]
@@ -213,10 +216,13 @@ class LinearLogProbs(torch.autograd.Function):
             v1 = min(v, v0 + width)
             w = weight[v0:v1].to(dt)
             b = bias[v0:v1].to(dt) if bias is not None else None
-            logits = torch.nn.functional.linear(h, w, b).to(lse.dtype)
-            if t != 1.0:
-                logits.div_(t)
-            d = logits.sub_(lse[:, None]).exp_().mul_(-g)  # −g·softmax
+            if kept is not None and v1 - v0 == v:  # the forward's logits (already divided by T)
+                d = torch.sub(kept, lse[:, None]).exp_().mul_(-g)
+            else:
+                logits = torch.nn.functional.linear(h, w, b).to(lse.dtype)
+                if t != 1.0:
+                    logits.div_(t)
+                d = logits.sub_(lse[:, None]).exp_().mul_(-g)  # −g·softmax
             here = (targets >= v0) & (targets < v1)
             rows = here.nonzero().squeeze(1)
             d[rows, targets[rows] - v0] += g[rows, 0]  # + g·onehot(target)
@@ -226,7 +232,7 @@ class LinearLogProbs(torch.autograd.Function):
                 g_b[v0:v1] = d.sum(0).to(bias.dtype)
             if need_h:
                 g_h += (d.to(dt) @ w).to(g_h.dtype)
-            del logits, d
+            del d
         return (g_h.to(hidden.dtype) if need_h else None, g_w, g_b, None, None, None, None)
 
 

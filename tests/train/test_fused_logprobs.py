@@ -47,7 +47,9 @@ def test_equals_the_plain_log_softmax_with_gradients(chunk, bias, t):
         torch.testing.assert_close(a, e, atol=1e-5, rtol=1e-5)
 
 
-def test_gradcheck_in_float64():
+@pytest.mark.parametrize("chunk", [12, 1 << 20], ids=["recomputed", "kept"])
+def test_gradcheck_in_float64(chunk):
+    """Both backwards: logits recomputed per vocabulary slice, and the one chunk the forward kept."""
     from m3ad_rl.train.logprobs import LinearLogProbs
 
     g = torch.Generator().manual_seed(1)
@@ -57,9 +59,25 @@ def test_gradcheck_in_float64():
     targets = torch.tensor([0, 10, 3, 3, 7])
 
     def f(hh, ww, bb):
-        return LinearLogProbs.apply(hh, ww, bb, targets, 0.8, 12, False)[0]
+        return LinearLogProbs.apply(hh, ww, bb, targets, 0.8, chunk, False)[0]
 
     assert torch.autograd.gradcheck(f, (hidden, weight, bias))
+
+
+def test_logits_that_fit_one_chunk_are_not_recomputed(monkeypatch):
+    """A small vocabulary's logits are one chunk: the backward reuses them (no vocabulary matmul); a
+    larger one recomputes slice by slice, never holding more than a chunk."""
+    from m3ad_rl.train.logprobs import LinearLogProbs
+
+    calls = []
+    linear = torch.nn.functional.linear
+    monkeypatch.setattr(torch.nn.functional, "linear", lambda *a: calls.append(a[1].shape[0]) or linear(*a))
+    hidden, weight = torch.randn(6, 4, requires_grad=True), torch.randn(10, 4, requires_grad=True)
+    for chunk, recomputed in ((60, False), (59, True)):
+        lp, _ = LinearLogProbs.apply(hidden, weight, None, torch.arange(6), 1.0, chunk, False)
+        calls.clear()
+        lp.sum().backward()
+        assert bool(calls) is recomputed, (chunk, calls)
 
 
 def test_frozen_inputs_get_no_gradient_and_inference_mode_works():

@@ -40,7 +40,6 @@ def load_policy(path: str, bf16: bool = False):
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
     from m3ad_rl.core.storage import local_model
-
     from m3ad_rl.models.patch_embed import linear_patch_embed
 
     path = local_model(path)

@@ -16,7 +16,11 @@ batch, 2 torch threads, our reward function. Sides:
 - ``ours-plainhead`` (and the other ``ours-*``): ours with one lever off, its "before"; plainhead: the
   vocabulary projection's logits kept for the backward instead of ``LinearLogProbs``' recompute;
   dyncache / static: the rollout's decoding loop always on a growing / a static KV cache (ours: the
-  engine's choice per batch).
+  engine's default, on CPU a cache growing into one buffer).
+
+Both sides' CPU processes keep the memory they free (glibc's ``MALLOC_*`` setting that ours get from
+``ray_setup.cpu_worker_env``; TRL's process is started with it too); ``M3AD_KEEP_FREED_MEMORY=0`` runs both
+with glibc's defaults.
 
 Peak memory per side: the actor process's peak RSS (ours: the DeepSpeed rank, reported by the worker;
 TRL: its one process, which also holds the rollout model and the reference).
@@ -45,6 +49,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import machine
 
 from m3ad_rl.core import provenance
+from m3ad_rl.train.ray_setup import cpu_worker_env
 
 ROOT = Path(__file__).resolve().parents[1]
 OURS_SIDES = [
@@ -56,6 +61,7 @@ OURS_SIDES = [
     "ours-hfgen",
     "ours-plainhead",
     "ours-dyncache",
+    "ours-static",
 ]
 
 
@@ -240,7 +246,10 @@ def compare(args) -> None:
                     "--prompts", str(args.prompts), "--n", str(args.n), "--max-new-tokens", str(args.max_new_tokens),
                     "--vocab", args.vocab]  # fmt: skip
             t0 = time.perf_counter()
-            proc = subprocess.run(argv, capture_output=True, text=True, env={**os.environ, "RAY_TMPDIR": ray_tmp})
+            env = {**os.environ, "RAY_TMPDIR": ray_tmp}
+            if side.startswith("trl"):  # the allocator setting our CPU workers get (ray_setup), for TRL's process too
+                env.update(cpu_worker_env(use_gpu=False))
+            proc = subprocess.run(argv, capture_output=True, text=True, env=env)
             if proc.returncode:
                 raise SystemExit(f"{side} failed:\n{proc.stderr[-3000:]}")
             res = json.loads(proc.stdout.strip().splitlines()[-1])

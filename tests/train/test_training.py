@@ -260,9 +260,11 @@ def test_controller_update_with_minibatches_moves_clips_and_pushes_exact_weights
 
     from m3ad_rl.core.config import load_config
     from m3ad_rl.engines.weight_transfer import unpack_state
+    from m3ad_rl.train.ray_setup import KEEP_FREED_MEMORY, worker_env
     from m3ad_rl.train.rcrl import RCRLConfig, RCRLTrainer
 
-    ray.shutdown()
+    ray.shutdown()  # a Ray started as a cluster's is (job environment without the allocator setting):
+    ray.init(num_cpus=8, runtime_env={"env_vars": worker_env()})  # the CPU workers must get it themselves
     cfg = load_config(RCRLConfig, "configs/train/rcrl-cpu.yaml", [
         f"model={pipeline['sft'] / 'model'}", f"data={pipeline['ft'] / 'rl.parquet'}", f"out={tmp_path / 'run'}",
         "steps=1", "batch_prompts=4", "rollout.sampling.max_new_tokens=24", "actor.ppo_mini_batch_prompts=2",
@@ -271,6 +273,9 @@ def test_controller_update_with_minibatches_moves_clips_and_pushes_exact_weights
     t = RCRLTrainer(cfg, progress=False)
     try:
         t.setup()
+        for w in [*t.actor.workers, *t.rollout]:
+            env = ray.get(w.__ray_call__.remote(lambda self: {k: os.environ.get(k) for k in KEEP_FREED_MEMORY}))
+            assert env == KEEP_FREED_MEMORY, env
         rows = t.data.batch(0, cfg.batch_prompts)
         batch, _ = t.generate(rows, 1)
         scores = np.random.default_rng(0).normal(size=len(batch)).astype(np.float32)  # a learning signal

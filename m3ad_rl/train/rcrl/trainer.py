@@ -25,6 +25,7 @@ from m3ad_rl.core import storage
 from m3ad_rl.core.errors import LostWorkerError
 from m3ad_rl.data.lengths import MODEL_LENGTHS_FILE, check_limit, find_lengths
 from m3ad_rl.train.grpo import kl_controller
+from m3ad_rl.train.ray_setup import cpu_worker_env
 from m3ad_rl.train.rcrl.cluster import check_local_cpus, dead_actors, node_placement_groups
 from m3ad_rl.train.rcrl.config import RCRLConfig
 from m3ad_rl.train.rcrl.metrics import reward_metrics
@@ -162,7 +163,8 @@ class RCRLTrainer:
             if a.nodes > 1:
                 pool.pgs = node_placement_groups(a.workers // a.nodes, a.nodes, a.use_gpu, role)
             self._pools.append(pool)  # its placement groups outlive the workers unless removed (cleanup)
-            return RayWorkerGroup(pool, RayClassWithInitArgs(cls=ray.remote(PolicyWorker), cfg=wcfg, role=role))
+            return RayWorkerGroup(pool, RayClassWithInitArgs(cls=ray.remote(PolicyWorker), cfg=wcfg, role=role),
+                                  worker_env=cpu_worker_env(a.use_gpu))  # fmt: skip
 
         use_ref = cfg.grpo.kl_coef > 0  # β = 0: no KL term, so no reference policy at all
         self.actor = group("actor_ref" if cfg.ref.colocate and use_ref else "actor")
@@ -176,7 +178,7 @@ class RCRLTrainer:
         from m3ad_rl.train.workers import RolloutWorker
 
         r = self.cfg.rollout
-        opts = {"num_cpus": 1, "num_gpus": r.num_gpus}
+        opts = {"num_cpus": 1, "num_gpus": r.num_gpus, "runtime_env": {"env_vars": cpu_worker_env(r.num_gpus > 0)}}
         self.rollout = [
             RolloutWorker.options(**opts).remote(r.engine, self.cfg.model, r.engine_kwargs, r.threads)
             for _ in range(r.workers)

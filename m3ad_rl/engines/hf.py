@@ -48,7 +48,8 @@ def inverse_cdf_sampling(generators: list | None = None):
 
 def inverse_cdf(probs, u, block: int = 1024):
     """Row i's token: the first index where the cumulative sum of ``probs[i]`` exceeds ``u[i]`` times
-    its total (``u`` in [0, 1), float64), as ``torch.multinomial`` would draw it. Two levels, so a 151k
+    its total (``u`` in [0, 1), float64), as ``torch.multinomial`` would draw it. Up to ``4 × block``
+    entries that is one float64 cumulative sum. Above, two levels, so a 151k
     vocabulary is read once and never copied to float64 (a float64 cumulative sum over the whole
     vocabulary was half of a CPU decoding step): float64 block sums find each row's block, then that
     block's float64 cumulative sum finds the token. Summed in another order than one running sum, the
@@ -57,6 +58,11 @@ def inverse_cdf(probs, u, block: int = 1024):
     import torch
 
     rows, vocab = probs.shape
+    if vocab <= 4 * block:  # small: one float64 cumulative sum is cheaper than the two levels' extra ops
+        cdf = probs.double().cumsum(-1)
+        total = cdf[:, -1:]
+        t = torch.minimum(u.reshape(rows, 1).to(cdf) * total, torch.nextafter(total, torch.zeros_like(total)))
+        return torch.searchsorted(cdf, t, right=True).squeeze(1)
     probs = probs.contiguous()
     size = min(block, vocab)
     whole = vocab // size

@@ -165,7 +165,8 @@ class LinearLogProbs(torch.autograd.Function):
     One extra ``[tokens, H] × [H, V]`` matmul buys O(chunk) memory instead of O(tokens × V): the trade
     Liger-kernel's fused linear cross-entropy makes, here for per-token log-probs, whose upstream gradient
     is one number per token rather than one loss scalar. Where every token's logits fit in one chunk (a
-    small vocabulary, or few tokens) the forward keeps that chunk and the backward skips the recompute.
+    small vocabulary, or few tokens) the forward keeps that chunk's softmax and the backward skips the
+    recompute.
 
     Flat inputs: ``hidden [M, H]``, ``weight [V, H]``, ``bias [V] | None``, ``targets [M]``. The matmuls run
     in the dtype ``head(hidden)`` would have (autocast's, if on); softmax and logsumexp in fp32, as the
@@ -179,7 +180,7 @@ class LinearLogProbs(torch.autograd.Function):
         lse = torch.empty_like(lp)
         ent = torch.empty_like(lp) if with_entropy else None
         rows = max(1, chunk // weight.shape[0])
-        keep = rows >= m and any(ctx.needs_input_grad[:3])  # one chunk: its logits are kept, the backward reuses them
+        keep = rows >= m and any(ctx.needs_input_grad[:3])  # one chunk: its softmax is kept for the backward
         dt, kept = hidden.dtype, None
         for s in range(0, m, rows):
             raw = torch.nn.functional.linear(hidden[s : s + rows], weight, bias)
@@ -187,12 +188,19 @@ class LinearLogProbs(torch.autograd.Function):
             logits = raw.to(acc)
             if temperature != 1.0:
                 logits.div_(temperature)
-            z = torch.logsumexp(logits, dim=-1)
+            if with_entropy or keep:  # one exp pass serves the logsumexp, the entropy and the kept softmax
+                top = logits.amax(-1, keepdim=True)
+                e = torch.sub(logits, top).exp_()
+                total = e.sum(-1, keepdim=True)
+                z = (top + total.log()).squeeze(1)
+                if with_entropy:  # H = lse − Σ p·logit
+                    ent[s : s + rows] = z - torch.linalg.vecdot(e, logits) / total.squeeze(1)
+                kept = e.div_(total) if keep else None
+                del e
+            else:
+                z = torch.logsumexp(logits, dim=-1)
             lse[s : s + rows] = z
             lp[s : s + rows] = logits.gather(1, targets[s : s + rows, None]).squeeze(1) - z
-            if with_entropy:  # H = lse − Σ p·logit
-                ent[s : s + rows] = z - (torch.exp(logits - z[:, None]) * logits).sum(-1)
-            kept = logits if keep else None
             del raw, logits
         ctx.save_for_backward(hidden, weight, bias, targets, lse, kept)
         ctx.temperature, ctx.chunk, ctx.dt = temperature, chunk, dt
@@ -216,8 +224,8 @@ class LinearLogProbs(torch.autograd.Function):
             v1 = min(v, v0 + width)
             w = weight[v0:v1].to(dt)
             b = bias[v0:v1].to(dt) if bias is not None else None
-            if kept is not None and v1 - v0 == v:  # the forward's logits (already divided by T)
-                d = torch.sub(kept, lse[:, None]).exp_().mul_(-g)
+            if kept is not None and v1 - v0 == v:  # the forward's softmax
+                d = torch.mul(kept, -g)
             else:
                 logits = torch.nn.functional.linear(h, w, b).to(lse.dtype)
                 if t != 1.0:

@@ -1,7 +1,7 @@
 """The HF engine's decoding loops side by side, each in its own fresh process, alternated: HF
-``generate`` over the shared prompt cache, our loop on a dynamic KV cache, our loop on a static cache
+``generate`` over the shared prompt cache, our loop on a growing KV cache (one buffer), our loop on a static cache
 (fixed shapes, an end check every few steps), that loop with the step compiled, and the engine's
-defaults (``auto``: static on GPU or for left-padded prompts).
+defaults (``auto``: static on GPU; on CPU the cache grows into one buffer).
 
     python bench/bench_decode.py [--vocab small|qwen] [--prompts 8] [--n 4] [--new-tokens 128] [--repeats 3]
                                  [--same-size]  # images of one size: no left padding

@@ -34,9 +34,9 @@ def test_the_job_environment_never_picks_the_deepspeed_accelerator():
     assert "DS_ACCELERATOR" not in worker_env()
 
 
-def test_a_local_cpu_ray_gives_every_worker_the_setting_and_a_user_setting_wins(clean_env, tmp_path):
-    """Started locally without a GPU, every worker (a plain task here) starts with the setting; started with
-    the user's own allocator variable in the job's environment, actors see theirs, not ours."""
+def test_a_local_cpu_ray_gives_every_worker_the_setting_and_a_user_setting_wins(clean_env):
+    """Started locally without a GPU, every worker (a plain task here) starts with the setting; with the
+    user's own allocator variable in the job's runtime environment, no actor is given ours on top."""
     ray = pytest.importorskip("ray")
     ray.shutdown()
     try:

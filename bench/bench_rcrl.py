@@ -20,7 +20,8 @@ batch, 2 torch threads, our reward function. Sides:
 
 Both sides' CPU processes keep the memory they free (glibc's ``MALLOC_*`` setting that ours get from
 ``ray_setup.cpu_worker_env``; TRL's process is started with it too); ``M3AD_KEEP_FREED_MEMORY=0`` runs both
-with glibc's defaults.
+with glibc's defaults, and the sides ``ours-glibcmalloc`` / ``trl-best-glibcmalloc`` run one side that way
+(the setting's "before").
 
 Peak memory per side: the actor process's peak RSS (ours: the DeepSpeed rank, reported by the worker;
 TRL: its one process, which also holds the rollout model and the reference).
@@ -62,6 +63,7 @@ OURS_SIDES = [
     "ours-plainhead",
     "ours-dyncache",
     "ours-static",
+    "ours-glibcmalloc",
 ]
 
 
@@ -212,7 +214,7 @@ def one_side(args) -> None:
             static_cache={"ours-dyncache": False, "ours-static": True}.get(args.side),
         )
     else:
-        res = trl_side(model, data, args, out, best=args.side == "trl-best")
+        res = trl_side(model, data, args, out, best=args.side.startswith("trl-best"))
     print(json.dumps({"side": args.side, **res}), flush=True)
 
 
@@ -247,7 +249,9 @@ def compare(args) -> None:
                     "--vocab", args.vocab]  # fmt: skip
             t0 = time.perf_counter()
             env = {**os.environ, "RAY_TMPDIR": ray_tmp}
-            if side.startswith("trl"):  # the allocator setting our CPU workers get (ray_setup), for TRL's process too
+            if side.endswith("-glibcmalloc"):  # glibc's defaults, for ours (its workers) and for TRL
+                env["M3AD_KEEP_FREED_MEMORY"] = "0"
+            elif side.startswith("trl"):  # the allocator setting our CPU workers get (ray_setup), for TRL's too
                 env.update(cpu_worker_env(use_gpu=False))
             proc = subprocess.run(argv, capture_output=True, text=True, env=env)
             if proc.returncode:
@@ -286,7 +290,7 @@ def main() -> None:
     p.add_argument("--sides", nargs="+", default=["ours", "trl-best", "trl-default"])
     p.add_argument(
         "--side",
-        choices=[*OURS_SIDES, "trl-best", "trl-default"],
+        choices=[*OURS_SIDES, "trl-best", "trl-default", "trl-best-glibcmalloc"],
         help="run one side here (a fresh process)",
     )
     p.add_argument("--work", default=None, help="folder for the model and data (reused)")

@@ -276,6 +276,8 @@ def test_controller_update_with_minibatches_moves_clips_and_pushes_exact_weights
         for w in [*t.actor.workers, *t.rollout]:
             env = ray.get(w.__ray_call__.remote(lambda self: {k: os.environ.get(k) for k in KEEP_FREED_MEMORY}))
             assert env == KEEP_FREED_MEMORY, env
+            pg = ray.get(w.__ray_call__.remote(lambda self: ray.util.get_current_placement_group().id.hex()))
+            assert pg == t._gang.id.hex()  # every rank and rollout worker in the run's one group
         rows = t.data.batch(0, cfg.batch_prompts)
         batch, _ = t.generate(rows, 1)
         scores = np.random.default_rng(0).normal(size=len(batch)).astype(np.float32)  # a learning signal

@@ -31,6 +31,42 @@ def node_placement_groups(per_node: int, nodes: int, use_gpu: bool, role: str) -
     return pgs
 
 
+def reserve(cfg, name: str, log=print, every: float = 60.0):
+    """One placement group for what the run holds until its end: the DeepSpeed ranks (with
+    ``actor.nodes`` = 1), the reference's own ranks and the rollout workers, granted at once or not
+    at all. Reserved one by one, runs sharing a cluster can each hold part of it and wait for the
+    rest forever (four sweep variants on 8 CPUs: four actors and four rollout workers, then no room
+    for any reward replica). Returns the group and the first bundle of each role (``actor``, ``ref``,
+    ``rollout``); while the cluster has no room it waits, saying what for every ``every`` seconds
+    (an autoscaling pool may add the node)."""
+    import ray
+    from ray.util.placement_group import placement_group
+
+    a, r = cfg.actor, cfg.rollout
+    rank = {"CPU": 1.0, **({"GPU": 1.0} if a.use_gpu else {})}
+    bundles: list[dict[str, float]] = []
+    first: dict[str, int] = {}
+    if a.nodes == 1:  # several nodes: each node's ranks in their own STRICT_PACK group (node_placement_groups)
+        first["actor"] = 0
+        bundles += [dict(rank) for _ in range(a.workers)]
+        if cfg.grpo.kl_coef > 0 and not cfg.ref.colocate:
+            first["ref"] = len(bundles)
+            bundles += [dict(rank) for _ in range(a.workers)]
+    first["rollout"] = len(bundles)
+    bundles += [{"CPU": 1.0, **({"GPU": float(r.num_gpus)} if r.num_gpus else {})} for _ in range(r.workers)]
+    pg = placement_group(bundles, strategy="PACK", name=name)
+    waited = 0.0
+    while not ray.wait([pg.ready()], timeout=every)[0]:
+        waited += every
+        free = {k: round(v, 2) for k, v in ray.available_resources().items() if k in ("CPU", "GPU")}
+        need = {k: sum(b.get(k, 0) for b in bundles) for k in ("CPU", "GPU") if any(k in b for b in bundles)}
+        log(
+            f"waiting {waited:.0f} s for the run's workers ({len(bundles)} bundles, {need} in all); the "
+            f"cluster has {free} free (another run may hold it, or an autoscaler is adding a node)"
+        )
+    return pg, first
+
+
 def resource_requests(cfg) -> list[tuple[str, dict[str, float]]]:
     """What an RCRL run asks Ray for, as (what, bundle) pairs where each bundle must fit on one node:
     every rollout worker, and each node's share of the DeepSpeed ranks (one STRICT_PACK placement

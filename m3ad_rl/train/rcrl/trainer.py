@@ -26,7 +26,7 @@ from m3ad_rl.core.errors import LostWorkerError
 from m3ad_rl.data.lengths import MODEL_LENGTHS_FILE, check_limit, find_lengths
 from m3ad_rl.train.grpo import kl_controller
 from m3ad_rl.train.ray_setup import cpu_worker_env
-from m3ad_rl.train.rcrl.cluster import check_local_cpus, dead_actors, node_placement_groups
+from m3ad_rl.train.rcrl.cluster import check_local_cpus, dead_actors, node_placement_groups, reserve
 from m3ad_rl.train.rcrl.config import RCRLConfig
 from m3ad_rl.train.rcrl.metrics import reward_metrics
 from m3ad_rl.train.rcrl.prompts import PromptSet, image_bytes, prompt_text, sample_seeds
@@ -50,6 +50,8 @@ class RCRLTrainer:
         self.rollout: list = []
         self.actor = self.ref = None
         self._pools: list = []  # verl resource pools, whose placement groups cleanup() removes
+        self._gang = None  # the placement group of the ranks and rollout workers (cluster.reserve)
+        self._first: dict[str, int] = {}  # its first bundle per role
         self._resume_from: str | None = None
         self.lengths: tuple[dict, str] | None = None
         self.kl_ctrl = kl_controller(cfg.grpo)  # β of the KL term (fixed, or adaptive and checkpointed)
@@ -65,9 +67,13 @@ class RCRLTrainer:
         placed = cfg.actor.workers * (1 + (not cfg.ref.colocate)) + cfg.rollout.workers  # 1 CPU each
         init_ray(cfg.address, cfg.num_cpus or max(placed + 2, 4))
         check_local_cpus(cfg.address, placed + 0.5)  # and the reward replica's 0.5
+        # The small reward replica first, then every rank and rollout worker in one placement group:
+        # runs sharing a cluster never each hold part of it while waiting for the rest.
+        self._setup_reward()
+        self._gang, self._first = reserve(cfg, f"m3ad-rcrl-{self.reward.app}",
+                                          log=lambda m: print(m, file=sys.stderr, flush=True))  # fmt: skip
         self._setup_actor()
         self._setup_rollout()
-        self._setup_reward()
         resumed = self._maybe_resume()
         self.tracker = Tracker(cfg.out, cfg.logging, Path(cfg.out).name, resume_step=resumed)
         self.tracker.log_params(cfg.model_dump(mode="json"))  # MLflow params / W&B config
@@ -143,6 +149,7 @@ class RCRLTrainer:
     def _setup_actor(self) -> None:
         import ray
         from verl.single_controller.ray import RayClassWithInitArgs, RayResourcePool, RayWorkerGroup
+        from verl.single_controller.ray.base import SubRayResourcePool
 
         from m3ad_rl.train.workers import PolicyWorker
 
@@ -159,10 +166,14 @@ class RCRLTrainer:
         }  # fmt: skip
 
         def group(role: str):
-            pool = RayResourcePool([a.workers // a.nodes] * a.nodes, use_gpu=a.use_gpu, max_colocate_count=1)
             if a.nodes > 1:
+                pool = RayResourcePool([a.workers // a.nodes] * a.nodes, use_gpu=a.use_gpu, max_colocate_count=1)
                 pool.pgs = node_placement_groups(a.workers // a.nodes, a.nodes, a.use_gpu, role)
-            self._pools.append(pool)  # its placement groups outlive the workers unless removed (cleanup)
+                self._pools.append(pool)  # its placement groups outlive the workers unless removed (cleanup)
+            else:  # bundles first[role] .. +workers of the run's group
+                pool = SubRayResourcePool([self._gang], self._first["ref" if role == "ref" else "actor"], a.workers,
+                                          process_on_nodes=[self._gang.bundle_count], use_gpu=a.use_gpu,
+                                          max_colocate_count=1)  # fmt: skip
             return RayWorkerGroup(pool, RayClassWithInitArgs(cls=ray.remote(PolicyWorker), cfg=wcfg, role=role),
                                   worker_env=cpu_worker_env(a.use_gpu))  # fmt: skip
 
@@ -175,14 +186,18 @@ class RCRLTrainer:
             self.ref.init_model()
 
     def _setup_rollout(self) -> None:
+        from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
         from m3ad_rl.train.workers import RolloutWorker
 
         r = self.cfg.rollout
         opts = {"num_cpus": 1, "num_gpus": r.num_gpus, "runtime_env": {"env_vars": cpu_worker_env(r.num_gpus > 0)}}
         self.rollout = [
-            RolloutWorker.options(**opts).remote(r.engine, self.cfg.model, r.engine_kwargs, r.threads)
-            for _ in range(r.workers)
-        ]
+            RolloutWorker.options(**opts, scheduling_strategy=PlacementGroupSchedulingStrategy(
+                self._gang, placement_group_bundle_index=self._first["rollout"] + i)
+            ).remote(r.engine, self.cfg.model, r.engine_kwargs, r.threads)
+            for i in range(r.workers)
+        ]  # fmt: skip
 
     def _setup_reward(self) -> None:
         sc = self.cfg.reward_service
@@ -391,7 +406,8 @@ class RCRLTrainer:
                  *[("rollout worker", lambda w=w: ray.kill(w)) for w in self.rollout],
                  *[("policy worker", lambda w=w: ray.kill(w)) for g in groups for w in g.workers],
                  *[("placement group", lambda pg=pg: ray.util.remove_placement_group(pg))
-                   for pool in self._pools for pg in (getattr(pool, "pgs", None) or [])]]  # fmt: skip
+                   for pool in self._pools for pg in (getattr(pool, "pgs", None) or [])],
+                 ("placement group", self._gang and (lambda: ray.util.remove_placement_group(self._gang)))]  # fmt: skip
         for what, step in steps:
             if not step:
                 continue

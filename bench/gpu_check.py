@@ -45,7 +45,7 @@ def grpo_loss(lp, old, ref, adv, mask, clip=0.2, beta=0.01):
     try:
         from m3ad_rl.train.grpo import grpo_loss as ours
 
-        return ours(lp, old, ref, adv, mask)[0]
+        return ours(lp, old, ref, adv, mask, with_metrics=False)[0]
     except ImportError:
         import torch
 
@@ -138,11 +138,17 @@ def run_shape(shape: str, args) -> dict:
             for s in range(0, len(rows), args.micro):
                 mb = build_batch(engine.processor, rows[s : s + args.micro], resps[s : s + args.micro]).to(dev)
                 tokens += int(mb.attention_mask.sum())
-                lp, _ = response_log_probs(model, mb, share_prefix=share)
-                mask = (torch.arange(lp.shape[1], device=dev)[None] < mb.response_len[:, None]).float()
-                adv = torch.randn(lp.shape[0], 1, device=dev).expand_as(lp)
-                loss = grpo_loss(lp.float(), lp.detach().float(), lp.detach().float() - 0.01, adv, mask)
-                (loss * mb.input_ids.shape[0] / len(rows)).backward()
+                width = int(mb.response_len.max())
+                mask = (torch.arange(width, device=dev)[None] < mb.response_len[:, None]).float()
+                adv = torch.randn(mask.shape[0], 1, device=dev).expand_as(mask)
+                part = mb.input_ids.shape[0] / len(rows)
+
+                def loss_of(x, mask=mask, adv=adv, part=part):  # per-token terms: the head's gradient in its forward
+                    return grpo_loss(x.float(), x.detach().float(), x.detach().float() - 0.01, adv, mask) * part
+
+                lp, _ = response_log_probs(model, mb, share_prefix=share,
+                                           loss_fn=loss_of if args.grad_in_forward else None)  # fmt: skip
+                loss_of(lp).backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
         _sync(dev)
@@ -158,6 +164,7 @@ def run_shape(shape: str, args) -> dict:
         "rollout": f"{args.prompts}x{args.n} rows, {args.new_tokens} new tokens",
         "rollout_tokens_per_s": gen_tokens_per_s, "rollout_s": gen_s, "rollout_modes": rollout,
         "update_tokens": tokens, "update_step_s": round(step_s, 3), "share_prefix": share,
+        "grad_in_forward": args.grad_in_forward,
         "shared_vs_full_max_abs_diff": shared_vs_full,
         "update_tokens_per_s": round(tokens / step_s, 1), "peak_mem_GiB": round(peak, 1), "update_mfu": round(mfu, 3),
     }  # fmt: skip
@@ -200,6 +207,12 @@ def main() -> None:
         help="the update's rows: true (shared prompt), false (n full rows), auto (as actor.share_prefix)",
     )
     ap.add_argument("--no-share-prefix", action="store_true", help="n full rows per prompt in the update")
+    ap.add_argument(
+        "--grad-in-forward",
+        type=lambda v: v.lower() == "true",
+        default=True,
+        help="true: the fused head computes its gradients in the forward (the update's default); false: recomputed",
+    )
     ap.add_argument(
         "--rollout-modes",
         nargs="+",

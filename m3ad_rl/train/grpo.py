@@ -155,6 +155,7 @@ def grpo_loss(
     response_mask: torch.Tensor,
     cfg: GRPOConfig | None = None,
     global_batch_info: dict | None = None,
+    with_metrics: bool = True,
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """Clipped policy loss + β · KL(π ‖ π_ref); all inputs ``[B x n, L]``. Returns (loss, metrics).
     ``ref_log_prob`` None (β = 0, no reference policy): no KL term.
@@ -164,6 +165,8 @@ def grpo_loss(
     micro-batches and data-parallel ranks, as verl's ``agg_loss`` defines it: each micro-batch's
     loss is its share of the whole batch's, so their gradients add up (no averaging over
     micro-batches) and the ranks' average is the batch's loss. Empty: this micro-batch alone.
+    Every term is per token (ratio, clip, KL, aggregation weights fixed by the masks and counts), which
+    lets the fused head predict each token's gradient in its forward pass (logprobs.loss_probe).
     """
     cfg = cfg or GRPOConfig()
     info = dict(global_batch_info or {})
@@ -187,6 +190,8 @@ def grpo_loss(
         kl = core_algos.kl_penalty(log_prob, ref_log_prob, cfg.kl_type)
         kl_loss = core_algos.agg_loss(kl, response_mask, cfg.loss_agg_mode, **info)
     loss = pg_loss + cfg.kl_coef * kl_loss
+    if not with_metrics:  # (no host syncs: the fused head's per-chunk gradient probe)
+        return loss, {}
     metrics = {k: float(v) for k, v in pg_metrics.items() if isinstance(v, (int, float))}
     metrics.update({"actor/pg_loss": pg_loss.item(), "actor/kl_loss": kl_loss.item(), "actor/loss": loss.item()})
     return loss, metrics

@@ -168,17 +168,27 @@ class LinearLogProbs(torch.autograd.Function):
     small vocabulary, or few tokens) the forward keeps that chunk's softmax and the backward skips the
     recompute.
 
+    ``grad_of`` (the update's, :func:`loss_probe`): each token's upstream gradient as a function of the
+    log-probs, known when the loss is a sum of per-token terms (GRPO's is). Then the forward computes the
+    gradients too, from each chunk's logits while it has them (Liger-kernel's order): three matmuls, no
+    recompute. The backward only checks the gradient it is handed against the predicted one and corrects
+    the tokens where they differ through the recompute path, so any loss stays exact.
+
     Flat inputs: ``hidden [M, H]``, ``weight [V, H]``, ``bias [V] | None``, ``targets [M]``. The matmuls run
     in the dtype ``head(hidden)`` would have (autocast's, if on); softmax and logsumexp in fp32, as the
     plain path. Returns ``(log_probs [M], entropy [M] or None)`` in fp32; the entropy is a metric only."""
 
     @staticmethod
-    def forward(ctx, hidden, weight, bias, targets, temperature: float, chunk: int, with_entropy: bool):
+    def forward(ctx, hidden, weight, bias, targets, temperature: float, chunk: int, with_entropy: bool,
+                grad_of=None):  # fmt: skip
         m = hidden.shape[0]
         acc = torch.promote_types(torch.float32, hidden.dtype)  # fp32, or fp64 for gradcheck
         lp = torch.empty(m, dtype=acc, device=hidden.device)
         lse = torch.empty_like(lp)
         ent = torch.empty_like(lp) if with_entropy else None
+        if grad_of is not None and any(ctx.needs_input_grad[:3]):
+            return _one_pass(ctx, hidden, weight, bias, targets, temperature, chunk, grad_of, lp, lse, ent)
+        ctx.one_pass = False
         rows = max(1, chunk // weight.shape[0])
         keep = rows >= m and any(ctx.needs_input_grad[:3])  # one chunk: its softmax is kept for the backward
         dt, kept = hidden.dtype, None
@@ -210,6 +220,8 @@ class LinearLogProbs(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, g_lp, _g_ent):
+        if ctx.one_pass:
+            return _one_pass_backward(ctx, g_lp)
         hidden, weight, bias, targets, lse, kept = ctx.saved_tensors
         t, dt = ctx.temperature, ctx.dt
         need_h, need_w, need_b = ctx.needs_input_grad[:3]
@@ -241,7 +253,120 @@ class LinearLogProbs(torch.autograd.Function):
             if need_h:
                 g_h += (d.to(dt) @ w).to(g_h.dtype)
             del d
-        return (g_h.to(hidden.dtype) if need_h else None, g_w, g_b, None, None, None, None)
+        return (g_h.to(hidden.dtype) if need_h else None, g_w, g_b, None, None, None, None, None)
+
+
+def _head_grads(ctx, d, h, rows, grads) -> None:
+    """Add ``d = ∂loss/∂logits`` of some tokens (``rows``: a slice or an index) to the head's gradients."""
+    weight, dt = ctx.weight_dt, ctx.dt
+    g_h, g_w, g_b = grads
+    if g_h is not None:
+        part = (d.to(dt) @ weight).to(g_h.dtype)
+        if isinstance(rows, slice):
+            g_h[rows] += part
+        else:
+            g_h.index_add_(0, rows, part)
+    if g_w is not None:
+        if d.dtype == dt == g_w.dtype:
+            g_w.addmm_(d.t(), h)
+        else:
+            g_w += (d.t().to(dt) @ h).to(g_w.dtype)
+    if g_b is not None:
+        g_b += d.sum(0).to(g_b.dtype)
+
+
+def _one_pass(ctx, hidden, weight, bias, targets, temperature, chunk, grad_of, lp, lse, ent):
+    """LinearLogProbs' forward when the upstream gradient is known in advance: log-probs and gradients
+    from each token chunk's logits at once (see the class)."""
+    m, acc = hidden.shape[0], lp.dtype
+    need_h, need_w, need_b = ctx.needs_input_grad[:3]
+    grads = (torch.zeros(hidden.shape, dtype=acc, device=hidden.device) if need_h else None,
+             torch.zeros(weight.shape, dtype=acc, device=weight.device) if need_w else None,
+             torch.zeros(bias.shape, dtype=acc, device=bias.device) if need_b else None)  # fmt: skip
+    values = torch.zeros_like(lp)  # the log-probs so far; the probe reads each token's own entry only
+    predicted = torch.zeros_like(lp)
+    rows = max(1, chunk // weight.shape[0])
+    ctx.dt, ctx.weight_dt = hidden.dtype, weight
+    for s in range(0, m, rows):
+        e_ = min(m, s + rows)
+        h = hidden[s:e_]
+        raw = torch.nn.functional.linear(h, weight, bias)
+        ctx.dt = raw.dtype
+        logits = raw.to(acc)
+        if temperature != 1.0:
+            logits.div_(temperature)
+        top = logits.amax(-1, keepdim=True)
+        e = torch.sub(logits, top).exp_()
+        total = e.sum(-1, keepdim=True)
+        z = (top + total.log()).squeeze(1)
+        if ent is not None:
+            ent[s:e_] = z - torch.linalg.vecdot(e, logits) / total.squeeze(1)
+        lse[s:e_] = z
+        tgt = targets[s:e_, None]
+        lp[s:e_] = values[s:e_] = logits.gather(1, tgt).squeeze(1) - z
+        del raw, logits
+        with torch.enable_grad():
+            g = grad_of(values)[s:e_].to(acc)
+        predicted[s:e_] = g
+        g = g[:, None] / temperature
+        d = e.div_(total).mul_(-g)  # −g·softmax
+        d.scatter_add_(1, tgt, g)  # + g·onehot(target)
+        if ctx.weight_dt.dtype != ctx.dt:  # autocast: the matmuls in its dtype
+            ctx.weight_dt = weight.to(ctx.dt)
+        _head_grads(ctx, d, h.to(ctx.dt), slice(s, e_), grads)
+        del e, d
+    ctx.one_pass = True
+    ctx.temperature, ctx.chunk = temperature, chunk
+    ctx.grads = grads
+    ctx.save_for_backward(hidden, weight, bias, targets, lse, predicted)
+    if ent is not None:
+        ctx.mark_non_differentiable(ent)
+    return lp, ent
+
+
+def _one_pass_backward(ctx, g_lp):
+    """The forward's gradients, corrected (recomputed logits, saved logsumexp) for every token whose upstream
+    gradient is not the predicted one: exact for any loss, free when the prediction held."""
+    hidden, weight, bias, targets, lse, predicted = ctx.saved_tensors
+    if ctx.grads is None:  # a second backward through a retained graph: everything through the recompute path
+        need = ctx.needs_input_grad[:3]
+        ctx.grads = tuple(torch.zeros(x.shape, dtype=lse.dtype, device=x.device) if n else None
+                          for x, n in zip((hidden, weight, bias), need, strict=True))  # fmt: skip
+        predicted = torch.zeros_like(predicted)
+    g_h, g_w, g_b = ctx.grads
+    ctx.grads = None  # handed over (autograd takes them without a copy)
+    off = (g_lp.to(lse.dtype) - predicted).nonzero().squeeze(1)
+    if off.numel():
+        t, dt = ctx.temperature, ctx.dt
+        ctx.weight_dt = weight.to(dt) if weight.dtype != dt else weight
+        diff = g_lp.to(lse.dtype) - predicted
+        rows = max(1, ctx.chunk // weight.shape[0])
+        for s in range(0, off.numel(), rows):
+            idx = off[s : s + rows]
+            h = hidden[idx].to(dt)
+            logits = torch.nn.functional.linear(h, ctx.weight_dt, bias.to(dt) if bias is not None else None)
+            logits = logits.to(lse.dtype)
+            if t != 1.0:
+                logits.div_(t)
+            g = diff[idx, None] / t
+            d = logits.sub_(lse[idx, None]).exp_().mul_(-g)
+            d.scatter_add_(1, targets[idx, None], g)
+            _head_grads(ctx, d, h, idx, (g_h, g_w, g_b))
+    return (g_h.to(hidden.dtype) if g_h is not None else None, g_w.to(weight.dtype) if g_w is not None else None,
+            g_b.to(bias.dtype) if g_b is not None else None, None, None, None, None, None)  # fmt: skip
+
+
+def loss_probe(loss_fn, shape: tuple[int, int], mask: torch.Tensor):
+    """``values [M] -> ∂loss/∂values``, the loss taken as ``loss_fn(values.view(shape) * mask)``: exactly
+    the ops the caller's backward will run, so where the loss is a sum of per-token terms each token's
+    entry equals the gradient LinearLogProbs' backward will be handed, bit for bit (tokens not yet
+    computed hold placeholders, which per-token terms never mix in)."""
+
+    def probe(values: torch.Tensor) -> torch.Tensor:
+        leaf = values.detach().clone().requires_grad_()
+        return torch.autograd.grad(loss_fn(leaf.view(shape) * mask), leaf)[0]
+
+    return probe
 
 
 def fusable_head(head) -> bool:
@@ -263,6 +388,7 @@ def response_log_probs(
     with_entropy: bool = False,
     share_prefix: bool = False,
     fused_head: bool = True,
+    loss_fn=None,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """``[N, L]`` log-probs of the response tokens, left-aligned (row i: its ``response_len[i]`` tokens,
     then zeros), the layout the controller's advantages use; plus the per-token entropy if asked.
@@ -271,9 +397,11 @@ def response_log_probs(
     that continue it (GRPO's n samples), instead of n full rows; same numbers to float rounding, gradients
     included (tests/train/test_shared_prefix.py). ``fused_head``: the vocabulary projection through
     :class:`LinearLogProbs` (no ``[tokens, V]`` logits kept for the backward); false: row chunks whose
-    logits autograd keeps (the "before" of issue 23's benchmark)."""
+    logits autograd keeps (the "before" of issue 23's benchmark). ``loss_fn``: the loss the caller will
+    compute from the returned log-probs, when it is a sum of per-token terms; the fused head then
+    computes its gradients in the forward pass (:class:`LinearLogProbs`, one matmul fewer)."""
     if share_prefix and batch.prefix is not None and hasattr(model, "lm_head") and hasattr(model, "model"):
-        return _shared_prefix_log_probs(model, batch, temperature, with_entropy, fused_head)
+        return _shared_prefix_log_probs(model, batch, temperature, with_entropy, fused_head, loss_fn)
     width = int(batch.response_len.max())
     pos = batch.prompt_len[:, None] - 1 + torch.arange(width, device=batch.input_ids.device)[None]  # [N, L]
     mask = torch.arange(width, device=pos.device)[None] < batch.response_len[:, None]
@@ -290,18 +418,20 @@ def response_log_probs(
             full = model(**inputs).logits  # already projected: the chunks only normalise
             head, selected = torch.nn.Identity(), full.gather(1, pos[:, :, None].expand(-1, -1, full.shape[-1]))
     targets = batch.input_ids.gather(1, (pos + 1).clamp(max=batch.input_ids.shape[1] - 1))
-    return _finish(head, selected, targets, mask, temperature, with_entropy, fused_head)
+    return _finish(head, selected, targets, mask, temperature, with_entropy, fused_head, loss_fn)
 
 
-def _finish(head, selected, targets, mask, temperature: float, with_entropy: bool, fused: bool = True):
+def _finish(head, selected, targets, mask, temperature: float, with_entropy: bool, fused: bool = True,
+            loss_fn=None):  # fmt: skip
     """The vocabulary projection and log-softmax, a bounded chunk of logits at a time; zeros outside each
     row's response. A plain linear head goes through :class:`LinearLogProbs` (no logits kept for the
     backward); anything else (a ZeRO-3 partitioned head, pre-projected logits) through row chunks."""
     n, width = selected.shape[:2]
     if fused and fusable_head(head):
         flat = selected.reshape(n * width, -1)
+        probe = loss_probe(loss_fn, (n, width), mask) if loss_fn is not None and torch.is_grad_enabled() else None
         lp, ent = LinearLogProbs.apply(flat, head.weight, head.bias, targets.reshape(-1), temperature,
-                                       _CHUNK_ELEMENTS, with_entropy)  # fmt: skip
+                                       _CHUNK_ELEMENTS, with_entropy, probe)  # fmt: skip
         lp = lp.view(n, width) * mask
         return lp, ent.view(n, width) * mask if with_entropy else None
     vocab = getattr(head, "out_features", None) or selected.shape[-1]
@@ -316,7 +446,8 @@ def _finish(head, selected, targets, mask, temperature: float, with_entropy: boo
     return lp, ent
 
 
-def _shared_prefix_log_probs(model, batch: PolicyBatch, temperature: float, with_entropy: bool, fused: bool):
+def _shared_prefix_log_probs(model, batch: PolicyBatch, temperature: float, with_entropy: bool, fused: bool,
+                             loss_fn=None):  # fmt: skip
     """Prompt once per distinct prompt, then all responses against its repeated KV cache.
 
     The prompts are left-padded, so every row's last prompt token sits at the end of the cache; response
@@ -349,4 +480,4 @@ def _shared_prefix_log_probs(model, batch: PolicyBatch, temperature: float, with
                       past_key_values=cache, use_cache=True)  # fmt: skip
         hidden = torch.cat([hidden, follow.last_hidden_state], dim=1)  # [N, L, H]
     mask = torch.arange(width, device=resp.device)[None] < batch.response_len[:, None]
-    return _finish(model.lm_head, hidden, resp[:, :width], mask, temperature, with_entropy, fused)
+    return _finish(model.lm_head, hidden, resp[:, :width], mask, temperature, with_entropy, fused, loss_fn)

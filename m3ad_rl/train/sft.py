@@ -171,10 +171,14 @@ def train_loop(config: dict) -> None:
             *(_example(processor, rows[i], cfg.max_response_tokens) for i in mbs[m]), strict=True
         )
         batch = build_batch(processor, list(reqs), list(resps))
-        lp, _ = response_log_probs(engine.module, batch)
         # this micro-batch's share of the step's token-mean NLL over all ranks (DeepSpeed averages ranks,
-        # hence × world; micro-batch gradients add up, hence scale_wrt_gas=False)
-        loss = -lp.sum() / step_tokens * world
+        # hence × world; micro-batch gradients add up, hence scale_wrt_gas=False): a sum of per-token terms,
+        # so the fused head computes its gradients in the forward (loss_fn)
+        def nll(x: torch.Tensor, total: float = step_tokens) -> torch.Tensor:
+            return -x.sum() / total * world
+
+        lp, _ = response_log_probs(engine.module, batch, loss_fn=nll)
+        loss = nll(lp)
         engine.backward(loss, scale_wrt_gas=False)
         engine.step()
         loss_sum += float(loss) / world

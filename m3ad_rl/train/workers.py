@@ -170,17 +170,22 @@ class PolicyWorker(Worker):
                                 self.ref, b, self.temperature, share_prefix=self.share, fused_head=self.fused
                             )
                         ref, t_ref = ref.clone(), t_ref + time.perf_counter() - t1  # clone: a normal tensor
+
+                    def loss_of(lp, idx=idx, ref=ref, info=info, metrics=False):  # a sum of per-token terms
+                        width = lp.shape[1]
+                        old = data.batch["old_log_probs"][idx][:, :width] if has_old else lp.detach()
+                        return grpo_loss(
+                            lp, old, ref[:, :width] if ref is not None else None,
+                            data.batch["advantages"][idx][:, :width], loss_mask[idx][:, :width].float(), grpo, info,
+                            with_metrics=metrics,
+                        )  # fmt: skip
+
                     lp, ent = response_log_probs(
                         self.engine.module, b, self.temperature, with_entropy=True, share_prefix=self.share,
-                        fused_head=self.fused,
+                        fused_head=self.fused, loss_fn=lambda x: loss_of(x)[0],
                     )  # fmt: skip
-                    width = lp.shape[1]
-                    mask = loss_mask[idx][:, :width].float()
-                    old = data.batch["old_log_probs"][idx][:, :width] if has_old else lp.detach()
-                    loss, m = grpo_loss(
-                        lp, old, ref[:, :width] if ref is not None else None, data.batch["advantages"][idx][:, :width],
-                        mask, grpo, info,
-                    )  # fmt: skip
+                    mask = loss_mask[idx][:, : lp.shape[1]].float()
+                    loss, m = loss_of(lp, metrics=True)
                     self.engine.backward(loss, scale_wrt_gas=False)
                     self.engine.step()  # DeepSpeed steps the optimiser at the mini-batch's last micro-batch
                     n_micro += 1

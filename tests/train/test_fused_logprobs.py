@@ -124,3 +124,124 @@ def test_the_model_path_takes_the_fused_head_and_matches_the_chunked_one(tiny_mo
         for k in g0:
             torch.testing.assert_close(g0[k], g1[k], atol=1e-6, rtol=1e-4, msg=k)
     assert calls == [1, 1]  # the fused side of each pair, and only it
+
+
+def _grpo_like(lp: torch.Tensor) -> torch.Tensor:
+    """A per-token loss of GRPO's shape: clipped ratio against fixed old log-probs, k3 KL, token-mean."""
+    g = torch.Generator().manual_seed(5)
+    old = lp.detach() + 0.3 * torch.randn(lp.shape, generator=g)
+    ref = lp.detach() + 0.2 * torch.randn(lp.shape, generator=g)
+    adv = torch.randn(lp.shape, generator=g)
+    ratio = torch.exp(lp - old)
+    pg = torch.maximum(-adv * ratio, -adv * ratio.clamp(0.8, 1.2))
+    kl = torch.exp(ref - lp) - (ref - lp) - 1
+    return (pg + 0.01 * kl).sum() / lp.numel()
+
+
+@pytest.mark.parametrize("chunk", [40, 1 << 25])  # several token chunks, one
+@pytest.mark.parametrize("loss", ["per-token", "mixed"])
+def test_gradients_in_the_forward_equal_the_plain_path_for_any_loss(chunk, loss, monkeypatch):
+    """``grad_of`` (the update's loss probe): the forward computes the gradients from each chunk's logits;
+    a per-token loss (GRPO's) needs no vocabulary matmul in the backward, and a loss that mixes tokens
+    (here a squared sum, which the probe cannot foresee) is corrected there: exact either way (break the
+    correction or the prediction: this fails)."""
+    from m3ad_rl.train.logprobs import LinearLogProbs, loss_probe
+
+    g = torch.Generator().manual_seed(3)
+    m, h, v = 12, 6, 29
+    hidden = torch.randn(m, h, generator=g, requires_grad=True)
+    weight = torch.randn(v, h, generator=g, requires_grad=True)
+    bias = torch.randn(v, generator=g, requires_grad=True)
+    targets = torch.randint(0, v, (m,), generator=g)
+    mask = torch.arange(4)[None] < torch.tensor([[4], [2], [3]])  # [3 rows, 4 tokens]: padding masked out
+
+    def loss_fn(lp):
+        return _grpo_like(lp) if loss == "per-token" else _grpo_like(lp) + 0.1 * lp.sum() ** 2
+
+    calls = []
+    linear = torch.nn.functional.linear
+    monkeypatch.setattr(torch.nn.functional, "linear", lambda *a: calls.append(1) or linear(*a))
+    lp, ent = LinearLogProbs.apply(hidden, weight, bias, targets, 0.8, chunk, True, loss_probe(loss_fn, (3, 4), mask))
+    forward_calls = len(calls)
+    loss_fn(lp.view(3, 4) * mask).backward()
+    # the backward recomputes only to correct: a mixing loss seen through placeholders (in one chunk the
+    # probe sees every token's value, so even it is foreseen)
+    assert (len(calls) > forward_calls) is (loss == "mixed" and chunk == 40)
+    got = [x.grad.clone() for x in (hidden, weight, bias)]
+    for x in (hidden, weight, bias):
+        x.grad = None
+    want_lp, want_ent = _plain(hidden, weight, bias, targets, 0.8)
+    loss_fn(want_lp.view(3, 4) * mask).backward()
+    torch.testing.assert_close(lp, want_lp, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(ent, want_ent, atol=1e-5, rtol=1e-5)
+    for a, e in zip(got, (hidden.grad, weight.grad, bias.grad), strict=True):
+        torch.testing.assert_close(a, e, atol=1e-5, rtol=1e-5)
+
+
+def test_gradients_in_the_forward_gradcheck_in_float64():
+    from m3ad_rl.train.logprobs import LinearLogProbs, loss_probe
+
+    g = torch.Generator().manual_seed(4)
+    hidden = torch.randn(6, 4, generator=g, dtype=torch.float64, requires_grad=True)
+    weight = torch.randn(11, 4, generator=g, dtype=torch.float64, requires_grad=True)
+    targets = torch.tensor([0, 10, 3, 3, 7, 1])
+    mask = torch.ones(2, 3, dtype=torch.bool)
+
+    def loss_fn(lp):
+        return (torch.exp(lp) * torch.arange(1.0, 7.0, dtype=lp.dtype).view(2, 3)).sum()
+
+    def f(hh, ww):
+        lp, _ = LinearLogProbs.apply(hh, ww, None, targets, 0.9, 22, False, loss_probe(loss_fn, (2, 3), mask))
+        return loss_fn(lp.view(2, 3) * mask)
+
+    # a repeated backward (retained graph) takes the recompute path, and a zero upstream gradient cancels the
+    # predicted one: both equal to rounding, not bit for bit
+    assert torch.autograd.gradcheck(f, (hidden, weight), nondet_tol=1e-12, check_undefined_grad=False)
+
+
+@pytest.mark.parametrize("mode", ["token-mean", "seq-mean-token-mean"])
+def test_the_update_gets_grpo_gradients_in_the_forward_without_a_recompute(tiny_model, monkeypatch, mode):
+    """``response_log_probs(loss_fn=...)`` on the tiny Qwen3-VL with the real GRPO loss (verl's policy loss,
+    k3 KL, global aggregation) over several token chunks, full rows and shared prompt: the gradients equal
+    the row-chunked path's, and the backward runs no vocabulary matmul (the probe foresaw every token's
+    upstream gradient exactly)."""
+    from m3ad_rl.train import logprobs
+    from m3ad_rl.train.grpo import GRPOConfig, grpo_loss
+    from m3ad_rl.train.workers import load_policy
+    from tests.train.test_shared_prefix import _batch
+
+    model, processor = load_policy(str(tiny_model))
+    model.config.use_cache = False
+    batch = _batch(processor)
+    monkeypatch.setattr(logprobs, "_CHUNK_ELEMENTS", model.lm_head.out_features * 5)  # 5 tokens a chunk
+    g = torch.Generator().manual_seed(2)
+    width = int(batch.response_len.max())
+    mask = (torch.arange(width)[None] < batch.response_len[:, None]).float()
+    old = -torch.rand(mask.shape, generator=g) * 6
+    ref = old + 0.1 * torch.randn(mask.shape, generator=g)
+    adv = torch.randn(mask.shape, generator=g)
+    info = {"dp_size": 1, "batch_num_tokens": float(mask.sum()), "global_batch_size": float(mask.shape[0])}
+    cfg = GRPOConfig(loss_agg_mode=mode)
+
+    def loss_fn(lp):
+        return grpo_loss(lp, old, ref, adv, mask, cfg, info, with_metrics=False)[0]
+
+    calls = []
+    linear = torch.nn.functional.linear
+    for share in (False, True):
+        results = []
+        for fused, probe in ((True, loss_fn), (False, None)):
+            model.zero_grad(set_to_none=True)
+            monkeypatch.setattr(torch.nn.functional, "linear", linear)
+            lp, _ = logprobs.response_log_probs(model, batch, 0.9, share_prefix=share, fused_head=fused,
+                                                loss_fn=probe)  # fmt: skip
+            calls.clear()
+            monkeypatch.setattr(torch.nn.functional, "linear", lambda *a: calls.append(a[1].shape) or linear(*a))
+            loss_fn(lp).backward()
+            if fused:
+                assert model.lm_head.weight.shape not in calls, calls  # no recompute, no correction
+            results.append({k: p.grad.clone() for k, p in model.named_parameters() if p.grad is not None})
+        g0, g1 = results
+        assert g0.keys() == g1.keys()
+        for k in g0:
+            torch.testing.assert_close(g0[k], g1[k], atol=1e-6, rtol=1e-4, msg=k)

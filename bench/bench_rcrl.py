@@ -14,7 +14,8 @@ batch, 2 torch threads, our reward function. Sides:
   over the batch, as ours).
 - ``trl-default``: GRPOTrainer as it comes (gradient checkpointing on in TRL 1.16).
 - ``ours-plainhead`` (and the other ``ours-*``): ours with one lever off, its "before"; plainhead: the
-  vocabulary projection's logits kept for the backward instead of ``LinearLogProbs``' recompute;
+  vocabulary projection's logits kept for the backward instead of ``LinearLogProbs``; recompute: the
+  fused head's backward recomputes the logits instead of taking the gradients its forward computed;
   dyncache / static: the rollout's decoding loop always on a growing / a static KV cache (ours: the
   engine's default, on CPU a cache growing into one buffer).
 
@@ -61,6 +62,7 @@ OURS_SIDES = [
     "ours-sepref",
     "ours-hfgen",
     "ours-plainhead",
+    "ours-recompute",
     "ours-dyncache",
     "ours-static",
     "ours-glibcmalloc",
@@ -109,6 +111,7 @@ def prompt_tokens(model: Path, data: Path, prompts: int, n: int) -> int:
 def ours(
     model: Path, data: Path, args, out: Path, share_prefix: bool = True, share_actor: bool = True, bf16: bool = False,
     ref_in_update: bool = True, decode_loop: bool = True, fused_head: bool = True, static_cache: bool | None = None,
+    grad_in_forward: bool = True,
 ) -> dict:  # fmt: skip
     """``share_prefix=False``: the rollout engine expands each prompt n times before the prefill;
     ``share_actor=False``: the actor's and reference's log-prob passes run n full rows per prompt;
@@ -124,7 +127,7 @@ def ours(
                  "sampling": {"n": args.n, "temperature": 1.0, "max_new_tokens": args.max_new_tokens,
                               "logprobs": False}},
         actor={"threads": 2, "micro_batch_rows": args.prompts * args.n, "optim": {"lr": 1e-6, "bf16": bf16},
-               "share_prefix": share_actor, "fused_head": fused_head},
+               "share_prefix": share_actor, "fused_head": fused_head, "grad_in_forward": grad_in_forward},
         ref={"in_update": ref_in_update},
         checkpoint={"every": 10**6}, logging={"tensorboard": False},
     )  # fmt: skip
@@ -211,6 +214,7 @@ def one_side(args) -> None:
             ref_in_update=args.side != "ours-sepref",
             decode_loop=args.side not in ("ours-hfgen", "ours-genshare", "ours-noshare"),
             fused_head=args.side != "ours-plainhead",
+            grad_in_forward=args.side != "ours-recompute",
             static_cache={"ours-dyncache": False, "ours-static": True}.get(args.side),
         )
     else:

@@ -171,6 +171,7 @@ def train_loop(config: dict) -> None:
             *(_example(processor, rows[i], cfg.max_response_tokens) for i in mbs[m]), strict=True
         )
         batch = build_batch(processor, list(reqs), list(resps))
+
         # this micro-batch's share of the step's token-mean NLL over all ranks (DeepSpeed averages ranks,
         # hence × world; micro-batch gradients add up, hence scale_wrt_gas=False): a sum of per-token terms,
         # so the fused head computes its gradients in the forward (loss_fn)

@@ -81,6 +81,7 @@ class PolicyWorker(Worker):
         self.micro = int(cfg.get("micro_batch_rows", 4))
         self.share = share_prefix_on(cfg.get("share_prefix", "auto"), torch.cuda.is_available())
         self.fused = bool(cfg.get("fused_head", True))
+        self.grad_in_forward = bool(cfg.get("grad_in_forward", True))
 
     @register(dispatch_mode=Dispatch.ONE_TO_ALL)
     def init_model(self) -> None:
@@ -182,7 +183,7 @@ class PolicyWorker(Worker):
 
                     lp, ent = response_log_probs(
                         self.engine.module, b, self.temperature, with_entropy=True, share_prefix=self.share,
-                        fused_head=self.fused, loss_fn=lambda x: loss_of(x)[0],
+                        fused_head=self.fused, loss_fn=(lambda x: loss_of(x)[0]) if self.grad_in_forward else None,
                     )  # fmt: skip
                     mask = loss_mask[idx][:, : lp.shape[1]].float()
                     loss, m = loss_of(lp, metrics=True)

@@ -47,7 +47,13 @@ class ActorConfig(BaseModel):
     fused_head: bool = Field(
         True,
         description="Log-probs through the vocabulary projection without keeping [tokens, vocabulary] logits for "
-        "the backward (recomputed in slices); false: autograd keeps them (more memory, one matmul less).",
+        "the backward; false: autograd keeps them (more memory).",
+    )
+    grad_in_forward: bool = Field(
+        True,
+        description="With fused_head: the head's gradients computed in the forward from each chunk's logits (the "
+        "GRPO loss is a sum of per-token terms, so each token's upstream gradient is known there); false: the "
+        "backward recomputes the logits (one [tokens, H] x [H, V] matmul more).",
     )
     ppo_mini_batch_prompts: int | None = Field(
         None, ge=1, description="Prompts per optimiser step (verl's ppo_mini_batch_size); default the whole batch."

@@ -158,7 +158,8 @@ class RCRLTrainer:
         wcfg = {
             "model": cfg.model, "optim": a.optim.model_dump(), "grpo": cfg.grpo.model_dump(),
             "temperature": cfg.rollout.sampling.temperature or 1.0, "micro_batch_rows": a.micro_batch_rows,
-            "share_prefix": a.share_prefix, "fused_head": a.fused_head, "freeze": list(a.freeze),
+            "share_prefix": a.share_prefix, "fused_head": a.fused_head, "grad_in_forward": a.grad_in_forward,
+            "freeze": list(a.freeze),
             "grad_accum": max(1, -(-mini_rows // a.micro_batch_rows)),  # micro-batches per optimiser step
             "total_steps": cfg.steps * cfg.optimizer_steps_per_batch, "mini_batches": cfg.mini_batches,
             "ppo_epochs": a.ppo_epochs, "loss_scale_factor": cfg.rollout.sampling.max_new_tokens,

@@ -1,6 +1,10 @@
 """The vocabulary projection's log-probs, forward + backward: ``LinearLogProbs`` against the row-chunked
 path whose logits autograd keeps, each side in its own fresh process, alternated.
 
+Sides: ``fused-fwdgrad`` (the update's default: the gradients computed in the forward from the loss
+probe), ``fused`` (the backward recomputes the logits), ``plain`` (autograd keeps the logits). Each
+process runs with the allocator setting the actor gets on CPU (``ray_setup.cpu_worker_env``).
+
     python bench/bench_logprobs.py [--tokens 4096] [--hidden 128] [--vocab 151936] [--repeats 3] [--threads 2]
     python bench/bench_logprobs.py --device cuda --hidden 2048 --tokens 16384   # on a GPU
 
@@ -16,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import statistics
 import sys
@@ -25,7 +30,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-SIDES = ["fused", "plain"]
+SIDES = ["fused-fwdgrad", "fused", "plain"]
 
 
 def _rss_gib() -> float:
@@ -56,8 +61,13 @@ def one_side(args) -> dict:
         if dev.type == "cuda":
             torch.cuda.synchronize()
         t0 = time.perf_counter()
-        lp, _ = logprobs._finish(head, hidden, targets, mask, 1.0, False, fused=args.side == "fused")
-        (lp * upstream).sum().backward()
+
+        def loss(x):  # per-token weights, as the GRPO loss gives
+            return (x * upstream).sum()
+
+        lp, _ = logprobs._finish(head, hidden, targets, mask, 1.0, False, fused=args.side != "plain",
+                                 loss_fn=loss if args.side == "fused-fwdgrad" else None)  # fmt: skip
+        loss(lp).backward()
         if dev.type == "cuda":
             torch.cuda.synchronize()
         return time.perf_counter() - t0
@@ -78,14 +88,16 @@ def compare(args) -> None:
     from _common import fresh_runs, machine
 
     from m3ad_rl.core import provenance
+    from m3ad_rl.train.ray_setup import cpu_worker_env
 
     print(f"machine: {machine()}; commit {provenance.commit(Path(__file__).resolve().parents[1])}; "
           f"{args.tokens} tokens × hidden {args.hidden} → vocabulary {args.vocab}; device {args.device}, "
           f"{args.threads} threads; {args.repeats} repeats × {args.iters} iterations", flush=True)  # fmt: skip
+    os.environ.update(cpu_worker_env(args.device != "cpu"))  # each side's process: the actor's allocator setting
     runs: dict[str, list[dict]] = {s: [] for s in SIDES}
     for r, side, res in fresh_runs(__file__, SIDES, args, args.repeats):
         runs[side].append(res)
-        print(f"  repeat {r + 1} {side:6s} {res['step_s']:7.3f} s  +{res['extra_gib']:.2f} GiB", flush=True)
+        print(f"  repeat {r + 1} {side:13s} {res['step_s']:7.3f} s  +{res['extra_gib']:.2f} GiB", flush=True)
     print("\n| side | median s (fwd + bwd) | min–max | memory added, GiB | × plain |")
     print("|---|---|---|---|---|")
     plain = statistics.median(x["step_s"] for x in runs["plain"])

@@ -191,6 +191,8 @@ class LinearLogProbs(torch.autograd.Function):
         ctx.one_pass = False
         rows = max(1, chunk // weight.shape[0])
         keep = rows >= m and any(ctx.needs_input_grad[:3])  # one chunk: its softmax is kept for the backward
+        if not (with_entropy or keep):  # one buffer a chunk (the logits, exponentiated in place): twice the rows
+            rows *= 2
         dt, kept = hidden.dtype, None
         for s in range(0, m, rows):
             raw = torch.nn.functional.linear(hidden[s : s + rows], weight, bias)
@@ -198,6 +200,7 @@ class LinearLogProbs(torch.autograd.Function):
             logits = raw.to(acc)
             if temperature != 1.0:
                 logits.div_(temperature)
+            picked = logits.gather(1, targets[s : s + rows, None]).squeeze(1)
             if with_entropy or keep:  # one exp pass serves the logsumexp, the entropy and the kept softmax
                 top = logits.amax(-1, keepdim=True)
                 e = torch.sub(logits, top).exp_()
@@ -207,10 +210,11 @@ class LinearLogProbs(torch.autograd.Function):
                     ent[s : s + rows] = z - torch.linalg.vecdot(e, logits) / total.squeeze(1)
                 kept = e.div_(total) if keep else None
                 del e
-            else:
-                z = torch.logsumexp(logits, dim=-1)
+            else:  # logsumexp in place
+                top = logits.amax(-1, keepdim=True)
+                z = top.squeeze(1) + logits.sub_(top).exp_().sum(-1).log()
             lse[s : s + rows] = z
-            lp[s : s + rows] = logits.gather(1, targets[s : s + rows, None]).squeeze(1) - z
+            lp[s : s + rows] = picked - z
             del raw, logits
         ctx.save_for_backward(hidden, weight, bias, targets, lse, kept)
         ctx.temperature, ctx.chunk, ctx.dt = temperature, chunk, dt
@@ -285,36 +289,56 @@ def _one_pass(ctx, hidden, weight, bias, targets, temperature, chunk, grad_of, l
              torch.zeros(bias.shape, dtype=acc, device=bias.device) if need_b else None)  # fmt: skip
     values = torch.zeros_like(lp)  # the log-probs so far; the probe reads each token's own entry only
     predicted = torch.zeros_like(lp)
-    rows = max(1, chunk // weight.shape[0])
-    ctx.dt, ctx.weight_dt = hidden.dtype, weight
+    g_h, g_w, g_b = grads
+    rows = max(1, 2 * chunk // weight.shape[0])  # one [rows, V] buffer a chunk: twice the rows of two
+    dt, w_dt = hidden.dtype, weight
+    # One [rows, V] buffer per chunk: the logits, then exp(logit − max) in place. Every other use of the
+    # softmax p goes through two matmuls with it: pW = Σ_v p_v W_v (the hidden's gradient is
+    # g/T·(W[target] − pW), and Σ_v p_v·logit_v = h·pW/T for the entropy) and pᵀ(g/T·h) for W's gradient,
+    # whose one-hot part is a row update.
     for s in range(0, m, rows):
         e_ = min(m, s + rows)
-        h = hidden[s:e_]
+        h, tgt = hidden[s:e_], targets[s:e_]
         raw = torch.nn.functional.linear(h, weight, bias)
-        ctx.dt = raw.dtype
-        logits = raw.to(acc)
+        dt = raw.dtype  # autocast's choice, reused by the backward
+        if w_dt.dtype != dt:
+            w_dt = weight.to(dt)
+        x = raw.to(acc)
+        del raw
         if temperature != 1.0:
-            logits.div_(temperature)
-        top = logits.amax(-1, keepdim=True)
-        e = torch.sub(logits, top).exp_()
-        total = e.sum(-1, keepdim=True)
-        z = (top + total.log()).squeeze(1)
-        if ent is not None:
-            ent[s:e_] = z - torch.linalg.vecdot(e, logits) / total.squeeze(1)
+            x.div_(temperature)
+        picked = x.gather(1, tgt[:, None]).squeeze(1)
+        top = x.amax(-1, keepdim=True)
+        x.sub_(top).exp_()  # e = exp(logit − max)
+        total = x.sum(-1)
+        z = top.squeeze(1) + total.log()
         lse[s:e_] = z
-        tgt = targets[s:e_, None]
-        lp[s:e_] = values[s:e_] = logits.gather(1, tgt).squeeze(1) - z
-        del raw, logits
+        lp[s:e_] = values[s:e_] = picked - z
+        pw = (x.to(dt) @ w_dt).to(acc) / total[:, None]  # [rows, H]
+        hs = h.to(acc)
+        if ent is not None:  # H = lse − Σ p·logit
+            mean = torch.linalg.vecdot(hs, pw)
+            if bias is not None:
+                mean += (x @ bias.to(acc)) / total
+            ent[s:e_] = z - mean / temperature
         with torch.enable_grad():
             g = grad_of(values)[s:e_].to(acc)
         predicted[s:e_] = g
-        g = g[:, None] / temperature
-        d = e.div_(total).mul_(-g)  # −g·softmax
-        d.scatter_add_(1, tgt, g)  # + g·onehot(target)
-        if ctx.weight_dt.dtype != ctx.dt:  # autocast: the matmuls in its dtype
-            ctx.weight_dt = weight.to(ctx.dt)
-        _head_grads(ctx, d, h.to(ctx.dt), slice(s, e_), grads)
-        del e, d
+        gt = g / temperature
+        if g_h is not None:
+            g_h[s:e_] = gt[:, None] * (weight[tgt].to(acc) - pw)
+        scaled = gt / total  # −g/T·p = −(g/T/total)·e
+        if g_w is not None:
+            if x.dtype == dt == g_w.dtype:
+                g_w.addmm_(x.t(), hs * scaled[:, None], alpha=-1)
+            else:
+                g_w -= (x.t().to(dt) @ (hs * scaled[:, None]).to(dt)).to(acc)
+            g_w.index_add_(0, tgt, hs * gt[:, None])  # + g/T·onehot(target)
+        if g_b is not None:
+            g_b -= x.t() @ scaled
+            g_b.index_add_(0, tgt, gt)
+        del x
+    ctx.dt = dt
     ctx.one_pass = True
     ctx.temperature, ctx.chunk = temperature, chunk
     ctx.grads = grads

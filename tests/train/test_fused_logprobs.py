@@ -245,3 +245,25 @@ def test_the_update_gets_grpo_gradients_in_the_forward_without_a_recompute(tiny_
         assert g0.keys() == g1.keys()
         for k in g0:
             torch.testing.assert_close(g0[k], g1[k], atol=1e-6, rtol=1e-4, msg=k)
+
+
+def test_under_bf16_autocast_the_forward_gradients_match_the_recomputed_ones():
+    """The GPU's mixed precision, on CPU autocast: the matmuls in bf16, softmax and sums in fp32; the gradients
+    computed in the forward and those the backward recomputes agree to bf16 rounding."""
+    from m3ad_rl.train.logprobs import LinearLogProbs, loss_probe
+
+    g = torch.Generator().manual_seed(6)
+    hidden = torch.randn(10, 16, generator=g, requires_grad=True)
+    weight = (torch.randn(50, 16, generator=g) * 0.3).requires_grad_()
+    targets = torch.randint(0, 50, (10,), generator=g)
+    mask = torch.ones(2, 5, dtype=torch.bool)
+    grads = []
+    for probe in (loss_probe(_grpo_like, (2, 5), mask), None):
+        hidden.grad = weight.grad = None
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            lp, ent = LinearLogProbs.apply(hidden, weight, None, targets, 1.0, 50 * 4, True, probe)
+            _grpo_like(lp.view(2, 5) * mask).backward()
+        assert lp.dtype == torch.float32 and weight.grad.dtype == torch.float32
+        grads.append((lp.detach(), ent, hidden.grad.clone(), weight.grad.clone()))
+    for a, b in zip(*grads, strict=True):
+        torch.testing.assert_close(a, b, atol=2e-2, rtol=2e-2)

@@ -139,6 +139,26 @@ def _shared_images(model, vision: dict):
 _CHUNK_ELEMENTS = 1 << 25  # ~128 MB of fp32 logits per chunk
 
 
+def _chunk_buffer(elements: int, hidden: torch.Tensor, weight: torch.Tensor) -> torch.Tensor | None:
+    """One flat buffer for every chunk's logits of a call, on CPU in full precision (no autocast). A fresh
+    [rows, V] tensor per chunk lets glibc's heap (kept, not returned: ray_setup.cpu_worker_env) hand
+    the freed block's pieces to small tensors, so the next chunk's logits need new memory: +1 GiB of
+    RSS measured. None elsewhere: the CUDA caching allocator reuses blocks, and autocast picks the dtype."""
+    if hidden.device.type != "cpu" or torch.is_autocast_enabled("cpu") or hidden.dtype != weight.dtype:
+        return None
+    return torch.empty(elements, dtype=torch.promote_types(torch.float32, hidden.dtype))
+
+
+def _linear(h: torch.Tensor, weight: torch.Tensor, bias, buf: torch.Tensor | None) -> torch.Tensor:
+    """``h Wᵀ + b``, written into the start of ``buf`` when there is one."""
+    if buf is None:
+        return torch.nn.functional.linear(h, weight, bias)
+    out = buf[: h.shape[0] * weight.shape[0]].view(h.shape[0], weight.shape[0])
+    if bias is None:
+        return torch.mm(h, weight.t(), out=out)
+    return torch.addmm(bias, h, weight.t(), out=out)
+
+
 def _chunk_log_probs(head, hidden, targets, temperature: float, with_entropy: bool):
     """log π(target) = logit - logsumexp(logits) for a few rows, without a [rows, L, V] log-softmax copy;
     the entropy (a metric) outside the graph. The fallback for heads :class:`LinearLogProbs` cannot take."""
@@ -194,8 +214,10 @@ class LinearLogProbs(torch.autograd.Function):
         if not (with_entropy or keep):  # one buffer a chunk (the logits, exponentiated in place): twice the rows
             rows *= 2
         dt, kept = hidden.dtype, None
+        buf = _chunk_buffer(min(rows, m) * weight.shape[0], hidden, weight) if not keep else None
+        ebuf = _chunk_buffer(min(rows, m) * weight.shape[0], hidden, weight) if with_entropy and not keep else None
         for s in range(0, m, rows):
-            raw = torch.nn.functional.linear(hidden[s : s + rows], weight, bias)
+            raw = _linear(hidden[s : s + rows], weight, bias, buf)
             dt = raw.dtype  # autocast's choice, reused by the backward
             logits = raw.to(acc)
             if temperature != 1.0:
@@ -203,7 +225,10 @@ class LinearLogProbs(torch.autograd.Function):
             picked = logits.gather(1, targets[s : s + rows, None]).squeeze(1)
             if with_entropy or keep:  # one exp pass serves the logsumexp, the entropy and the kept softmax
                 top = logits.amax(-1, keepdim=True)
-                e = torch.sub(logits, top).exp_()
+                if ebuf is not None:
+                    e = torch.sub(logits, top, out=ebuf[: logits.numel()].view(logits.shape)).exp_()
+                else:
+                    e = torch.sub(logits, top).exp_()
                 total = e.sum(-1, keepdim=True)
                 z = (top + total.log()).squeeze(1)
                 if with_entropy:  # H = lse − Σ p·logit
@@ -236,6 +261,7 @@ class LinearLogProbs(torch.autograd.Function):
         g_w = torch.empty_like(weight) if need_w else None
         g_b = torch.empty_like(bias) if need_b else None
         width = max(1, ctx.chunk // max(1, m))
+        buf = _chunk_buffer(m * min(width, v), h, weight) if kept is None else None
         for v0 in range(0, v, width):
             v1 = min(v, v0 + width)
             w = weight[v0:v1].to(dt)
@@ -243,7 +269,7 @@ class LinearLogProbs(torch.autograd.Function):
             if kept is not None and v1 - v0 == v:  # the forward's softmax
                 d = torch.mul(kept, -g)
             else:
-                logits = torch.nn.functional.linear(h, w, b).to(lse.dtype)
+                logits = _linear(h, w, b, buf).to(lse.dtype)
                 if t != 1.0:
                     logits.div_(t)
                 d = logits.sub_(lse[:, None]).exp_().mul_(-g)  # −g·softmax
@@ -292,6 +318,7 @@ def _one_pass(ctx, hidden, weight, bias, targets, temperature, chunk, grad_of, l
     g_h, g_w, g_b = grads
     rows = max(1, 2 * chunk // weight.shape[0])  # one [rows, V] buffer a chunk: twice the rows of two
     dt, w_dt = hidden.dtype, weight
+    buf = _chunk_buffer(min(rows, m) * weight.shape[0], hidden, weight)
     # One [rows, V] buffer per chunk: the logits, then exp(logit − max) in place. Every other use of the
     # softmax p goes through two matmuls with it: pW = Σ_v p_v W_v (the hidden's gradient is
     # g/T·(W[target] − pW), and Σ_v p_v·logit_v = h·pW/T for the entropy) and pᵀ(g/T·h) for W's gradient,
@@ -299,7 +326,7 @@ def _one_pass(ctx, hidden, weight, bias, targets, temperature, chunk, grad_of, l
     for s in range(0, m, rows):
         e_ = min(m, s + rows)
         h, tgt = hidden[s:e_], targets[s:e_]
-        raw = torch.nn.functional.linear(h, weight, bias)
+        raw = _linear(h, weight, bias, buf)
         dt = raw.dtype  # autocast's choice, reused by the backward
         if w_dt.dtype != dt:
             w_dt = weight.to(dt)
@@ -368,7 +395,7 @@ def _one_pass_backward(ctx, g_lp):
         for s in range(0, off.numel(), rows):
             idx = off[s : s + rows]
             h = hidden[idx].to(dt)
-            logits = torch.nn.functional.linear(h, ctx.weight_dt, bias.to(dt) if bias is not None else None)
+            logits = _linear(h, ctx.weight_dt, bias.to(dt) if bias is not None else None, None)
             logits = logits.to(lse.dtype)
             if t != 1.0:
                 logits.div_(t)

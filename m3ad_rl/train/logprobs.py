@@ -252,57 +252,45 @@ class LinearLogProbs(torch.autograd.Function):
         if ctx.one_pass:
             return _one_pass_backward(ctx, g_lp)
         hidden, weight, bias, targets, lse, kept = ctx.saved_tensors
-        t, dt = ctx.temperature, ctx.dt
-        need_h, need_w, need_b = ctx.needs_input_grad[:3]
-        m, v = hidden.shape[0], weight.shape[0]
-        g = g_lp.to(lse.dtype)[:, None] / t  # [M, 1]: each token's upstream gradient, with the 1/T of the logits
-        h = hidden.to(dt)
-        g_h = torch.zeros(hidden.shape, dtype=lse.dtype, device=hidden.device) if need_h else None
-        g_w = torch.empty_like(weight) if need_w else None
-        g_b = torch.empty_like(bias) if need_b else None
-        width = max(1, ctx.chunk // max(1, m))
-        buf = _chunk_buffer(m * min(width, v), h, weight) if kept is None else None
-        for v0 in range(0, v, width):
-            v1 = min(v, v0 + width)
-            w = weight[v0:v1].to(dt)
-            b = bias[v0:v1].to(dt) if bias is not None else None
-            if kept is not None and v1 - v0 == v:  # the forward's softmax
-                d = torch.mul(kept, -g)
-            else:
-                logits = _linear(h, w, b, buf).to(lse.dtype)
-                if t != 1.0:
-                    logits.div_(t)
-                d = logits.sub_(lse[:, None]).exp_().mul_(-g)  # −g·softmax
-            here = (targets >= v0) & (targets < v1)
-            rows = here.nonzero().squeeze(1)
-            d[rows, targets[rows] - v0] += g[rows, 0]  # + g·onehot(target)
-            if need_w:
-                g_w[v0:v1] = (d.t().to(dt) @ h).to(weight.dtype)
-            if need_b:
-                g_b[v0:v1] = d.sum(0).to(bias.dtype)
-            if need_h:
-                g_h += (d.to(dt) @ w).to(g_h.dtype)
-            del d
-        return (g_h.to(hidden.dtype) if need_h else None, g_w, g_b, None, None, None, None, None)
+        g_h, g_w, g_b = _recomputed_grads(hidden, weight, bias, targets, lse, g_lp, ctx, kept)
+        return (g_h.to(hidden.dtype) if g_h is not None else None, g_w, g_b, None, None, None, None, None)
 
 
-def _head_grads(ctx, d, h, rows, grads) -> None:
-    """Add ``d = ∂loss/∂logits`` of some tokens (``rows``: a slice or an index) to the head's gradients."""
-    weight, dt = ctx.weight_dt, ctx.dt
-    g_h, g_w, g_b = grads
-    if g_h is not None:
-        part = (d.to(dt) @ weight).to(g_h.dtype)
-        if isinstance(rows, slice):
-            g_h[rows] += part
+def _recomputed_grads(hidden, weight, bias, targets, lse, g_lp, ctx, kept=None):
+    """The head's gradients for upstream gradient ``g_lp``, the logits recomputed one vocabulary slice at a
+    time from the saved logsumexp (or the forward's ``kept`` softmax). ``hidden``'s in fp32 (or fp64)."""
+    t, dt = ctx.temperature, ctx.dt
+    need_h, need_w, need_b = ctx.needs_input_grad[:3]
+    m, v = hidden.shape[0], weight.shape[0]
+    g = g_lp.to(lse.dtype)[:, None] / t  # [M, 1]: each token's upstream gradient, with the 1/T of the logits
+    h = hidden.to(dt)
+    g_h = torch.zeros(hidden.shape, dtype=lse.dtype, device=hidden.device) if need_h else None
+    g_w = torch.empty_like(weight) if need_w else None
+    g_b = torch.empty_like(bias) if need_b else None
+    width = max(1, ctx.chunk // max(1, m))
+    buf = _chunk_buffer(m * min(width, v), h, weight) if kept is None else None
+    for v0 in range(0, v, width):
+        v1 = min(v, v0 + width)
+        w = weight[v0:v1].to(dt)
+        b = bias[v0:v1].to(dt) if bias is not None else None
+        if kept is not None and v1 - v0 == v:  # the forward's softmax
+            d = torch.mul(kept, -g)
         else:
-            g_h.index_add_(0, rows, part)
-    if g_w is not None:
-        if d.dtype == dt == g_w.dtype:
-            g_w.addmm_(d.t(), h)
-        else:
-            g_w += (d.t().to(dt) @ h).to(g_w.dtype)
-    if g_b is not None:
-        g_b += d.sum(0).to(g_b.dtype)
+            logits = _linear(h, w, b, buf).to(lse.dtype)
+            if t != 1.0:
+                logits.div_(t)
+            d = logits.sub_(lse[:, None]).exp_().mul_(-g)  # −g·softmax
+        here = (targets >= v0) & (targets < v1)
+        rows = here.nonzero().squeeze(1)
+        d[rows, targets[rows] - v0] += g[rows, 0]  # + g·onehot(target)
+        if need_w:
+            g_w[v0:v1] = (d.t().to(dt) @ h).to(weight.dtype)
+        if need_b:
+            g_b[v0:v1] = d.sum(0).to(bias.dtype)
+        if need_h:
+            g_h += (d.to(dt) @ w).to(g_h.dtype)
+        del d
+    return g_h, g_w, g_b
 
 
 def _one_pass(ctx, hidden, weight, bias, targets, temperature, chunk, grad_of, lp, lse, ent):
@@ -376,33 +364,24 @@ def _one_pass(ctx, hidden, weight, bias, targets, temperature, chunk, grad_of, l
 
 
 def _one_pass_backward(ctx, g_lp):
-    """The forward's gradients, corrected (recomputed logits, saved logsumexp) for every token whose upstream
-    gradient is not the predicted one: exact for any loss, free when the prediction held."""
+    """The forward's gradients, corrected (:func:`_recomputed_grads` on the difference) for every token whose
+    upstream gradient is not the predicted one: exact for any loss, free when the prediction held."""
     hidden, weight, bias, targets, lse, predicted = ctx.saved_tensors
-    if ctx.grads is None:  # a second backward through a retained graph: everything through the recompute path
-        need = ctx.needs_input_grad[:3]
-        ctx.grads = tuple(torch.zeros(x.shape, dtype=lse.dtype, device=x.device) if n else None
-                          for x, n in zip((hidden, weight, bias), need, strict=True))  # fmt: skip
-        predicted = torch.zeros_like(predicted)
-    g_h, g_w, g_b = ctx.grads
-    ctx.grads = None  # handed over (autograd takes them without a copy)
-    off = (g_lp.to(lse.dtype) - predicted).nonzero().squeeze(1)
-    if off.numel():
-        t, dt = ctx.temperature, ctx.dt
-        ctx.weight_dt = weight.to(dt) if weight.dtype != dt else weight
+    grads, ctx.grads = ctx.grads, None  # handed over (autograd takes them without a copy)
+    if grads is None:  # a second backward through a retained graph: everything through the recompute path
+        g_h, g_w, g_b = _recomputed_grads(hidden, weight, bias, targets, lse, g_lp, ctx)
+    else:
+        g_h, g_w, g_b = grads
         diff = g_lp.to(lse.dtype) - predicted
-        rows = max(1, ctx.chunk // weight.shape[0])
-        for s in range(0, off.numel(), rows):
-            idx = off[s : s + rows]
-            h = hidden[idx].to(dt)
-            logits = _linear(h, ctx.weight_dt, bias.to(dt) if bias is not None else None, None)
-            logits = logits.to(lse.dtype)
-            if t != 1.0:
-                logits.div_(t)
-            g = diff[idx, None] / t
-            d = logits.sub_(lse[idx, None]).exp_().mul_(-g)
-            d.scatter_add_(1, targets[idx, None], g)
-            _head_grads(ctx, d, h, idx, (g_h, g_w, g_b))
+        off = diff.nonzero().squeeze(1)
+        if off.numel():
+            c_h, c_w, c_b = _recomputed_grads(hidden[off], weight, bias, targets[off], lse[off], diff[off], ctx)
+            if g_h is not None:
+                g_h.index_add_(0, off, c_h)
+            if g_w is not None:
+                g_w += c_w
+            if g_b is not None:
+                g_b += c_b
     return (g_h.to(hidden.dtype) if g_h is not None else None, g_w.to(weight.dtype) if g_w is not None else None,
             g_b.to(bias.dtype) if g_b is not None else None, None, None, None, None, None)  # fmt: skip
 

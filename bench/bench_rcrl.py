@@ -65,6 +65,7 @@ OURS_SIDES = [
     "ours-recompute",
     "ours-dyncache",
     "ours-static",
+    "ours-modelstep",
     "ours-glibcmalloc",
 ]
 
@@ -111,7 +112,7 @@ def prompt_tokens(model: Path, data: Path, prompts: int, n: int) -> int:
 def ours(
     model: Path, data: Path, args, out: Path, share_prefix: bool = True, share_actor: bool = True, bf16: bool = False,
     ref_in_update: bool = True, decode_loop: bool = True, fused_head: bool = True, static_cache: bool | None = None,
-    grad_in_forward: bool = True,
+    grad_in_forward: bool = True, fast_step: bool = True,
 ) -> dict:  # fmt: skip
     """``share_prefix=False``: the rollout engine expands each prompt n times before the prefill;
     ``share_actor=False``: the actor's and reference's log-prob passes run n full rows per prompt;
@@ -123,7 +124,7 @@ def ours(
     cfg = RCRLConfig(
         model=str(model), data=str(data), out=str(out), steps=args.steps, batch_prompts=args.prompts,
         rollout={"threads": 2, "engine_kwargs": {"share_prefix": share_prefix, "decode_loop": decode_loop,
-                                                  "static_cache": static_cache},
+                                                  "static_cache": static_cache, "fast_step": fast_step},
                  "sampling": {"n": args.n, "temperature": 1.0, "max_new_tokens": args.max_new_tokens,
                               "logprobs": False}},
         actor={"threads": 2, "micro_batch_rows": args.prompts * args.n, "optim": {"lr": 1e-6, "bf16": bf16},
@@ -202,7 +203,7 @@ def one_side(args) -> None:
     out = Path(tempfile.mkdtemp(prefix=f"{args.side}-", dir=root))
     if args.side.startswith("ours"):  # ours: every lever; ours-genshare: shared prefill only; ours-noshare: neither;
         # ours-sepref: all but the reference inside the update; ours-hfgen: all but our decoding loop;
-        # ours-dyncache: our loop on a growing KV cache
+        # ours-dyncache: our loop on a growing KV cache; ours-modelstep: each decoding step through model(...)
         res = ours(
             model,
             data,
@@ -216,6 +217,7 @@ def one_side(args) -> None:
             fused_head=args.side != "ours-plainhead",
             grad_in_forward=args.side != "ours-recompute",
             static_cache={"ours-dyncache": False, "ours-static": True}.get(args.side),
+            fast_step=args.side != "ours-modelstep",
         )
     else:
         res = trl_side(model, data, args, out, best=args.side.startswith("trl-best"))

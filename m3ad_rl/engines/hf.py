@@ -161,12 +161,13 @@ class HFEngine:
         from m3ad_rl.models.attention import gqa_attention
         from m3ad_rl.models.decode_step import decode_step_for
         from m3ad_rl.models.patch_embed import linear_patch_embed
+        from m3ad_rl.models.processor import quick_token_check
 
         model = local_model(model)
         self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         if dtype == "auto":
             dtype = "bfloat16" if self.device.startswith("cuda") else "float32"
-        self.processor = AutoProcessor.from_pretrained(model)
+        self.processor = quick_token_check(AutoProcessor.from_pretrained(model))
         self.processor.tokenizer.padding_side = "left"
         self.model = AutoModelForImageTextToText.from_pretrained(model, dtype=getattr(torch, dtype))
         self.model.to(self.device).eval()

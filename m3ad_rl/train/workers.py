@@ -41,12 +41,13 @@ def load_policy(path: str, bf16: bool = False):
 
     from m3ad_rl.core.storage import local_model
     from m3ad_rl.models.patch_embed import linear_patch_embed
+    from m3ad_rl.models.processor import quick_token_check
 
     path = local_model(path)
     dtype = torch.bfloat16 if bf16 else torch.float32
     model = AutoModelForImageTextToText.from_pretrained(path, dtype=dtype)
     linear_patch_embed(model)  # the same weights; a matmul instead of a slow Conv3d
-    return model, AutoProcessor.from_pretrained(path)
+    return model, quick_token_check(AutoProcessor.from_pretrained(path))
 
 
 def _requests(data: DataProto) -> list[GenerationRequest]:

@@ -1,7 +1,8 @@
 """The HF engine's decoding loops side by side, each in its own fresh process, alternated: HF
 ``generate`` over the shared prompt cache, our loop on a growing KV cache (one buffer), our loop on a static cache
 (fixed shapes, an end check every few steps), that loop with the step compiled, and the engine's
-defaults (``auto``: static on GPU; on CPU the cache grows into one buffer).
+defaults (``auto``: static on GPU; on CPU the cache grows into one buffer and the step skips transformers'
+per-call machinery; ``modelstep``: the same, each step through ``model(...)``).
 
     python bench/bench_decode.py [--vocab small|qwen] [--prompts 8] [--n 4] [--new-tokens 128] [--repeats 3]
                                  [--same-size]  # images of one size: no left padding
@@ -28,9 +29,10 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-SIDES = {  # engine settings: decode_loop, static_cache, compile_decode
+SIDES = {  # engine settings: decode_loop, static_cache, compile_decode (, fast_step)
     "generate": (False, False, False),
     "auto": (True, None, None),  # the engine's defaults
+    "modelstep": (True, None, None, False),  # the defaults, each step through model(...)
     "dynamic": (True, False, False),
     "static": (True, True, False),
     "compiled": (True, True, True),
@@ -56,9 +58,9 @@ def one_side(args) -> dict:
     from m3ad_rl.engines.hf import HFEngine
 
     torch.set_num_threads(args.threads)
-    loop, static, compiled = SIDES[args.side]
+    loop, static, compiled, *fast = SIDES[args.side]
     engine = HFEngine(args.model, device=args.device, batch_size=args.prompts, decode_loop=loop,
-                      static_cache=static, compile_decode=compiled)  # fmt: skip
+                      static_cache=static, compile_decode=compiled, fast_step=fast[0] if fast else True)  # fmt: skip
     engine.model.generation_config.eos_token_id = None  # sample to the full length
     engine.eos_ids = set()
     reqs = []

@@ -3,8 +3,8 @@
 Decoding one token for a small model on CPU is bound by Python, not arithmetic: ``model(...)`` passes
 through three nested ``forward``s with their output-capturing decorators and ``ModelOutput`` objects,
 builds a mask, and calls ~40 modules per step. This step reads the same parameters and applies the same
-operations in the same order (``F.linear``, the RMSNorm formula, the model's own rotary module, SDPA with
-grouped heads), so its logits equal the model's bit for bit (tests/models/test_decode_step.py), in about
+operations in the same order (``F.linear``, the RMSNorm formula, the model's own rotary module and
+attention function), so its logits equal the model's bit for bit (tests/models/test_decode_step.py), in about
 half the time on the tiny model (docs/benchmarks.md).
 
 Only the architecture it was written against takes it (``decode_step_for``); any other model, a quantised
@@ -69,6 +69,9 @@ def decode_step_for(model: torch.nn.Module) -> Callable | None:
         type(m) is torch.nn.Linear for layer in text.layers for m in layer.modules() if "Linear" in type(m).__name__
     ):
         return None
+    from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+
+    attention = ALL_ATTENTION_FUNCTIONS.get_interface(cfg._attn_implementation, None)  # the model's own dispatch
     layers = [(layer, layer.self_attn, layer.mlp) for layer in text.layers]
     embed, head, rotary, final = text.embed_tokens, model.lm_head, text.rotary_emb, text.norm
 
@@ -90,10 +93,8 @@ def decode_step_for(model: torch.nn.Module) -> Callable | None:
             q = (q * cos) + (_rotate_half(q) * sin)
             k = (k * cos) + (_rotate_half(k) * sin)
             k, v = cache.layers[i].update(k, v)
-            o = F.scaled_dot_product_attention(
-                q, k, v, attn_mask=attn_mask, scale=attn.scaling, enable_gqa=attn.num_key_value_groups > 1
-            )
-            o = o.transpose(1, 2).contiguous().reshape(rows, 1, -1).contiguous()
+            o, _ = attention(attn, q, k, v, attn_mask, dropout=0.0, scaling=attn.scaling)
+            o = o.reshape(rows, 1, -1).contiguous()
             x = residual + F.linear(o, attn.o_proj.weight, attn.o_proj.bias)
             residual = x
             h = _rms(x, layer.post_attention_layernorm)

@@ -9,9 +9,11 @@ length) for each decoding loop (dynamic KV cache; static cache; static cache + c
 default), each after an identical warm-up call, with how many rows drew the same tokens as the first
 loop; the update's step time and tokens/s (per micro-batch, as the actor worker does: ``build_batch``
 → ``response_log_probs`` with grad, the shared-prompt path by default → clipped GRPO loss + k3 KL →
-backward → AdamW), peak GPU memory, and the update's model FLOPs utilisation: 6 × parameters × tokens
-/ time / peak bf16 FLOP/s (dense; attention FLOPs left out). It also checks on the device that the
-shared-prompt log-probs equal full rows' (largest |Δ|, under the same autocast).
+backward → AdamW; fp32 weights under bf16 autocast, or with ``--weights bf16`` bf16 weights and
+gradients with fp32 master copies in the optimiser), peak GPU memory, and the update's model FLOPs
+utilisation: 6 × parameters × tokens / time / peak bf16 FLOP/s (dense; attention FLOPs left out). It
+also checks on the device that the shared-prompt log-probs equal full rows' (largest |Δ|, under the same
+autocast).
 The models have Qwen's 151,936-row embedding; the text comes from the project's small tokenizer.
 """
 
@@ -115,14 +117,22 @@ def run_shape(shape: str, args) -> dict:
     best = rollout.get(default) or rollout[args.rollout_modes[-1]]
     gen_s, gen_tokens_per_s = best["s"], best["tokens_per_s"]
 
-    model = engine.model.float() if dev == "cuda" else engine.model  # fp32 master weights, bf16 autocast
+    if args.weights == "bf16":  # bf16 weights and gradients, fp32 master copies in the optimiser (DeepSpeed's bf16)
+        model = engine.model.to(torch.bfloat16)
+        params = [p for p in model.parameters() if p.requires_grad]
+        masters = [p.detach().float().clone().requires_grad_() for p in params]
+        opt = torch.optim.AdamW(masters, lr=1e-6, fused=dev == "cuda")
+    else:  # fp32 master weights, bf16 autocast
+        model = engine.model.float() if dev == "cuda" else engine.model
+        params, masters = [], []
+        opt = torch.optim.AdamW(model.parameters(), lr=1e-6, fused=dev == "cuda")
     model.train().config.use_cache = False
     model.gradient_checkpointing_enable() if args.checkpointing else None
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-6, fused=dev == "cuda")
+    autocast = dev == "cuda" and args.weights != "bf16"
     rows = [r for r in reqs for _ in range(args.n)]
     resps = [c.token_ids for o in outs for c in o]
     share = share_prefix_on(False if args.no_share_prefix else args.share_prefix, dev == "cuda")
-    with torch.no_grad(), torch.autocast(dev, dtype=torch.bfloat16, enabled=dev == "cuda"):
+    with torch.no_grad(), torch.autocast(dev, dtype=torch.bfloat16, enabled=autocast):
         mb = build_batch(engine.processor, rows[: args.micro], resps[: args.micro]).to(dev)
         full, _ = response_log_probs(model, mb, share_prefix=False)
         shared, _ = response_log_probs(model, mb, share_prefix=True)
@@ -134,7 +144,7 @@ def run_shape(shape: str, args) -> dict:
         _sync(dev)
         t0 = time.perf_counter()
         tokens = 0
-        with torch.autocast(dev, dtype=torch.bfloat16, enabled=dev == "cuda"):
+        with torch.autocast(dev, dtype=torch.bfloat16, enabled=autocast):
             for s in range(0, len(rows), args.micro):
                 mb = build_batch(engine.processor, rows[s : s + args.micro], resps[s : s + args.micro]).to(dev)
                 tokens += int(mb.attention_mask.sum())
@@ -149,8 +159,13 @@ def run_shape(shape: str, args) -> dict:
                 lp, _ = response_log_probs(model, mb, share_prefix=share,
                                            loss_fn=loss_of if args.grad_in_forward else None)  # fmt: skip
                 loss_of(lp).backward()
+        for p, m in zip(params, masters, strict=True):  # (bf16 weights) the gradients to the fp32 masters
+            m.grad, p.grad = p.grad.float() if p.grad is not None else None, None
         opt.step()
         opt.zero_grad(set_to_none=True)
+        with torch.no_grad():
+            for p, m in zip(params, masters, strict=True):  # the stepped masters, rounded to bf16
+                p.copy_(m)
         _sync(dev)
         if it:
             times.append(time.perf_counter() - t0)
@@ -164,7 +179,7 @@ def run_shape(shape: str, args) -> dict:
         "rollout": f"{args.prompts}x{args.n} rows, {args.new_tokens} new tokens",
         "rollout_tokens_per_s": gen_tokens_per_s, "rollout_s": gen_s, "rollout_modes": rollout,
         "update_tokens": tokens, "update_step_s": round(step_s, 3), "share_prefix": share,
-        "grad_in_forward": args.grad_in_forward,
+        "grad_in_forward": args.grad_in_forward, "weights": args.weights,
         "shared_vs_full_max_abs_diff": shared_vs_full,
         "update_tokens_per_s": round(tokens / step_s, 1), "peak_mem_GiB": round(peak, 1), "update_mfu": round(mfu, 3),
     }  # fmt: skip
@@ -212,6 +227,13 @@ def main() -> None:
         type=lambda v: v.lower() == "true",
         default=True,
         help="true: the fused head computes its gradients in the forward (the update's default); false: recomputed",
+    )
+    ap.add_argument(
+        "--weights",
+        choices=["fp32-master", "bf16"],
+        default="fp32-master",
+        help="the update's weights: fp32 under bf16 autocast (default), or bf16 weights and gradients with fp32 "
+        "master copies in the optimiser (DeepSpeed's bf16 mode, `actor.optim.bf16`)",
     )
     ap.add_argument(
         "--rollout-modes",

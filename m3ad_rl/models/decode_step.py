@@ -60,7 +60,7 @@ def decode_step_for(model: torch.nn.Module) -> Callable | None:
         return None
     if any(t != "full_attention" for t in (getattr(cfg, "layer_types", None) or ["full_attention"])):
         return None
-    modules = [model, model.model, text, text.norm, text.embed_tokens, model.lm_head]
+    modules = [model, model.model, text, text.norm, text.embed_tokens, text.rotary_emb, model.lm_head]
     for layer in text.layers:
         if type(layer).__name__ != _LAYER:
             return None

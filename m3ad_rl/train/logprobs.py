@@ -144,10 +144,15 @@ def _chunk_buffer(elements: int, hidden: torch.Tensor, weight: torch.Tensor) -> 
     """One flat buffer for every chunk's logits of a call, on CPU in full precision (no autocast). A fresh
     [rows, V] tensor per chunk lets glibc's heap (kept, not returned: ray_setup.cpu_worker_env) hand
     the freed block's pieces to small tensors, so the next chunk's logits need new memory: +1 GiB of
-    RSS measured. None elsewhere: the CUDA caching allocator reuses blocks, and autocast picks the dtype."""
+    RSS measured. None elsewhere: the CUDA caching allocator reuses blocks, autocast picks the dtype, and bf16
+    or fp16 weights (``actor.optim.bf16``) give logits of their own dtype, which ``torch.mm(out=)`` cannot
+    write into a full-precision buffer."""
+    full = (torch.float32, torch.float64)
     if hidden.device.type != "cpu" or torch.is_autocast_enabled("cpu") or hidden.dtype != weight.dtype:
         return None
-    return torch.empty(elements, dtype=torch.promote_types(torch.float32, hidden.dtype))
+    if hidden.dtype not in full:
+        return None
+    return torch.empty(elements, dtype=hidden.dtype)
 
 
 def _linear(h: torch.Tensor, weight: torch.Tensor, bias, buf: torch.Tensor | None) -> torch.Tensor:

@@ -270,3 +270,25 @@ def test_under_bf16_autocast_the_forward_gradients_match_the_recomputed_ones():
         grads.append((lp.detach(), ent, hidden.grad.clone(), weight.grad.clone()))
     for a, b in zip(*grads, strict=True):
         torch.testing.assert_close(a, b, atol=2e-2, rtol=2e-2)
+
+
+@pytest.mark.parametrize("probe", [True, False], ids=["grad-in-forward", "recomputed"])
+def test_bf16_weights_without_autocast_give_the_fp32_numbers_to_bf16_rounding(probe):
+    """``actor.optim.bf16`` on CPU: bf16 hidden states and weights, no autocast (the chunk buffer, fp32 on
+    this path, once refused bf16 logits). Values and gradients close to the fp32 computation's."""
+    from m3ad_rl.train.logprobs import LinearLogProbs, loss_probe
+
+    g = torch.Generator().manual_seed(7)
+    h32, w32 = torch.randn(10, 16, generator=g), torch.randn(50, 16, generator=g) * 0.3
+    targets = torch.randint(0, 50, (10,), generator=g)
+    mask = torch.ones(2, 5, dtype=torch.bool)
+    out = []
+    for dtype in (torch.float32, torch.bfloat16):
+        hidden, weight = (x.to(dtype).detach().clone().requires_grad_() for x in (h32, w32))
+        p = loss_probe(_grpo_like, (2, 5), mask) if probe else None
+        lp, ent = LinearLogProbs.apply(hidden, weight, None, targets, 1.0, 50 * 4, True, p)
+        _grpo_like(lp.view(2, 5).float() * mask).backward()
+        assert hidden.grad.dtype == dtype and weight.grad.dtype == dtype
+        out.append([x.float() for x in (lp.detach(), ent, hidden.grad, weight.grad)])
+    for a, b in zip(*out, strict=True):
+        torch.testing.assert_close(b, a, atol=5e-2, rtol=5e-2)

@@ -119,6 +119,8 @@ class LocalCluster:
         try:
             self._start_s3()
             self._start_node("head", head=True)
+            if self.workers:  # as KubeRay's wait-gcs-ready init container: a worker whose `ray start` finds no GCS
+                self.wait_nodes(1, timeout)  # gives up (seen once in the suite under load)
             for i in range(self.workers):
                 self._start_node(f"worker-{i}")
             self.wait_nodes(1 + self.workers, timeout)

@@ -153,7 +153,7 @@ class HFEngine:
         ``fast_step``: where the model is a Qwen3-VL on SDPA, the growing-cache loop's step
         skips transformers' per-call machinery and the model attends over grouped heads without copying the
         cache (``m3ad_rl.models.decode_step``, ``m3ad_rl.models.attention``): the model's logits bit for bit,
-        ~1.6× faster decoding of the tiny model on CPU. ``False`` keeps ``model(...)`` per step."""
+        1.3× faster decoding of the tiny model on CPU (bench_decode). ``False`` keeps ``model(...)`` per step."""
         import torch
         from transformers import AutoModelForImageTextToText, AutoProcessor
 

@@ -60,15 +60,14 @@ def decode_step_for(model: torch.nn.Module) -> Callable | None:
         return None
     if any(t != "full_attention" for t in (getattr(cfg, "layer_types", None) or ["full_attention"])):
         return None
-    modules = [model, model.model, text, text.norm, text.embed_tokens, text.rotary_emb, model.lm_head]
-    for layer in text.layers:
-        if type(layer).__name__ != _LAYER:
-            return None
-        modules += list(layer.modules())
-    if not all(_plain(m) for m in modules) or not all(
-        type(m) is torch.nn.Linear for layer in text.layers for m in layer.modules() if "Linear" in type(m).__name__
-    ):
+    if any(type(layer).__name__ != _LAYER for layer in text.layers):
         return None
+    modules = [model, model.model, text, text.norm, text.embed_tokens, text.rotary_emb, model.lm_head]
+    modules += [m for layer in text.layers for m in layer.modules()]
+    linears = [model.lm_head] + [getattr(layer.self_attn, f"{x}_proj") for layer in text.layers for x in "qkvo"]
+    linears += [getattr(layer.mlp, f"{x}_proj") for layer in text.layers for x in ("gate", "up", "down")]
+    if not all(_plain(m) for m in modules) or any(type(m) is not torch.nn.Linear for m in linears):
+        return None  # (a quantised or otherwise replaced projection: the step reads ``.weight`` as a matrix)
     from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
     attention = ALL_ATTENTION_FUNCTIONS.get_interface(cfg._attn_implementation, None)  # the model's own dispatch

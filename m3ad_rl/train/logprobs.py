@@ -147,10 +147,8 @@ def _chunk_buffer(elements: int, hidden: torch.Tensor, weight: torch.Tensor) -> 
     RSS measured. None elsewhere: the CUDA caching allocator reuses blocks, autocast picks the dtype, and bf16
     or fp16 weights (``actor.optim.bf16``) give logits of their own dtype, which ``torch.mm(out=)`` cannot
     write into a full-precision buffer."""
-    full = (torch.float32, torch.float64)
-    if hidden.device.type != "cpu" or torch.is_autocast_enabled("cpu") or hidden.dtype != weight.dtype:
-        return None
-    if hidden.dtype not in full:
+    full = hidden.dtype in (torch.float32, torch.float64) and weight.dtype == hidden.dtype
+    if hidden.device.type != "cpu" or torch.is_autocast_enabled("cpu") or not full:
         return None
     return torch.empty(elements, dtype=hidden.dtype)
 

@@ -79,3 +79,22 @@ def shaped_reward_service(config=None, per_char: float = 0.01):
     finally:
         server.shutdown()
         thread.join(5)
+
+
+def two_image_prompts(proc, second_suffix: str = "") -> tuple[list[str], list]:
+    """Two chat prompts for ``proc``, one noise image each (96×64 and 64×64, through PNG), the second prompt's
+    text ending in ``second_suffix``: (texts, images), as the processor takes them."""
+    import io
+
+    from PIL import Image
+
+    images = []
+    for size in ((96, 64), (64, 64)):
+        buf = io.BytesIO()
+        Image.effect_noise(size, 40).convert("RGB").save(buf, "PNG")
+        images.append(Image.open(io.BytesIO(buf.getvalue())).convert("RGB"))
+    text = proc.apply_chat_template(
+        [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "Any defect?"}]}],
+        add_generation_prompt=True, tokenize=False,
+    )  # fmt: skip
+    return [text, text + second_suffix], images

@@ -2,29 +2,19 @@
 
 from __future__ import annotations
 
-import io
-
 import pytest
 import torch
 
 from m3ad_rl.models.patch_embed import linear_patch_embed
+from tests.helpers import two_image_prompts
 
 
 def _model_and_inputs(tiny_model):
-    from PIL import Image
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
     proc = AutoProcessor.from_pretrained(tiny_model)
-    images = []
-    for size in ((96, 64), (64, 64)):
-        buf = io.BytesIO()
-        Image.effect_noise(size, 40).convert("RGB").save(buf, "PNG")
-        images.append(Image.open(io.BytesIO(buf.getvalue())).convert("RGB"))
-    text = proc.apply_chat_template(
-        [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "Any defect?"}]}],
-        add_generation_prompt=True, tokenize=False,
-    )  # fmt: skip
-    inputs = proc(text=[text, text], images=images, return_tensors="pt", padding=True)
+    texts, images = two_image_prompts(proc)
+    inputs = proc(text=texts, images=images, return_tensors="pt", padding=True)
     return AutoModelForImageTextToText.from_pretrained(tiny_model, dtype=torch.float64), inputs
 
 

@@ -2,28 +2,12 @@
 
 from __future__ import annotations
 
-import io
-
 import pytest
 
 torch = pytest.importorskip("torch")
 
-from PIL import Image  # noqa: E402
-
 from m3ad_rl.models.processor import quick_token_check  # noqa: E402
-
-
-def _inputs(proc):
-    images = []
-    for size in ((96, 64), (64, 64)):
-        buf = io.BytesIO()
-        Image.effect_noise(size, 40).convert("RGB").save(buf, "PNG")
-        images.append(Image.open(io.BytesIO(buf.getvalue())).convert("RGB"))
-    text = proc.apply_chat_template(
-        [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "Any defect?"}]}],
-        add_generation_prompt=True, tokenize=False,
-    )  # fmt: skip
-    return [text, text + " More."], images
+from tests.helpers import two_image_prompts  # noqa: E402
 
 
 def test_the_quick_check_gives_the_processor_s_outputs_and_its_error(tiny_model):
@@ -31,7 +15,7 @@ def test_the_quick_check_gives_the_processor_s_outputs_and_its_error(tiny_model)
 
     plain = AutoProcessor.from_pretrained(tiny_model)
     quick = quick_token_check(AutoProcessor.from_pretrained(tiny_model))
-    texts, images = _inputs(plain)
+    texts, images = two_image_prompts(plain, " More.")
     for kwargs in ({"return_tensors": "pt", "padding": True}, {}):  # tensors (the quick count), lists (the library's)
         want, got = plain(text=texts, images=images, **kwargs), quick(text=texts, images=images, **kwargs)
         assert set(got) == set(want)
